@@ -1,0 +1,31 @@
+// Stand-in (tests only) for Envoy's envoy/network/socket_interface.h: SocketCreationOptions and
+// the SocketInterface the shim implements (both socket() overloads).
+#pragma once
+
+#include <cstddef>
+
+#include "envoy/common/pure.h"
+#include "envoy/network/address.h"
+#include "envoy/network/io_handle.h"
+#include "envoy/network/socket.h"
+
+namespace Envoy {
+namespace Network {
+
+struct SocketCreationOptions {
+  bool mptcp_enabled_{false};
+  size_t max_addresses_cache_size_{0};
+};
+
+class SocketInterface {
+public:
+  virtual ~SocketInterface() = default;
+  virtual IoHandlePtr socket(Socket::Type type, Address::Type addr_type, Address::IpVersion version,
+                             bool socket_v6only, const SocketCreationOptions& options) const PURE;
+  virtual IoHandlePtr socket(Socket::Type socket_type, const Address::InstanceConstSharedPtr addr,
+                             const SocketCreationOptions& options) const PURE;
+  virtual bool ipFamilySupported(int domain) PURE;
+};
+
+} // namespace Network
+} // namespace Envoy

@@ -1,0 +1,143 @@
+#include "smc_runtime.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace Envoy {
+namespace Network {
+namespace Smc {
+
+namespace {
+
+std::string resultName(envoy_smc_result result) {
+  switch (result) {
+  case ENVOY_SMC_OK:
+    return "ok";
+  case ENVOY_SMC_NULL_ARGUMENT:
+    return "null argument";
+  case ENVOY_SMC_INVALID_CONFIG:
+    return "invalid configuration";
+  case ENVOY_SMC_INVALID_ARGUMENT:
+    return "invalid argument";
+  case ENVOY_SMC_INTERNAL_ERROR:
+    return "internal error";
+  }
+  return "result " + std::to_string(static_cast<uint32_t>(result));
+}
+
+} // namespace
+
+bool Runtime::abiMatches(std::string* error) {
+  // A library built for another ABI would read our structs with another layout: refuse to start
+  // rather than misread every socket decision.
+  const uint32_t library_abi = envoy_smc_abi_version();
+  if (library_abi == ENVOY_SMC_ABI_VERSION) {
+    return true;
+  }
+  *error = "envoy-smc library " + version() + " implements ABI " + std::to_string(library_abi) +
+           ", this extension was built for ABI " + std::to_string(ENVOY_SMC_ABI_VERSION);
+  return false;
+}
+
+std::shared_ptr<const Runtime> Runtime::adopt(envoy_smc_result result, envoy_smc_runtime* runtime,
+                                              char* message, std::string* error) {
+  if (result == ENVOY_SMC_OK && runtime != nullptr) {
+    envoy_smc_string_free(message);
+    return std::shared_ptr<const Runtime>(new Runtime(runtime));
+  }
+  *error = message != nullptr ? std::string(message) : resultName(result);
+  envoy_smc_string_free(message);
+  envoy_smc_runtime_free(runtime);
+  return nullptr;
+}
+
+std::shared_ptr<const Runtime> Runtime::fromProto(const std::string& config_bytes,
+                                                  const Annotations& annotations,
+                                                  std::string* error) {
+  if (!abiMatches(error)) {
+    return nullptr;
+  }
+  std::vector<envoy_smc_annotation> flat;
+  flat.reserve(annotations.size());
+  for (const auto& [key, value] : annotations) {
+    flat.push_back({key.data(), key.size(), value.data(), value.size()});
+  }
+  envoy_smc_runtime* runtime = nullptr;
+  char* message = nullptr;
+  const envoy_smc_result result = envoy_smc_runtime_new_from_proto(
+      reinterpret_cast<const uint8_t*>(config_bytes.data()), config_bytes.size(),
+      flat.empty() ? nullptr : flat.data(), flat.size(), &runtime, &message);
+  return adopt(result, runtime, message, error);
+}
+
+std::shared_ptr<const Runtime> Runtime::fromYaml(const std::string& yaml, std::string* error) {
+  if (!abiMatches(error)) {
+    return nullptr;
+  }
+  envoy_smc_runtime* runtime = nullptr;
+  char* message = nullptr;
+  const envoy_smc_result result =
+      envoy_smc_runtime_new_from_yaml(yaml.data(), yaml.size(), &runtime, &message);
+  return adopt(result, runtime, message, error);
+}
+
+Runtime::~Runtime() { envoy_smc_runtime_free(runtime_); }
+
+int Runtime::socket(int domain, int type, int protocol, const sockaddr* addr, socklen_t addrlen,
+                    envoy_smc_socket_state* state) const {
+  return envoy_smc_socket(runtime_, domain, type, protocol, addr, addrlen, state);
+}
+
+void Runtime::noteSockopt(envoy_smc_socket_state* state, int level, int name, const void* value,
+                          socklen_t len) const {
+  envoy_smc_note_sockopt(runtime_, state, level, name, value, len);
+}
+
+bool Runtime::decideListen(int fd, const envoy_smc_socket_state& state,
+                           envoy_smc_verdict* out) const {
+  return envoy_smc_decide_listen(runtime_, fd, &state, out) == ENVOY_SMC_OK;
+}
+
+bool Runtime::decideConnect(const envoy_smc_socket_state& state, const sockaddr* addr,
+                            socklen_t addrlen, envoy_smc_verdict* out) const {
+  return envoy_smc_decide_connect(runtime_, &state, addr, addrlen, out) == ENVOY_SMC_OK;
+}
+
+bool Runtime::applyListen(int fd, const envoy_smc_socket_state& state,
+                          envoy_smc_verdict* verdict) const {
+  return envoy_smc_apply_listen(runtime_, fd, &state, verdict) == ENVOY_SMC_OK;
+}
+
+bool Runtime::applyConnect(int fd, const envoy_smc_socket_state& state,
+                           envoy_smc_verdict* verdict) const {
+  return envoy_smc_apply_connect(runtime_, fd, &state, verdict) == ENVOY_SMC_OK;
+}
+
+std::vector<uint64_t> Runtime::counters() const {
+  std::vector<uint64_t> values(envoy_smc_stats_snapshot(runtime_, nullptr, 0));
+  const size_t total = envoy_smc_stats_snapshot(runtime_, values.data(), values.size());
+  values.resize(std::min(total, values.size()));
+  return values;
+}
+
+std::vector<std::string> Runtime::counterNames() {
+  std::vector<std::string> names;
+  for (size_t i = 0;; ++i) {
+    const char* name = envoy_smc_counter_name(i);
+    if (name == nullptr) {
+      return names;
+    }
+    names.emplace_back(name);
+  }
+}
+
+std::string Runtime::reasonName(uint32_t reason) {
+  const char* name = envoy_smc_reason_name(reason);
+  return name != nullptr ? name : "reason " + std::to_string(reason);
+}
+
+std::string Runtime::version() { return envoy_smc_version(); }
+
+} // namespace Smc
+} // namespace Network
+} // namespace Envoy

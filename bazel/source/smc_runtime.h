@@ -1,0 +1,73 @@
+#pragma once
+
+// The only file of the extension that talks to the envoy-smc C ABI (include/envoy_smc.h). No
+// Envoy types here, so this layer is the same in every build and can follow the header alone.
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "envoy_smc.h"
+
+namespace Envoy {
+namespace Network {
+namespace Smc {
+
+// One envoy-smc runtime (compiled config, kernel capabilities, counters). The library makes a
+// runtime safe to share between threads; the extension shares it with every socket handle it
+// creates, so a handle that outlives the extension at shutdown still holds a live runtime.
+class Runtime {
+public:
+  using Annotations = std::vector<std::pair<std::string, std::string>>;
+
+  // Null when the library refuses: *error then carries its message (for bad config it names
+  // the field), or says that the library and this extension disagree on the ABI version.
+  static std::shared_ptr<const Runtime> fromProto(const std::string& config_bytes,
+                                                  const Annotations& annotations,
+                                                  std::string* error);
+  static std::shared_ptr<const Runtime> fromYaml(const std::string& yaml, std::string* error);
+
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // socket(2) through the library: a plain socket plus its initial state. -1 with errno on
+  // failure.
+  int socket(int domain, int type, int protocol, const sockaddr* addr, socklen_t addrlen,
+             envoy_smc_socket_state* state) const;
+  void noteSockopt(envoy_smc_socket_state* state, int level, int name, const void* value,
+                   socklen_t len) const;
+
+  // False when the library could not decide (a bug caught at its boundary, an address it cannot
+  // read): the socket then stays what it is, plain TCP.
+  bool decideListen(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* out) const;
+  bool decideConnect(const envoy_smc_socket_state& state, const sockaddr* addr,
+                     socklen_t addrlen, envoy_smc_verdict* out) const;
+  // Carries a verdict out on fd and counts it; updates *verdict with what happened.
+  bool applyListen(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
+  bool applyConnect(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
+
+  // The library's counters, index-aligned with counterNames().
+  std::vector<uint64_t> counters() const;
+  static std::vector<std::string> counterNames();
+  static std::string reasonName(uint32_t reason);
+  static std::string version();
+
+private:
+  explicit Runtime(envoy_smc_runtime* runtime) : runtime_(runtime) {}
+  static bool abiMatches(std::string* error);
+  static std::shared_ptr<const Runtime> adopt(envoy_smc_result result, envoy_smc_runtime* runtime,
+                                              char* message, std::string* error);
+
+  envoy_smc_runtime* const runtime_;
+};
+
+using RuntimeSharedPtr = std::shared_ptr<const Runtime>;
+
+} // namespace Smc
+} // namespace Network
+} // namespace Envoy

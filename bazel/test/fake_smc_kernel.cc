@@ -1,0 +1,135 @@
+// A stand-in for the kernel's SMC sockets, for the shim's unit tests on machines whose kernel
+// has no SMC (tests only; active only when ENVOY_SMC_FAKE_KERNEL=1 is set at start).
+//
+// The test binary defines socket(), getsockopt(), setsockopt(), dup(), dup3() and close(); the
+// statically linked envoy-smc library and the stand-in call these instead of libc's. An "SMC
+// socket" is then a real TCP socket that the fake remembers by fd and reports, through
+// SO_DOMAIN / SO_PROTOCOL, as AF_SMC or IPPROTO_SMC, so the library probes "SMC available",
+// decides, replaces sockets under their fd numbers and reads their kind back as it would on a
+// real SMC kernel, while the data still flows over TCP. Like the real kernel, AF_SMC sockets
+// refuse SO_REUSEPORT. Without the variable every call goes straight to the kernel.
+
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+constexpr int kAfSmc = 43;
+constexpr int kIpprotoSmc = 256;
+constexpr int kSmcprotoSmc6 = 1;
+constexpr int kSolSmc = 286;
+constexpr int kMaxFd = 1 << 16;
+
+enum Kind : uint8_t { None = 0, AfSmc4 = 1, AfSmc6 = 2, Ipproto = 3 };
+
+std::atomic<uint8_t> kinds[kMaxFd];
+
+bool active() {
+  static const bool on = [] {
+    const char* value = std::getenv("ENVOY_SMC_FAKE_KERNEL");
+    return value != nullptr && std::strcmp(value, "1") == 0;
+  }();
+  return on;
+}
+
+Kind kindOf(int fd) {
+  return fd >= 0 && fd < kMaxFd ? static_cast<Kind>(kinds[fd].load()) : None;
+}
+
+void remember(int fd, Kind kind) {
+  if (fd >= 0 && fd < kMaxFd) {
+    kinds[fd].store(kind);
+  }
+}
+
+int writeInt(void* optval, socklen_t* optlen, int value) {
+  if (optval == nullptr || optlen == nullptr || *optlen < static_cast<socklen_t>(sizeof(int))) {
+    errno = EINVAL;
+    return -1;
+  }
+  std::memcpy(optval, &value, sizeof(int));
+  *optlen = sizeof(int);
+  return 0;
+}
+
+} // namespace
+
+extern "C" {
+
+int socket(int domain, int type, int protocol) noexcept {
+  if (!active()) {
+    return static_cast<int>(::syscall(SYS_socket, domain, type, protocol));
+  }
+  Kind kind = None;
+  if (domain == kAfSmc) {
+    kind = protocol == kSmcprotoSmc6 ? AfSmc6 : AfSmc4;
+    domain = kind == AfSmc6 ? AF_INET6 : AF_INET;
+    protocol = 0;
+  } else if ((domain == AF_INET || domain == AF_INET6) && protocol == kIpprotoSmc) {
+    kind = Ipproto;
+    protocol = 0;
+  }
+  const int fd = static_cast<int>(::syscall(SYS_socket, domain, type, protocol));
+  remember(fd, kind);
+  return fd;
+}
+
+int getsockopt(int fd, int level, int optname, void* __restrict optval,
+               socklen_t* __restrict optlen) noexcept {
+  const Kind kind = active() ? kindOf(fd) : None;
+  if (kind != None && level == SOL_SOCKET && optname == SO_DOMAIN && kind != Ipproto) {
+    return writeInt(optval, optlen, kAfSmc);
+  }
+  if (kind != None && level == SOL_SOCKET && optname == SO_PROTOCOL) {
+    return writeInt(optval, optlen,
+                    kind == Ipproto ? kIpprotoSmc : (kind == AfSmc6 ? kSmcprotoSmc6 : 0));
+  }
+  return static_cast<int>(::syscall(SYS_getsockopt, fd, level, optname, optval, optlen));
+}
+
+int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen) noexcept {
+  const Kind kind = active() ? kindOf(fd) : None;
+  if ((kind == AfSmc4 || kind == AfSmc6) && level == SOL_SOCKET && optname == SO_REUSEPORT) {
+    errno = EOPNOTSUPP;
+    return -1;
+  }
+  if (kind != None && level == kSolSmc) {
+    return 0;
+  }
+  return static_cast<int>(::syscall(SYS_setsockopt, fd, level, optname, optval, optlen));
+}
+
+int dup(int fd) noexcept {
+  const int copy = static_cast<int>(::syscall(SYS_dup, fd));
+  if (active() && copy >= 0) {
+    remember(copy, kindOf(fd));
+  }
+  return copy;
+}
+
+int dup3(int oldfd, int newfd, int flags) noexcept {
+  const int rc = static_cast<int>(::syscall(SYS_dup3, oldfd, newfd, flags));
+  if (active() && rc >= 0) {
+    remember(newfd, kindOf(oldfd));
+  }
+  return rc;
+}
+
+int close(int fd) {
+  if (active()) {
+    remember(fd, None);
+  }
+  return static_cast<int>(::syscall(SYS_close, fd));
+}
+
+} // extern "C"
+
+namespace EnvoySmcTest {
+bool fakeKernelActive() { return active(); }
+} // namespace EnvoySmcTest

@@ -1,0 +1,1 @@
+//! LD_PRELOAD build of envoy-smc (see issue: preload library).

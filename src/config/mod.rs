@@ -1,0 +1,99 @@
+//! The one configuration model: `api/envoy_smc/v1/smc.proto`.
+//!
+//! Loaded from Envoy's serialized bytes ([`from_proto_bytes`]) or from YAML/JSON with the proto3
+//! JSON mapping ([`from_yaml`]); then checked ([`validate`]). Every error names the field and the
+//! value that was wrong.
+
+mod json;
+mod validate;
+
+use std::fmt;
+
+pub use validate::{canonical, parse_cidr, parse_port_range, Cidr, PortRange};
+
+/// Types generated from `api/envoy_smc/v1/smc.proto` by prost.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/envoy_smc.v1.rs"));
+}
+
+pub use proto::SmcConfig;
+
+/// The annotation a workload sets to opt in when the config names none.
+pub const DEFAULT_OPT_IN_ANNOTATION: &str = "smc.asm.alibabacloud.com/enabled";
+
+/// The compiled descriptor set of smc.proto (for the proto3 JSON mapping).
+pub(crate) const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/smc_descriptor.bin"));
+
+/// A configuration error: which field, and what was wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Path of the field, e.g. `upstream.allow[2]`; empty for the document as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads the configuration from Envoy's serialized `envoy_smc.v1.SmcConfig` bytes and validates it.
+pub fn from_proto_bytes(bytes: &[u8]) -> Result<SmcConfig, ConfigError> {
+    let config = <SmcConfig as prost::Message>::decode(bytes).map_err(|e| {
+        ConfigError::new(
+            "",
+            format!("not a valid envoy_smc.v1.SmcConfig message: {e}"),
+        )
+    })?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+/// Reads the configuration from YAML or JSON text (proto3 JSON mapping) and validates it.
+/// An empty document is the default configuration.
+pub fn from_yaml(text: &str) -> Result<SmcConfig, ConfigError> {
+    let value: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::new("", format!("not valid YAML/JSON: {e}")))?
+    };
+    let config = json::to_config(&value)?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+/// Reads the configuration from a YAML/JSON file.
+pub fn from_file(path: &std::path::Path) -> Result<SmcConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+    from_yaml(&text)
+}
+
+/// Checks a configuration built in code or decoded elsewhere.
+pub fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
+    validate::validate(config)
+}
+
+/// The configuration as JSON (proto3 JSON mapping, defaults included), for `envoy-smc` to show.
+pub fn to_json(config: &SmcConfig) -> serde_json::Value {
+    json::from_config(config)
+}

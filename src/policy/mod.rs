@@ -1,0 +1,377 @@
+//! The decisions of DESIGN.md, as plain functions over a compiled configuration.
+//!
+//! A [`Policy`] is built once per configuration (parsing, sorting, reading the annotations) and
+//! then read on every connection: no allocation, no lock, no syscall. Entry points keep one
+//! [`SocketFacts`] per socket and feed it the socket options Envoy sets.
+
+mod reason;
+mod sets;
+
+use std::net::{IpAddr, SocketAddr};
+
+pub use reason::TcpReason;
+pub use sets::{AddrSet, PortSet};
+
+use crate::config::proto::{smc_config::Mode, SocketOptionMatch};
+use crate::config::{self, ConfigError, SmcConfig, DEFAULT_OPT_IN_ANNOTATION};
+use crate::smc::{is_ip_stream, KernelSupport, SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
+
+/// The kind of SMC socket a decision asks for.
+pub type SmcKind = SocketKind;
+
+/// What to do with one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// An SMC socket of this kind; for listeners, with handshake limitation if `limit_hs`.
+    Smc { kind: SmcKind, limit_hs: bool },
+    /// A plain TCP socket, for this reason.
+    Tcp(TcpReason),
+}
+
+impl Verdict {
+    pub fn is_smc(&self) -> bool {
+        matches!(self, Verdict::Smc { .. })
+    }
+}
+
+/// A socket option compared by (level, name, int value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionMatch {
+    pub level: i32,
+    pub name: i32,
+    pub value: i32,
+}
+
+impl OptionMatch {
+    /// SOL_SOCKET / SO_RCVLOWAT = 1: the kernel default, so a no-op for a proxy without envoy-smc.
+    pub const DEFAULT_ENABLE: OptionMatch = OptionMatch {
+        level: libc::SOL_SOCKET,
+        name: libc::SO_RCVLOWAT,
+        value: 1,
+    };
+    /// IPPROTO_TCP / TCP_FASTOPEN_CONNECT = 0: the kernel's own fallback switch on SMC sockets.
+    pub const DEFAULT_KEEP_TCP: OptionMatch = OptionMatch {
+        level: libc::IPPROTO_TCP,
+        name: TCP_FASTOPEN_CONNECT,
+        value: 0,
+    };
+
+    fn from_config(m: Option<&SocketOptionMatch>, default: OptionMatch) -> OptionMatch {
+        // validate() has checked that the values fit.
+        m.map_or(default, |m| OptionMatch {
+            level: m.level as i32,
+            name: m.name as i32,
+            value: m.int_value as i32,
+        })
+    }
+
+    pub fn matches(&self, level: i32, name: i32, value: i32) -> bool {
+        self.level == level && self.name == name && self.value == value
+    }
+}
+
+/// What an entry point learnt about one socket from the calls Envoy made on it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct SocketFacts(pub u32);
+
+impl SocketFacts {
+    /// The mesh switch (`enable_option`) was set.
+    pub const SWITCH_ON: u32 = 1 << 0;
+    /// The per-cluster fallback (`keep_tcp_option`) was set.
+    pub const KEEP_TCP: u32 = 1 << 1;
+    /// `SO_REUSEPORT` was set to a non-zero value.
+    pub const REUSE_PORT: u32 = 1 << 2;
+    /// A TCP fast-open option was set to a non-zero value (SMC cannot carry it).
+    pub const FAST_OPEN: u32 = 1 << 3;
+
+    pub fn has(&self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// What a policy needs from the environment it runs in.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// What the kernel can open.
+    pub kernel: Option<KernelSupport>,
+    /// This host's own addresses (destinations that always stay TCP unless `allow_local`).
+    pub local_addrs: Vec<IpAddr>,
+    /// Annotations from outside the configuration (the native extension: node.metadata.ANNOTATIONS).
+    pub annotations: Vec<(String, String)>,
+}
+
+impl Environment {
+    /// The running host: kernel probed once, local addresses read now.
+    pub fn of_this_host() -> Environment {
+        Environment {
+            kernel: Some(KernelSupport::probe()),
+            local_addrs: crate::smc::local_addresses().unwrap_or_default(),
+            annotations: Vec::new(),
+        }
+    }
+}
+
+/// A configuration compiled for decisions.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The SMC flavour this process uses, or why SMC is off for every socket.
+    smc: Result<SmcKind, TcpReason>,
+    always_on: bool,
+    enable: OptionMatch,
+    keep_tcp: OptionMatch,
+    listener_ports: PortSet,
+    limit_hs: bool,
+    allow: AddrSet,
+    deny: AddrSet,
+    allow_ports: PortSet,
+    deny_ports: PortSet,
+    allow_local: bool,
+    local_addrs: Vec<IpAddr>,
+}
+
+impl Policy {
+    /// Compiles a configuration (validating it again) for the given environment.
+    pub fn new(config: &SmcConfig, env: &Environment) -> Result<Policy, ConfigError> {
+        config::validate(config)?;
+        let kernel = env.kernel.unwrap_or_else(KernelSupport::probe);
+        let mode = Mode::try_from(config.mode).unwrap_or(Mode::Auto);
+        let switch = config.mesh_switch.clone().unwrap_or_default();
+        let listeners = config.listeners.clone().unwrap_or_default();
+        let up = config.upstream.clone().unwrap_or_default();
+        let smc = if mode == Mode::Off {
+            Err(TcpReason::Disabled)
+        } else if !opted_in(config, env) {
+            Err(TcpReason::NotOptedIn)
+        } else {
+            match mode {
+                Mode::Auto if kernel.ipproto_smc => Ok(SocketKind::IpprotoSmc),
+                Mode::Auto if kernel.af_smc => Ok(SocketKind::AfSmc),
+                Mode::AfSmc if kernel.af_smc => Ok(SocketKind::AfSmc),
+                Mode::IpprotoSmc if kernel.ipproto_smc => Ok(SocketKind::IpprotoSmc),
+                _ => Err(TcpReason::KernelLacksSmc),
+            }
+        };
+        let cidrs = |list: &[String]| {
+            list.iter()
+                .filter_map(|s| config::parse_cidr(s).ok())
+                .collect::<Vec<_>>()
+        };
+        let ports = |list: &[String]| {
+            list.iter()
+                .filter_map(|s| config::parse_port_range(s).ok())
+                .collect::<Vec<_>>()
+        };
+        let listener_ranges: Vec<_> = listeners
+            .ports
+            .iter()
+            .map(|&p| config::PortRange {
+                first: p as u16,
+                last: p as u16,
+            })
+            .collect();
+        let mut local_addrs: Vec<IpAddr> = env
+            .local_addrs
+            .iter()
+            .map(|&a| config::canonical(a))
+            .collect();
+        local_addrs.sort_unstable();
+        local_addrs.dedup();
+        Ok(Policy {
+            smc,
+            always_on: switch.always_on,
+            enable: OptionMatch::from_config(
+                switch.enable_option.as_ref(),
+                OptionMatch::DEFAULT_ENABLE,
+            ),
+            keep_tcp: OptionMatch::from_config(
+                switch.keep_tcp_option.as_ref(),
+                OptionMatch::DEFAULT_KEEP_TCP,
+            ),
+            listener_ports: PortSet::new(&listener_ranges),
+            limit_hs: listeners.limit_handshake,
+            allow: AddrSet::new(&cidrs(&up.allow)),
+            deny: AddrSet::new(&cidrs(&up.deny)),
+            allow_ports: PortSet::new(&ports(&up.allow_ports)),
+            deny_ports: PortSet::new(&ports(&up.deny_ports)),
+            allow_local: up.allow_local,
+            local_addrs,
+        })
+    }
+
+    /// The SMC flavour in use, or the reason every socket stays TCP.
+    pub fn smc_kind(&self) -> Result<SmcKind, TcpReason> {
+        self.smc
+    }
+
+    /// Records a socket option Envoy set on a socket. Returns the updated facts.
+    pub fn note_sockopt(
+        &self,
+        facts: SocketFacts,
+        level: i32,
+        name: i32,
+        value: i32,
+    ) -> SocketFacts {
+        let mut bits = facts.0;
+        if self.enable.matches(level, name, value) {
+            bits |= SocketFacts::SWITCH_ON;
+        }
+        if self.keep_tcp.matches(level, name, value) {
+            bits |= SocketFacts::KEEP_TCP;
+        }
+        if level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT {
+            bits = if value != 0 {
+                bits | SocketFacts::REUSE_PORT
+            } else {
+                bits & !SocketFacts::REUSE_PORT
+            };
+        }
+        if level == libc::IPPROTO_TCP
+            && (name == TCP_FASTOPEN || name == TCP_FASTOPEN_CONNECT)
+            && value != 0
+        {
+            bits |= SocketFacts::FAST_OPEN;
+        }
+        SocketFacts(bits)
+    }
+
+    /// At `socket()`: whether envoy-smc may ever make this socket SMC (`Ok`: keep watching it), or
+    /// why it stays a plain socket for good. `addr` is known in native mode only (the remote
+    /// address of a client, the local one of a listener).
+    pub fn at_socket(
+        &self,
+        domain: i32,
+        ty: i32,
+        protocol: i32,
+        addr: Option<IpAddr>,
+    ) -> Result<(), TcpReason> {
+        if !is_ip_stream(domain, ty, protocol) {
+            return Err(TcpReason::NotIpStream);
+        }
+        self.smc?;
+        if let Some(ip) = addr {
+            if is_loopback(config::canonical(ip)) {
+                return Err(TcpReason::Loopback);
+            }
+        }
+        Ok(())
+    }
+
+    /// Before `listen()`: an SMC listener for selected ports, a plain TCP socket for every other
+    /// (never an SMC socket with the fallback switch: its accepted sockets lose epoll wakeups).
+    pub fn before_listen(
+        &self,
+        local: SocketAddr,
+        facts: SocketFacts,
+        current: SocketKind,
+    ) -> Verdict {
+        let kind = match self.smc {
+            Ok(kind) => kind,
+            Err(reason) => return Verdict::Tcp(reason),
+        };
+        let reason = if !self.listener_ports.contains(local.port()) {
+            TcpReason::ListenerNotSelected
+        } else if is_loopback(config::canonical(local.ip())) {
+            TcpReason::Loopback
+        } else if facts.has(SocketFacts::KEEP_TCP) {
+            TcpReason::KeptOnTcp
+        } else if !self.always_on && !facts.has(SocketFacts::SWITCH_ON) {
+            TcpReason::MeshSwitchAbsent
+        } else if facts.has(SocketFacts::FAST_OPEN) {
+            TcpReason::FastOpen
+        } else if kind == SocketKind::AfSmc
+            && facts.has(SocketFacts::REUSE_PORT)
+            && current != SocketKind::IpprotoSmc
+        {
+            TcpReason::ReusePortUnsupported
+        } else {
+            return Verdict::Smc {
+                kind,
+                limit_hs: self.limit_hs,
+            };
+        };
+        Verdict::Tcp(reason)
+    }
+
+    /// Before `connect()`: SMC for an allowed in-mesh destination of a switched-on cluster.
+    pub fn before_connect(&self, remote: SocketAddr, facts: SocketFacts) -> Verdict {
+        let kind = match self.smc {
+            Ok(kind) => kind,
+            Err(reason) => return Verdict::Tcp(reason),
+        };
+        let ip = config::canonical(remote.ip());
+        let port = remote.port();
+        let reason = if facts.has(SocketFacts::KEEP_TCP) {
+            TcpReason::KeptOnTcp
+        } else if !self.always_on && !facts.has(SocketFacts::SWITCH_ON) {
+            TcpReason::MeshSwitchAbsent
+        } else if is_loopback(ip) {
+            TcpReason::Loopback
+        } else if !self.allow_local && self.local_addrs.binary_search(&ip).is_ok() {
+            TcpReason::LocalAddress
+        } else if self.deny.contains(ip) {
+            TcpReason::DeniedAddress
+        } else if !self.allow.is_empty() && !self.allow.contains(ip) {
+            TcpReason::AddressNotAllowed
+        } else if self.deny_ports.contains(port) {
+            TcpReason::DeniedPort
+        } else if !self.allow_ports.is_empty() && !self.allow_ports.contains(port) {
+            TcpReason::PortNotAllowed
+        } else if facts.has(SocketFacts::FAST_OPEN) {
+            TcpReason::FastOpen
+        } else {
+            return Verdict::Smc {
+                kind,
+                limit_hs: false,
+            };
+        };
+        Verdict::Tcp(reason)
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
+}
+
+/// Whether the workload opted in: `all_workloads`, or the annotation is "true" in the
+/// configuration's annotations, the annotations file, or the environment's annotations.
+fn opted_in(config: &SmcConfig, env: &Environment) -> bool {
+    let Some(opt_in) = &config.opt_in else {
+        return annotation_true(DEFAULT_OPT_IN_ANNOTATION, env);
+    };
+    if opt_in.all_workloads {
+        return true;
+    }
+    let key = if opt_in.annotation.is_empty() {
+        DEFAULT_OPT_IN_ANNOTATION
+    } else {
+        &opt_in.annotation
+    };
+    if let Some(v) = opt_in.annotations.get(key) {
+        return is_true(v);
+    }
+    if !opt_in.annotations_file.is_empty() {
+        if let Ok(text) = std::fs::read_to_string(&opt_in.annotations_file) {
+            if let Some(v) = downward_api_value(&text, key) {
+                return is_true(&v);
+            }
+        }
+    }
+    annotation_true(key, env)
+}
+
+fn annotation_true(key: &str, env: &Environment) -> bool {
+    env.annotations.iter().any(|(k, v)| k == key && is_true(v))
+}
+
+fn is_true(v: &str) -> bool {
+    v.trim().eq_ignore_ascii_case("true")
+}
+
+/// The value of `key` in a Kubernetes downward-API file (`key="value"` per line, Go-quoted).
+pub fn downward_api_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').replace("\\\"", "\""))
+    })
+}

@@ -1,0 +1,291 @@
+//! The runtime every entry point shares: the compiled policy (swappable atomically), the
+//! counters, and the mechanics that carry a verdict out on a real fd.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+
+use crate::config::{self, ConfigError, SmcConfig};
+use crate::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
+use crate::smc::{self, SocketKind};
+use crate::stats::{Counter, Stats};
+
+/// What carrying out a verdict did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The verdict that holds now (a failed replacement turns SMC into `Tcp(ReplaceFailed)`).
+    pub verdict: Verdict,
+    /// The socket under the fd was replaced: the caller must register the fd with epoll again
+    /// where it had registered it.
+    pub replaced: bool,
+}
+
+/// Policy + counters + once-only logging, shared by all threads of a process.
+pub struct Runtime {
+    policy: ArcSwap<Policy>,
+    stats: Stats,
+    warned_reuse_port: AtomicBool,
+    warned_replace: AtomicBool,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("policy", &**self.policy.load())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime for `config` in `env`.
+    pub fn new(config: &SmcConfig, env: &Environment) -> Result<Runtime, ConfigError> {
+        let policy = Policy::new(config, env)?;
+        log_availability(&policy);
+        Ok(Runtime {
+            policy: ArcSwap::from_pointee(policy),
+            stats: Stats::default(),
+            warned_reuse_port: AtomicBool::new(false),
+            warned_replace: AtomicBool::new(false),
+        })
+    }
+
+    /// A runtime from YAML/JSON text, on this host.
+    pub fn from_yaml(text: &str) -> Result<Runtime, ConfigError> {
+        Runtime::new(&config::from_yaml(text)?, &Environment::of_this_host())
+    }
+
+    /// Replaces the configuration for every later decision; sockets already decided keep theirs.
+    pub fn swap_config(&self, config: &SmcConfig, env: &Environment) -> Result<(), ConfigError> {
+        let policy = Policy::new(config, env)?;
+        log_availability(&policy);
+        self.policy.store(Arc::new(policy));
+        Ok(())
+    }
+
+    /// The policy in force (lock-free read).
+    pub fn policy(&self) -> Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// At `socket()`: `true` when envoy-smc keeps watching the socket (it may become SMC later);
+    /// `false` when it stays a plain socket for good (counted with its reason).
+    pub fn on_socket(&self, domain: i32, ty: i32, protocol: i32, addr: Option<IpAddr>) -> bool {
+        match self.policy.load().at_socket(domain, ty, protocol, addr) {
+            Ok(()) => {
+                self.stats.inc(Counter::SocketsSeen);
+                true
+            }
+            Err(TcpReason::NotIpStream) => false,
+            Err(reason) => {
+                self.stats.inc(Counter::SocketsSeen);
+                self.stats.inc_tcp(reason);
+                false
+            }
+        }
+    }
+
+    /// Records a socket option set on a watched socket. `value` is the option's bytes as passed to
+    /// setsockopt; only `int`-sized values can be a switch.
+    pub fn note_sockopt(
+        &self,
+        facts: SocketFacts,
+        level: i32,
+        name: i32,
+        value: &[u8],
+    ) -> SocketFacts {
+        let Ok(bytes) = <[u8; 4]>::try_from(value) else {
+            return facts;
+        };
+        self.policy
+            .load()
+            .note_sockopt(facts, level, name, i32::from_ne_bytes(bytes))
+    }
+
+    /// The listener decision for the bound socket `fd` (reads its address and kind).
+    pub fn decide_listen(&self, fd: BorrowedFd<'_>, facts: SocketFacts) -> Verdict {
+        let (Ok(local), Ok(Some((kind, _)))) = (local_address(fd), smc::socket_kind(fd)) else {
+            return Verdict::Tcp(TcpReason::NotIpStream);
+        };
+        self.policy.load().before_listen(local, facts, kind)
+    }
+
+    /// The client decision for a connect to `remote`.
+    pub fn decide_connect(&self, remote: SocketAddr, facts: SocketFacts) -> Verdict {
+        self.policy.load().before_connect(remote, facts)
+    }
+
+    /// Carries out a listener verdict before `listen()`: an SMC socket (with `SMC_LIMIT_HS` if
+    /// asked) for SMC, a plain TCP socket otherwise. Counts the outcome. Never leaves the fd
+    /// without a working socket.
+    pub fn apply_listen(&self, fd: BorrowedFd<'_>, verdict: Verdict) -> Applied {
+        let current = match smc::socket_kind(fd) {
+            Ok(Some((kind, _))) => kind,
+            _ => {
+                return Applied {
+                    verdict: Verdict::Tcp(TcpReason::NotIpStream),
+                    replaced: false,
+                }
+            }
+        };
+        match verdict {
+            Verdict::Smc { kind, limit_hs } => {
+                let replaced = current != kind;
+                if replaced {
+                    if let Err(e) = smc::replace_socket(fd, kind, &[]) {
+                        return self.replace_failed(e);
+                    }
+                    self.stats.inc(Counter::SocketReplaced);
+                }
+                if limit_hs {
+                    match smc::set_limit_handshake(fd) {
+                        Ok(()) => self.stats.inc(Counter::LimitHandshakeSet),
+                        Err(e) => {
+                            self.stats.inc(Counter::Errors);
+                            tracing::debug!("SMC_LIMIT_HS on fd {}: {e}", fd.as_raw_fd());
+                        }
+                    }
+                }
+                self.stats.inc_smc_listen(kind);
+                Applied { verdict, replaced }
+            }
+            Verdict::Tcp(reason) => {
+                self.count_tcp(reason);
+                // Never an SMC listener with the fallback switch: make it a real TCP socket.
+                if current.is_smc() {
+                    if let Err(e) = smc::replace_socket(fd, SocketKind::Tcp, &[]) {
+                        self.stats.inc(Counter::Errors);
+                        tracing::warn!(
+                            "envoy-smc: cannot turn listener fd {} into a TCP socket: {e}",
+                            fd.as_raw_fd()
+                        );
+                        return Applied {
+                            verdict,
+                            replaced: false,
+                        };
+                    }
+                    self.stats.inc(Counter::SocketReplaced);
+                    return Applied {
+                        verdict,
+                        replaced: true,
+                    };
+                }
+                Applied {
+                    verdict,
+                    replaced: false,
+                }
+            }
+        }
+    }
+
+    /// Carries out a client verdict before `connect()`: replaces a TCP socket with an SMC socket
+    /// for SMC; applies the kernel's fallback switch to an SMC socket for TCP. Counts the outcome.
+    pub fn apply_connect(&self, fd: BorrowedFd<'_>, verdict: Verdict) -> Applied {
+        let current = match smc::socket_kind(fd) {
+            Ok(Some((kind, _))) => kind,
+            _ => {
+                return Applied {
+                    verdict: Verdict::Tcp(TcpReason::NotIpStream),
+                    replaced: false,
+                }
+            }
+        };
+        match verdict {
+            Verdict::Smc { kind, .. } => {
+                let replaced = current != kind;
+                if replaced {
+                    if let Err(e) = smc::replace_socket(fd, kind, &[]) {
+                        return self.replace_failed(e);
+                    }
+                    self.stats.inc(Counter::SocketReplaced);
+                }
+                self.stats.inc_smc_connect(kind);
+                Applied { verdict, replaced }
+            }
+            Verdict::Tcp(reason) => {
+                self.count_tcp(reason);
+                if current.is_smc() {
+                    match smc::apply_fallback_switch(fd) {
+                        Ok(()) => self.stats.inc(Counter::FallbackSwitchApplied),
+                        Err(e) => {
+                            self.stats.inc(Counter::Errors);
+                            tracing::warn!(
+                                "envoy-smc: fallback switch on fd {} failed: {e}",
+                                fd.as_raw_fd()
+                            );
+                        }
+                    }
+                }
+                Applied {
+                    verdict,
+                    replaced: false,
+                }
+            }
+        }
+    }
+
+    fn count_tcp(&self, reason: TcpReason) {
+        self.stats.inc_tcp(reason);
+        if reason == TcpReason::ReusePortUnsupported
+            && !self.warned_reuse_port.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "envoy-smc: a selected listener stays TCP: {}",
+                reason.describe()
+            );
+        }
+    }
+
+    fn replace_failed(&self, e: io::Error) -> Applied {
+        self.stats.inc(Counter::Errors);
+        self.stats.inc_tcp(TcpReason::ReplaceFailed);
+        if !self.warned_replace.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "envoy-smc: could not open an SMC socket, keeping TCP ({e}); logged once"
+            );
+        }
+        Applied {
+            verdict: Verdict::Tcp(TcpReason::ReplaceFailed),
+            replaced: false,
+        }
+    }
+}
+
+/// One clear line when SMC is off for every socket, and why (not one per connection).
+fn log_availability(policy: &Policy) {
+    match policy.smc_kind() {
+        Ok(kind) => tracing::info!("envoy-smc: SMC available, using {}", kind.name()),
+        Err(reason) => tracing::info!("envoy-smc: every socket stays TCP: {}", reason.describe()),
+    }
+}
+
+/// The address `fd` is bound to.
+pub fn local_address(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    let mut storage: libc::sockaddr_storage = unsafe_zeroed();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage is large enough for any address and len says so.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    crate::ffi::sockaddr::to_socket_addr(&storage, len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP address"))
+}
+
+fn unsafe_zeroed() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}

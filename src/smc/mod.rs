@@ -1,0 +1,21 @@
+//! The kernel side of SMC: opening SMC sockets, probing what the kernel supports, the per-socket
+//! fallback switch, handshake limitation, and replacing a socket under the same fd number.
+//!
+//! Every function borrows the caller's fds and never closes one it did not open.
+
+mod host;
+mod probe;
+mod replace;
+mod socket;
+pub(crate) mod sys;
+
+pub use host::local_addresses;
+pub use probe::KernelSupport;
+pub use replace::{replace_socket, SockOpt};
+pub use socket::{
+    apply_fallback_switch, is_ip_stream, open_socket, set_limit_handshake, socket_kind, SocketKind,
+};
+pub use sys::{
+    AF_SMC, IPPROTO_SMC, SMCPROTO_SMC, SMCPROTO_SMC6, SMC_LIMIT_HS, SOL_SMC, TCP_FASTOPEN,
+    TCP_FASTOPEN_CONNECT,
+};

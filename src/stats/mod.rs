@@ -1,0 +1,155 @@
+//! Counters for every decision and outcome. Exact under concurrency (atomic adds), readable at
+//! any time as a snapshot, named for Envoy stats, Prometheus and JSON.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::policy::TcpReason;
+use crate::smc::SocketKind;
+
+/// One counter. The numbers index the C ABI's stats snapshot and are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Counter {
+    /// Sockets envoy-smc was asked about (IP stream sockets opened through it).
+    SocketsSeen = 0,
+    /// SMC client sockets opened (connect), by flavour.
+    SmcConnectAfSmc = 1,
+    SmcConnectIpprotoSmc = 2,
+    /// SMC listeners opened, by flavour.
+    SmcListenAfSmc = 3,
+    SmcListenIpprotoSmc = 4,
+    /// Sockets replaced under the same fd number (TCP -> SMC or back).
+    SocketReplaced = 5,
+    /// The kernel's fallback switch applied to an SMC socket.
+    FallbackSwitchApplied = 6,
+    /// Listeners given SMC_LIMIT_HS.
+    LimitHandshakeSet = 7,
+    /// Errors of envoy-smc's own calls that left a working TCP socket.
+    Errors = 8,
+    // 9..=24: TCP decisions by reason (TcpReason n -> 8 + n).
+}
+
+/// Index of the first per-reason counter, minus one (reason numbers start at 1).
+const REASON_BASE: usize = 8;
+/// Number of counters.
+pub const COUNTERS: usize = REASON_BASE + TcpReason::ALL.len() + 1;
+
+/// The name of counter `i`, as exported (`smc.<name>` in Envoy).
+pub fn counter_name(i: usize) -> Option<&'static str> {
+    const FIXED: [&str; 9] = [
+        "sockets_seen",
+        "smc_connect_af_smc",
+        "smc_connect_ipproto_smc",
+        "smc_listen_af_smc",
+        "smc_listen_ipproto_smc",
+        "socket_replaced",
+        "fallback_switch_applied",
+        "limit_handshake_set",
+        "errors",
+    ];
+    const REASONS: [&str; 16] = [
+        "tcp.disabled",
+        "tcp.not_opted_in",
+        "tcp.kernel_lacks_smc",
+        "tcp.mesh_switch_absent",
+        "tcp.kept_on_tcp",
+        "tcp.loopback",
+        "tcp.local_address",
+        "tcp.denied_address",
+        "tcp.address_not_allowed",
+        "tcp.denied_port",
+        "tcp.port_not_allowed",
+        "tcp.listener_not_selected",
+        "tcp.reuse_port_unsupported",
+        "tcp.fast_open",
+        "tcp.not_ip_stream",
+        "tcp.replace_failed",
+    ];
+    if i < FIXED.len() {
+        Some(FIXED[i])
+    } else {
+        REASONS.get(i - FIXED.len()).copied()
+    }
+}
+
+/// The counters of one runtime.
+#[derive(Debug)]
+pub struct Stats {
+    counters: [AtomicU64; COUNTERS],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Stats {
+    pub fn inc(&self, c: Counter) {
+        self.counters[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn inc_tcp(&self, reason: TcpReason) {
+        self.counters[REASON_BASE + reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn inc_smc_connect(&self, kind: SocketKind) {
+        match kind {
+            SocketKind::AfSmc => self.inc(Counter::SmcConnectAfSmc),
+            SocketKind::IpprotoSmc => self.inc(Counter::SmcConnectIpprotoSmc),
+            SocketKind::Tcp => {}
+        }
+    }
+
+    pub fn inc_smc_listen(&self, kind: SocketKind) {
+        match kind {
+            SocketKind::AfSmc => self.inc(Counter::SmcListenAfSmc),
+            SocketKind::IpprotoSmc => self.inc(Counter::SmcListenIpprotoSmc),
+            SocketKind::Tcp => {}
+        }
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.counters[c as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn tcp(&self, reason: TcpReason) -> u64 {
+        self.counters[REASON_BASE + reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every counter, in index order.
+    pub fn snapshot(&self) -> [u64; COUNTERS] {
+        std::array::from_fn(|i| self.counters[i].load(Ordering::Relaxed))
+    }
+
+    /// (name, value) for every counter.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        self.snapshot()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| counter_name(i).map(|n| (n, *v)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_has_a_unique_name_matching_its_reason() {
+        let names: Vec<_> = (0..COUNTERS)
+            .map(|i| counter_name(i).expect("named"))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), COUNTERS);
+        assert_eq!(counter_name(COUNTERS), None);
+        for r in TcpReason::ALL {
+            assert_eq!(names[REASON_BASE + r as usize], format!("tcp.{}", r.name()));
+        }
+    }
+}
