@@ -1,0 +1,62 @@
+//! `envoy-smc config FILE`: validate a configuration and show what it means on this host.
+
+use std::path::PathBuf;
+
+use envoy_smc::policy::{Environment, Policy};
+
+use crate::exit;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The configuration file (YAML or JSON); `-` reads standard input.
+    file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> u8 {
+    let loaded = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            Ok(_) => envoy_smc::config::from_yaml(&text),
+            Err(e) => {
+                eprintln!("envoy-smc: cannot read standard input: {e}");
+                return exit::USAGE;
+            }
+        }
+    } else {
+        envoy_smc::config::from_file(&args.file)
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("envoy-smc: invalid configuration {}: {e}", args.file.display());
+            return exit::USAGE;
+        }
+    };
+    let policy = match Policy::new(&config, &Environment::of_this_host()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("envoy-smc: invalid configuration {}: {e}", args.file.display());
+            return exit::USAGE;
+        }
+    };
+    let availability = match policy.smc_kind() {
+        Ok(kind) => format!("SMC sockets of kind {}", kind.name()),
+        Err(reason) => format!("every socket stays TCP: {}", reason.describe()),
+    };
+    if args.json {
+        let out = serde_json::json!({
+            "valid": true,
+            "config": envoy_smc::config::to_json(&config),
+            "on_this_host": availability,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        println!("configuration is valid");
+        println!("on this host: {availability}");
+        println!("{}", serde_yaml::to_string(&envoy_smc::config::to_json(&config)).unwrap_or_default());
+    }
+    exit::OK
+}
