@@ -33,6 +33,7 @@
 #include "smc_socket_interface.h"
 #include "test_support.h"
 
+// SmcConfig.Mode has a value named AF_SMC, which <sys/socket.h> defines as a macro.
 #pragma push_macro("AF_SMC")
 #undef AF_SMC
 #include "api/envoy_smc/v1/smc.pb.h"
@@ -204,6 +205,10 @@ std::optional<std::string> localIpv4() {
   return found;
 }
 
+// Where the listener tests bind: this host's own address, which the policy may select (a
+// loopback listener always stays TCP). Without one, the wildcard address.
+std::string listenerIp() { return localIpv4().value_or("0.0.0.0"); }
+
 // What Envoy does to a cluster's socket before connect(): the file event first, then the
 // socket options (here: the mesh switch, which EnvoyFilter puts on the cluster), then connect.
 void setEnableSwitch(Network::IoHandle& handle) {
@@ -249,7 +254,8 @@ Network::IoHandlePtr acceptOne(Network::IoHandle& listener) {
   return nullptr;
 }
 
-// Checks that a listener bound to ip:port accepts a plain TCP client.
+// Checks that a listener bound to ip:port accepts a plain TCP client, and that the accepted
+// socket gets Envoy's plain handle.
 void checkServes(Network::IoHandle& listener, const std::string& ip, uint16_t port) {
   Network::SocketInterfaceImpl plain;
   Network::IoHandlePtr client = plain.socket(
@@ -316,8 +322,7 @@ STAND_IN_TEST(stand_in_node_annotations_read_from_metadata) {
   auto& pod = *fields["ANNOTATIONS"].mutable_struct_value()->mutable_fields();
   pod[kOptIn].set_string_value("true");
   pod["not.a.string"].set_number_value(3);
-  fields["LABELS"].mutable_struct_value()->mutable_fields()->operator[]("app").set_string_value(
-      "fortio");
+  (*fields["LABELS"].mutable_struct_value()->mutable_fields())["app"].set_string_value("fortio");
   const auto annotations = Network::Smc::nodeAnnotations(info);
   CHECK_EQ(annotations.size(), size_t(1));
   CHECK_EQ(annotations[0].first, std::string(kOptIn));
@@ -328,9 +333,10 @@ STAND_IN_TEST(stand_in_node_annotations_read_from_metadata) {
 STAND_IN_TEST(stand_in_opt_in_absent_everything_tcp) {
   for (const std::optional<std::string>& opt_in :
        {std::optional<std::string>(), std::optional<std::string>("false")}) {
+    const uint16_t port = freePort();
+    const std::string ip = listenerIp();
     SmcConfig config = meshConfig();
     config.mutable_mesh_switch()->set_always_on(true);
-    const uint16_t port = freePort();
     config.mutable_listeners()->add_ports(port);
     Bed bed(config, Annotations{opt_in});
 
@@ -340,10 +346,10 @@ STAND_IN_TEST(stand_in_opt_in_absent_everything_tcp) {
     connectTo(*client, kRemote, 8080);
     CHECK_EQ(kindOfFd(client->fdDoNotUse()), ENVOY_SMC_KIND_TCP);
 
-    Network::IoHandlePtr listener = bed.listenerSocket("0.0.0.0", port);
+    Network::IoHandlePtr listener = bed.listenerSocket(ip, port);
     CHECK(asSmc(listener) == nullptr);
     setListenerDefaults(*listener);
-    CHECK_EQ(listener->bind(std::make_shared<Network::Address::Ipv4Instance>("0.0.0.0", port))
+    CHECK_EQ(listener->bind(std::make_shared<Network::Address::Ipv4Instance>(ip, port))
                  .return_value_,
              0);
     CHECK_EQ(listener->listen(16).return_value_, 0);
@@ -452,16 +458,17 @@ STAND_IN_TEST(stand_in_listener_selection_by_port) {
   while (other == selected) {
     other = freePort();
   }
+  const std::string ip = listenerIp();
   SmcConfig config = meshConfig();
   config.mutable_listeners()->add_ports(selected);
   Bed bed(config);
 
   std::vector<Network::IoHandlePtr> listeners;
   for (const uint16_t port : {selected, other}) {
-    Network::IoHandlePtr listener = bed.listenerSocket("0.0.0.0", port);
+    Network::IoHandlePtr listener = bed.listenerSocket(ip, port);
     setListenerDefaults(*listener);
     setEnableSwitch(*listener);
-    CHECK_EQ(listener->bind(std::make_shared<Network::Address::Ipv4Instance>("0.0.0.0", port))
+    CHECK_EQ(listener->bind(std::make_shared<Network::Address::Ipv4Instance>(ip, port))
                  .return_value_,
              0);
     CHECK_EQ(listener->listen(16).return_value_, 0);
@@ -469,7 +476,6 @@ STAND_IN_TEST(stand_in_listener_selection_by_port) {
   }
 
   const envoy_smc_socket_kind want = kernel().any() ? kernel().autoKind() : ENVOY_SMC_KIND_TCP;
-  std::cout << "DBG smc=" << (asSmc(listeners[0])!=nullptr) << " loop=" << bed.stat("tcp.loopback") << " notsel=" << bed.stat("tcp.listener_not_selected") << "\n";
   CHECK_EQ(kindOfFd(listeners[0]->fdDoNotUse()), want);
   // An unselected listener is a plain TCP socket: never an SMC socket with the fallback switch.
   CHECK_EQ(kindOfFd(listeners[1]->fdDoNotUse()), ENVOY_SMC_KIND_TCP);
@@ -481,9 +487,27 @@ STAND_IN_TEST(stand_in_listener_selection_by_port) {
   } else {
     CHECK_EQ(bed.stat("tcp.kernel_lacks_smc"), uint64_t(2));
   }
-  // Both serve plain TCP clients; accepted sockets get Envoy's plain handle.
-  checkServes(*listeners[0], "127.0.0.1", selected);
-  checkServes(*listeners[1], "127.0.0.1", other);
+  checkServes(*listeners[0], ip, selected);
+  checkServes(*listeners[1], ip, other);
+}
+
+STAND_IN_TEST(stand_in_wildcard_listener_is_selectable) {
+  // Istio's inbound listener binds 0.0.0.0:15006: the wildcard address accepts from every
+  // interface; it is not a loopback listener.
+  const uint16_t port = freePort();
+  SmcConfig config = meshConfig();
+  config.mutable_mesh_switch()->set_always_on(true);
+  config.mutable_listeners()->add_ports(port);
+  Bed bed(config);
+  Network::IoHandlePtr listener = bed.listenerSocket("0.0.0.0", port);
+  setListenerDefaults(*listener);
+  CHECK_EQ(listener->bind(std::make_shared<Network::Address::Ipv4Instance>("0.0.0.0", port))
+               .return_value_,
+           0);
+  CHECK_EQ(listener->listen(16).return_value_, 0);
+  CHECK_EQ(kindOfFd(listener->fdDoNotUse()),
+           kernel().any() ? kernel().autoKind() : ENVOY_SMC_KIND_TCP);
+  checkServes(*listener, "127.0.0.1", port);
 }
 
 STAND_IN_TEST(stand_in_default_listener_options_accepted_in_every_mode) {
@@ -493,20 +517,21 @@ STAND_IN_TEST(stand_in_default_listener_options_accepted_in_every_mode) {
        {envoy_smc::v1::SmcConfig_Mode_AUTO, envoy_smc::v1::SmcConfig_Mode_AF_SMC,
         envoy_smc::v1::SmcConfig_Mode_IPPROTO_SMC, envoy_smc::v1::SmcConfig_Mode_OFF}) {
     const uint16_t port = freePort();
+    const std::string ip = listenerIp();
     SmcConfig config = meshConfig();
     config.set_mode(mode);
     config.mutable_mesh_switch()->set_always_on(true);
     config.mutable_listeners()->add_ports(port);
     Bed bed(config);
 
-    Network::IoHandlePtr listener = bed.listenerSocket("0.0.0.0", port);
+    Network::IoHandlePtr listener = bed.listenerSocket(ip, port);
     setListenerDefaults(*listener);
-    CHECK_EQ(listener->bind(std::make_shared<Network::Address::Ipv4Instance>("0.0.0.0", port))
+    CHECK_EQ(listener->bind(std::make_shared<Network::Address::Ipv4Instance>(ip, port))
                  .return_value_,
              0);
     CHECK_EQ(listener->listen(16).return_value_, 0);
     CHECK_EQ(intOption(listener->fdDoNotUse(), SOL_SOCKET, SO_REUSEADDR), 1);
-    checkServes(*listener, "127.0.0.1", port);
+    checkServes(*listener, ip, port);
 
     const int fd = listener->fdDoNotUse();
     if (mode == envoy_smc::v1::SmcConfig_Mode_OFF) {
@@ -585,18 +610,18 @@ STAND_IN_TEST(stand_in_stats_mirrored_under_smc_prefix) {
 
 STAND_IN_TEST(stand_in_duplicate_decides_listener_before_sharing) {
   const uint16_t port = freePort();
+  const std::string ip = listenerIp();
   SmcConfig config = meshConfig();
   config.mutable_mesh_switch()->set_always_on(true);
   config.mutable_listeners()->add_ports(port);
   Bed bed(config);
 
   // enable_reuse_port: false: one bound socket, duplicated for the other workers before listen().
-  Network::IoHandlePtr first = bed.listenerSocket("0.0.0.0", port);
+  Network::IoHandlePtr first = bed.listenerSocket(ip, port);
   const int one = 1;
   CHECK_EQ(first->setOption(SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)).return_value_, 0);
-  CHECK_EQ(first->bind(std::make_shared<Network::Address::Ipv4Instance>("0.0.0.0", port))
-               .return_value_,
-           0);
+  CHECK_EQ(
+      first->bind(std::make_shared<Network::Address::Ipv4Instance>(ip, port)).return_value_, 0);
   Network::IoHandlePtr second = first->duplicate();
   if (SmcIoHandle* smc = asSmc(first); smc != nullptr) {
     CHECK(smc->decided());
@@ -606,7 +631,7 @@ STAND_IN_TEST(stand_in_duplicate_decides_listener_before_sharing) {
            kernel().any() ? kernel().autoKind() : ENVOY_SMC_KIND_TCP);
   CHECK_EQ(first->listen(16).return_value_, 0);
   CHECK_EQ(second->listen(16).return_value_, 0);
-  checkServes(*second, "127.0.0.1", port);
+  checkServes(*second, ip, port);
 }
 
 STAND_IN_TEST(stand_in_client_events_arrive_after_replacement) {
@@ -615,7 +640,7 @@ STAND_IN_TEST(stand_in_client_events_arrive_after_replacement) {
     std::cout << "  (no non-loopback IPv4 address: connection part skipped)\n";
     return;
   }
-  // The server: a plain TCP listener (a peer without SMC; the SMC client falls back).
+  // The server: a plain TCP listener (a peer without SMC; an SMC client falls back to TCP).
   Network::SocketInterfaceImpl plain;
   const uint16_t port = freePort();
   Network::IoHandlePtr server = plain.socket(
@@ -648,8 +673,8 @@ STAND_IN_TEST(stand_in_client_events_arrive_after_replacement) {
   CHECK_EQ(intOption(client->fdDoNotUse(), SOL_SOCKET, SO_ERROR), 0);
   Network::IoHandlePtr accepted = acceptOne(*server);
   CHECK(accepted != nullptr);
-  // Data sent by the server wakes the client's (re-created) read event.
-  CHECK_EQ(::send(accepted->fdDoNotUse(), "x", 1, 0), 1);
+  // Data from the server wakes the client's (re-created) read event.
+  CHECK_EQ(::send(accepted->fdDoNotUse(), "x", 1, 0), ssize_t(1));
   seen = 0;
   for (int i = 0; i < 100 && (seen & Event::FileReadyType::Read) == 0; ++i) {
     bed.dispatcher().runOnce(10);
