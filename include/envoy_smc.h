@@ -49,26 +49,6 @@ typedef uint32_t envoy_smc_result;
 #endif // __cplusplus
 
 /*
- The kind of socket behind an fd after a verdict was carried out.
- */
-enum envoy_smc_socket_kind
-#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
-  : uint32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
- {
-  ENVOY_SMC_KIND_TCP = 0,
-  ENVOY_SMC_KIND_AF_SMC = 1,
-  ENVOY_SMC_KIND_IPPROTO_SMC = 2,
-};
-#ifndef __cplusplus
-#if __STDC_VERSION__ >= 202311L
-typedef enum envoy_smc_socket_kind envoy_smc_socket_kind;
-#else
-typedef uint32_t envoy_smc_socket_kind;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
-
-/*
  Why envoy-smc left (or made) a socket plain TCP.
  */
 enum TcpReason
@@ -150,9 +130,24 @@ typedef uint32_t TcpReason;
 #endif // __cplusplus
 
 /*
- A socket option compared by (level, name, int value).
+ The kind of socket behind an fd after a verdict was carried out.
  */
-typedef struct OptionMatch OptionMatch;
+enum envoy_smc_socket_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  ENVOY_SMC_KIND_TCP = 0,
+  ENVOY_SMC_KIND_AF_SMC = 1,
+  ENVOY_SMC_KIND_IPPROTO_SMC = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum envoy_smc_socket_kind envoy_smc_socket_kind;
+#else
+typedef uint32_t envoy_smc_socket_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /*
  An envoy-smc runtime: the compiled configuration and the counters. Opaque; created by
@@ -191,9 +186,10 @@ typedef struct {
  */
 typedef struct {
   /*
-   The socket kind decided (TCP, or the SMC flavour).
+   The socket kind decided: an `envoy_smc_socket_kind` value (a plain integer, so that any
+   value a caller writes is defined behaviour; unknown values are rejected).
    */
-  envoy_smc_socket_kind kind;
+  uint32_t kind;
   /*
    For TCP: why (see `envoy_smc_reason_name`); 0 for SMC.
    */

@@ -19,6 +19,22 @@ pub mod proto {
 
 pub use proto::SmcConfig;
 
+/// The mesh switch when the config names none: SOL_SOCKET / SO_RCVLOWAT = 1, the kernel's
+/// default value, so a proxy without envoy-smc that receives the patch keeps working unchanged.
+pub const DEFAULT_ENABLE_OPTION: proto::SocketOptionMatch = proto::SocketOptionMatch {
+    level: 1,
+    name: 18,
+    int_value: 1,
+};
+
+/// The per-cluster fallback when the config names none: IPPROTO_TCP / TCP_FASTOPEN_CONNECT = 0, a
+/// no-op on a TCP socket and the kernel's own fallback switch on an SMC socket.
+pub const DEFAULT_KEEP_TCP_OPTION: proto::SocketOptionMatch = proto::SocketOptionMatch {
+    level: 6,
+    name: 30,
+    int_value: 0,
+};
+
 /// The annotation a workload sets to opt in when the config names none.
 pub const DEFAULT_OPT_IN_ANNOTATION: &str = "smc.asm.alibabacloud.com/enabled";
 

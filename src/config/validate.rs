@@ -135,7 +135,9 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
         if let Some(o) = &sw.keep_tcp_option {
             check_option("mesh_switch.keep_tcp_option", o)?;
         }
-        if sw.enable_option.is_some() && sw.enable_option == sw.keep_tcp_option {
+        let enable = sw.enable_option.unwrap_or(super::DEFAULT_ENABLE_OPTION);
+        let keep = sw.keep_tcp_option.unwrap_or(super::DEFAULT_KEEP_TCP_OPTION);
+        if enable == keep {
             return Err(ConfigError::new(
                 "mesh_switch.keep_tcp_option",
                 "is the same socket option as mesh_switch.enable_option: one cannot both turn SMC on and keep TCP",

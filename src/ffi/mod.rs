@@ -73,8 +73,9 @@ pub struct envoy_smc_socket_state {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct envoy_smc_verdict {
-    /// The socket kind decided (TCP, or the SMC flavour).
-    pub kind: envoy_smc_socket_kind,
+    /// The socket kind decided: an `envoy_smc_socket_kind` value (a plain integer, so that any
+    /// value a caller writes is defined behaviour; unknown values are rejected).
+    pub kind: u32,
     /// For TCP: why (see `envoy_smc_reason_name`); 0 for SMC.
     pub reason: u32,
     /// For SMC listeners: set SMC_LIMIT_HS.
@@ -101,13 +102,13 @@ impl From<Verdict> for envoy_smc_verdict {
                     SocketKind::AfSmc => envoy_smc_socket_kind::ENVOY_SMC_KIND_AF_SMC,
                     SocketKind::IpprotoSmc => envoy_smc_socket_kind::ENVOY_SMC_KIND_IPPROTO_SMC,
                     SocketKind::Tcp => envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP,
-                },
+                } as u32,
                 reason: 0,
                 limit_handshake: limit_hs,
                 replaced: false,
             },
             Verdict::Tcp(reason) => envoy_smc_verdict {
-                kind: envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP,
+                kind: envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32,
                 reason: reason as u32,
                 limit_handshake: false,
                 replaced: false,
@@ -118,18 +119,21 @@ impl From<Verdict> for envoy_smc_verdict {
 
 impl envoy_smc_verdict {
     fn to_verdict(self) -> Option<Verdict> {
+        const TCP: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32;
+        const AF_SMC: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_AF_SMC as u32;
+        const IPPROTO_SMC: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_IPPROTO_SMC as u32;
+        let limit_hs = self.limit_handshake;
         match self.kind {
-            envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP => {
-                TcpReason::from_u32(self.reason).map(Verdict::Tcp)
-            }
-            envoy_smc_socket_kind::ENVOY_SMC_KIND_AF_SMC => Some(Verdict::Smc {
+            TCP => TcpReason::from_u32(self.reason).map(Verdict::Tcp),
+            AF_SMC => Some(Verdict::Smc {
                 kind: SocketKind::AfSmc,
-                limit_hs: self.limit_handshake,
+                limit_hs,
             }),
-            envoy_smc_socket_kind::ENVOY_SMC_KIND_IPPROTO_SMC => Some(Verdict::Smc {
+            IPPROTO_SMC => Some(Verdict::Smc {
                 kind: SocketKind::IpprotoSmc,
-                limit_hs: self.limit_handshake,
+                limit_hs,
             }),
+            _ => None,
         }
     }
 }

@@ -43,26 +43,14 @@ pub struct OptionMatch {
 }
 
 impl OptionMatch {
-    /// SOL_SOCKET / SO_RCVLOWAT = 1: the kernel default, so a no-op for a proxy without envoy-smc.
-    pub const DEFAULT_ENABLE: OptionMatch = OptionMatch {
-        level: libc::SOL_SOCKET,
-        name: libc::SO_RCVLOWAT,
-        value: 1,
-    };
-    /// IPPROTO_TCP / TCP_FASTOPEN_CONNECT = 0: the kernel's own fallback switch on SMC sockets.
-    pub const DEFAULT_KEEP_TCP: OptionMatch = OptionMatch {
-        level: libc::IPPROTO_TCP,
-        name: TCP_FASTOPEN_CONNECT,
-        value: 0,
-    };
-
-    fn from_config(m: Option<&SocketOptionMatch>, default: OptionMatch) -> OptionMatch {
+    fn from_config(m: Option<&SocketOptionMatch>, default: SocketOptionMatch) -> OptionMatch {
+        let m = m.unwrap_or(&default);
         // validate() has checked that the values fit.
-        m.map_or(default, |m| OptionMatch {
+        OptionMatch {
             level: m.level as i32,
             name: m.name as i32,
             value: m.int_value as i32,
-        })
+        }
     }
 
     pub fn matches(&self, level: i32, name: i32, value: i32) -> bool {
@@ -182,11 +170,11 @@ impl Policy {
             always_on: switch.always_on,
             enable: OptionMatch::from_config(
                 switch.enable_option.as_ref(),
-                OptionMatch::DEFAULT_ENABLE,
+                config::DEFAULT_ENABLE_OPTION,
             ),
             keep_tcp: OptionMatch::from_config(
                 switch.keep_tcp_option.as_ref(),
-                OptionMatch::DEFAULT_KEEP_TCP,
+                config::DEFAULT_KEEP_TCP_OPTION,
             ),
             listener_ports: PortSet::new(&listener_ranges),
             limit_hs: listeners.limit_handshake,
@@ -271,7 +259,8 @@ impl Policy {
         };
         let reason = if !self.listener_ports.contains(local.port()) {
             TcpReason::ListenerNotSelected
-        } else if is_loopback(config::canonical(local.ip())) {
+        } else if config::canonical(local.ip()).is_loopback() {
+            // A wildcard (0.0.0.0, ::) listener is not loopback: it serves every address.
             TcpReason::Loopback
         } else if facts.has(SocketFacts::KEEP_TCP) {
             TcpReason::KeptOnTcp

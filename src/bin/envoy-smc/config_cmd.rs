@@ -31,14 +31,20 @@ pub fn run(args: Args) -> u8 {
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("envoy-smc: invalid configuration {}: {e}", args.file.display());
+            eprintln!(
+                "envoy-smc: invalid configuration {}: {e}",
+                args.file.display()
+            );
             return exit::USAGE;
         }
     };
     let policy = match Policy::new(&config, &Environment::of_this_host()) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("envoy-smc: invalid configuration {}: {e}", args.file.display());
+            eprintln!(
+                "envoy-smc: invalid configuration {}: {e}",
+                args.file.display()
+            );
             return exit::USAGE;
         }
     };
@@ -56,7 +62,10 @@ pub fn run(args: Args) -> u8 {
     } else {
         println!("configuration is valid");
         println!("on this host: {availability}");
-        println!("{}", serde_yaml::to_string(&envoy_smc::config::to_json(&config)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_yaml::to_string(&envoy_smc::config::to_json(&config)).unwrap_or_default()
+        );
     }
     exit::OK
 }

@@ -21,7 +21,11 @@ pub mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "envoy-smc", version, about = "SMC-R for Envoy/Istio sidecars: readiness, status, checks, config")]
+#[command(
+    name = "envoy-smc",
+    version,
+    about = "SMC-R for Envoy/Istio sidecars: readiness, status, checks, config"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,240 @@
+/* Drives every function of include/envoy_smc.h from C, error paths included.
+ * Built and run by tests/c_abi.rs with the system C compiler, -Wall -Wextra -Werror and
+ * ASan/UBSan, linked against the Rust staticlib. On a kernel without SMC (this CI host) every
+ * socket is TCP with reason kernel_lacks_smc; data still flows. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "envoy_smc.h"
+
+static int failures;
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);          \
+      failures++;                                                              \
+    }                                                                          \
+  } while (0)
+
+static const char *GOOD = "mode: AUTO\nmesh_switch: {always_on: true}\n"
+                          "opt_in: {all_workloads: true}\nlisteners: {ports: [15006]}\n";
+
+static envoy_smc_runtime *new_runtime(const char *yaml) {
+  envoy_smc_runtime *rt = NULL;
+  char *err = NULL;
+  envoy_smc_result r = envoy_smc_runtime_new_from_yaml(yaml, strlen(yaml), &rt, &err);
+  CHECK(r == ENVOY_SMC_OK);
+  CHECK(err == NULL);
+  return rt;
+}
+
+static void test_version(void) {
+  CHECK(envoy_smc_abi_version() == ENVOY_SMC_ABI_VERSION);
+  CHECK(envoy_smc_version() != NULL && strlen(envoy_smc_version()) >= 5);
+}
+
+static void test_runtime_errors(void) {
+  envoy_smc_runtime *rt = NULL;
+  char *err = NULL;
+  const char *bad = "upstream: {allow: [10.0.0.0/8, 10.0.0.0/33]}";
+  CHECK(envoy_smc_runtime_new_from_yaml(bad, strlen(bad), &rt, &err) == ENVOY_SMC_INVALID_CONFIG);
+  CHECK(rt == NULL);
+  CHECK(err != NULL && strstr(err, "upstream.allow[1]") && strstr(err, "10.0.0.0/33"));
+  envoy_smc_string_free(err);
+  /* Without an error out-pointer the code alone tells. */
+  CHECK(envoy_smc_runtime_new_from_yaml(bad, strlen(bad), &rt, NULL) == ENVOY_SMC_INVALID_CONFIG);
+  CHECK(envoy_smc_runtime_new_from_yaml(NULL, 0, &rt, &err) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_runtime_new_from_yaml(GOOD, strlen(GOOD), NULL, &err) == ENVOY_SMC_NULL_ARGUMENT);
+  const char latin1[] = {'m', 'o', 'd', 'e', ':', ' ', (char)0xff, 0};
+  err = NULL;
+  CHECK(envoy_smc_runtime_new_from_yaml(latin1, strlen(latin1), &rt, &err) == ENVOY_SMC_INVALID_CONFIG);
+  CHECK(err != NULL && strstr(err, "UTF-8"));
+  envoy_smc_string_free(err);
+
+  /* The binary form: garbage, and an empty message with annotations. */
+  const uint8_t garbage[] = {0xff, 0xff, 0xff};
+  err = NULL;
+  CHECK(envoy_smc_runtime_new_from_proto(garbage, sizeof garbage, NULL, 0, &rt, &err) == ENVOY_SMC_INVALID_CONFIG);
+  CHECK(err != NULL && strstr(err, "SmcConfig"));
+  envoy_smc_string_free(err);
+  envoy_smc_annotation ann = {"smc.asm.alibabacloud.com/enabled", 32, "true", 4};
+  rt = NULL;
+  CHECK(envoy_smc_runtime_new_from_proto(NULL, 0, &ann, 1, &rt, NULL) == ENVOY_SMC_OK);
+  CHECK(rt != NULL);
+  envoy_smc_runtime_free(rt);
+  envoy_smc_annotation null_key = {NULL, 3, "x", 1};
+  CHECK(envoy_smc_runtime_new_from_proto(NULL, 0, &null_key, 1, &rt, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_runtime_new_from_proto(NULL, 0, NULL, 2, &rt, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_runtime_new_from_proto(garbage, 3, NULL, 0, NULL, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  envoy_smc_runtime_free(NULL);
+  envoy_smc_string_free(NULL);
+}
+
+static uint64_t counter(envoy_smc_runtime *rt, const char *name) {
+  uint64_t values[64];
+  size_t n = envoy_smc_stats_snapshot(rt, values, 64);
+  for (size_t i = 0; i < n && i < 64; i++)
+    if (strcmp(envoy_smc_counter_name(i), name) == 0) return values[i];
+  fprintf(stderr, "no counter %s\n", name);
+  failures++;
+  return 0;
+}
+
+static void test_names_and_stats(envoy_smc_runtime *rt) {
+  size_t n = envoy_smc_stats_snapshot(rt, NULL, 0);
+  CHECK(n >= 20);
+  for (size_t i = 0; i < n; i++) CHECK(envoy_smc_counter_name(i) != NULL);
+  CHECK(envoy_smc_counter_name(n) == NULL);
+  CHECK(envoy_smc_counter_name((size_t)-1) == NULL);
+  CHECK(strcmp(envoy_smc_reason_name(3), "kernel_lacks_smc") == 0);
+  CHECK(strcmp(envoy_smc_reason_name(6), "loopback") == 0);
+  CHECK(envoy_smc_reason_name(0) == NULL);
+  CHECK(envoy_smc_reason_name(9999) == NULL);
+  CHECK(envoy_smc_stats_snapshot(NULL, NULL, 0) == 0);
+  uint64_t two[2] = {77, 77};
+  CHECK(envoy_smc_stats_snapshot(rt, two, 1) == n);
+  CHECK(two[1] == 77); /* never writes past len */
+}
+
+/* A listener and a client through the ABI; one request/response over them. */
+static void test_round_trip(envoy_smc_runtime *rt) {
+  uint64_t lacks_before = counter(rt, "tcp.kernel_lacks_smc");
+  struct sockaddr_in any = {0};
+  any.sin_family = AF_INET;
+  any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  envoy_smc_socket_state ls = {0};
+  int lfd = envoy_smc_socket(rt, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0, NULL, 0, &ls);
+  CHECK(lfd >= 0);
+  int one = 1;
+  envoy_smc_note_sockopt(rt, &ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  CHECK(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0);
+  CHECK(bind(lfd, (struct sockaddr *)&any, sizeof any) == 0);
+  envoy_smc_verdict v;
+  memset(&v, 0xaa, sizeof v);
+  CHECK(envoy_smc_before_listen(rt, lfd, &ls, &v) == ENVOY_SMC_OK);
+  CHECK(v.kind == ENVOY_SMC_KIND_TCP);
+  CHECK(!v.replaced);
+  CHECK(listen(lfd, 8) == 0);
+  socklen_t alen = sizeof any;
+  CHECK(getsockname(lfd, (struct sockaddr *)&any, &alen) == 0);
+
+  envoy_smc_socket_state cs = {0};
+  int cfd = envoy_smc_socket(rt, AF_INET, SOCK_STREAM, 0, (struct sockaddr *)&any, sizeof any, &cs);
+  CHECK(cfd >= 0);
+  CHECK(!cs.tracked); /* loopback destination, or a kernel without SMC: TCP for good */
+  memset(&v, 0xaa, sizeof v);
+  CHECK(envoy_smc_before_connect(rt, cfd, &cs, (struct sockaddr *)&any, sizeof any, &v) == ENVOY_SMC_OK);
+  CHECK(v.kind == ENVOY_SMC_KIND_TCP);
+  CHECK(connect(cfd, (struct sockaddr *)&any, sizeof any) == 0);
+  int afd = accept(lfd, NULL, NULL);
+  CHECK(afd >= 0);
+  CHECK(write(cfd, "ping", 4) == 4);
+  char buf[8] = {0};
+  CHECK(read(afd, buf, sizeof buf) == 4 && memcmp(buf, "ping", 4) == 0);
+  CHECK(write(afd, "pong", 4) == 4);
+  CHECK(read(cfd, buf, sizeof buf) == 4 && memcmp(buf, "pong", 4) == 0);
+  close(afd);
+  close(cfd);
+  close(lfd);
+  /* Both IP stream sockets were counted with their reason on a kernel without SMC. */
+  if (!ls.tracked) CHECK(counter(rt, "tcp.kernel_lacks_smc") == lacks_before + 2);
+}
+
+static void test_argument_errors(envoy_smc_runtime *rt) {
+  envoy_smc_verdict v;
+  envoy_smc_socket_state tracked = {0, true};
+  envoy_smc_socket_state untracked = {0, false};
+  struct sockaddr_in dst = {0};
+  dst.sin_family = AF_INET;
+  dst.sin_port = htons(80);
+  dst.sin_addr.s_addr = htonl(0x0a000001);
+  struct sockaddr_un un = {0};
+  un.sun_family = AF_UNIX;
+
+  /* Non-IP and datagram sockets are plain and untracked. */
+  envoy_smc_socket_state s = {123, true};
+  int ufd = envoy_smc_socket(rt, AF_UNIX, SOCK_STREAM, 0, NULL, 0, &s);
+  CHECK(ufd >= 0 && !s.tracked && s.facts == 0);
+  close(ufd);
+  int dfd = envoy_smc_socket(rt, AF_INET, SOCK_DGRAM, 0, NULL, 0, &s);
+  CHECK(dfd >= 0 && !s.tracked);
+  close(dfd);
+  /* socket(2)'s own errors come back as socket(2) gives them. */
+  errno = 0;
+  CHECK(envoy_smc_socket(rt, 12345, SOCK_STREAM, 0, NULL, 0, &s) == -1 && errno == EAFNOSUPPORT);
+  /* A NULL runtime or state: a plain socket. */
+  int pfd = envoy_smc_socket(NULL, AF_INET, SOCK_STREAM, 0, NULL, 0, NULL);
+  CHECK(pfd >= 0);
+
+  envoy_smc_note_sockopt(NULL, &tracked, 1, 18, NULL, 0);
+  envoy_smc_note_sockopt(rt, NULL, 1, 18, NULL, 0);
+  envoy_smc_note_sockopt(rt, &tracked, 1, 18, NULL, 4);
+  int val = 1;
+  envoy_smc_note_sockopt(rt, &untracked, 1, 18, &val, sizeof val);
+  CHECK(untracked.facts == 0);
+
+  CHECK(envoy_smc_decide_listen(NULL, pfd, &tracked, &v) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_decide_listen(rt, pfd, NULL, &v) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_decide_listen(rt, pfd, &tracked, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_decide_listen(rt, -1, &tracked, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_decide_listen(rt, pfd, &untracked, &v) == ENVOY_SMC_OK && v.kind == ENVOY_SMC_KIND_TCP);
+  CHECK(envoy_smc_decide_connect(rt, &tracked, NULL, 0, &v) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&un, sizeof un, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&dst, 4, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&dst, sizeof dst, &v) == ENVOY_SMC_OK);
+  /* This host has no SMC: the kernel is the reason (in the SMC VM the verdict is SMC). */
+  CHECK(v.kind != ENVOY_SMC_KIND_TCP || v.reason == 3);
+
+  envoy_smc_verdict bogus = {99, 0, false, false};
+  CHECK(envoy_smc_apply_connect(rt, pfd, &tracked, &bogus) == ENVOY_SMC_INVALID_ARGUMENT);
+  envoy_smc_verdict bad_reason = {ENVOY_SMC_KIND_TCP, 4242, false, false};
+  CHECK(envoy_smc_apply_listen(rt, pfd, &tracked, &bad_reason) == ENVOY_SMC_INVALID_ARGUMENT);
+  envoy_smc_verdict tcp = {ENVOY_SMC_KIND_TCP, 6, false, false};
+  CHECK(envoy_smc_apply_connect(rt, -1, &tracked, &tcp) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_apply_connect(NULL, pfd, &tracked, &tcp) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_apply_connect(rt, pfd, &tracked, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  /* An fd that is not a socket: reported as not an IP stream socket, nothing done. */
+  int pipefd[2];
+  CHECK(pipe(pipefd) == 0);
+  CHECK(envoy_smc_apply_connect(rt, pipefd[0], &tracked, &tcp) == ENVOY_SMC_OK);
+  CHECK(tcp.kind == ENVOY_SMC_KIND_TCP && tcp.reason == 15 && !tcp.replaced);
+  close(pipefd[0]);
+  close(pipefd[1]);
+
+  /* An SMC verdict that cannot be carried out (no SMC in this kernel) keeps a working TCP socket. */
+  envoy_smc_verdict smc = {ENVOY_SMC_KIND_IPPROTO_SMC, 0, false, false};
+  uint64_t failed_before = counter(rt, "tcp.replace_failed");
+  CHECK(envoy_smc_apply_connect(rt, pfd, &tracked, &smc) == ENVOY_SMC_OK);
+  if (smc.kind == ENVOY_SMC_KIND_TCP) {
+    CHECK(smc.reason == 16 && !smc.replaced);
+    CHECK(counter(rt, "tcp.replace_failed") == failed_before + 1);
+    int type = 0;
+    socklen_t tl = sizeof type;
+    CHECK(getsockopt(pfd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_STREAM);
+  }
+  close(pfd);
+}
+
+int main(void) {
+  test_version();
+  test_runtime_errors();
+  envoy_smc_runtime *rt = new_runtime(GOOD);
+  if (!rt) return 1;
+  test_names_and_stats(rt);
+  test_round_trip(rt);
+  test_argument_errors(rt);
+  envoy_smc_runtime_free(rt);
+  if (failures) {
+    fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("abi_test: all checks passed\n");
+  return 0;
+}
