@@ -3,7 +3,8 @@
 # Envoy stand-in (bazel/envoy_stand_in/), linked with the real envoy-smc static library
 # (target/debug/libenvoy_smc.a), with g++ -Wall -Wextra -Werror. Runs the tests twice: on the
 # machine's own kernel, and with the fake SMC kernel of fake_smc_kernel.cc, so that the SMC
-# decision path is exercised on machines without SMC too. Prints "N passed, N failed" last.
+# decision path is exercised on machines without SMC too; then the image's bootstrap-template
+# patch (test_image_bootstrap.py). Prints "N passed, N failed" last.
 #
 # Environment: CXX (default g++), CARGO (default cargo), SKIP_CARGO_BUILD=1 to use the archive
 # as it is, BUILD_DIR (default target/bazel-shim-test).
@@ -37,7 +38,7 @@ lib="$root/target/debug/libenvoy_smc.a"
 
 protoc -I"$root" --cpp_out="$build" api/envoy_smc/v1/smc.proto
 
-flags=(-std=c++17 -Wall -Wextra -Werror -g -O0
+flags=(-std=c++17 -Wall -Wextra -Werror -Wnon-virtual-dtor -Woverloaded-virtual -Wold-style-cast -Wformat -Wformat-security -Wvla -g -O0
   -I"$root/bazel/envoy_stand_in" -I"$root/bazel/source" -I"$root/include" -I"$build")
 srcs=(
   bazel/source/smc_runtime.cc
@@ -84,5 +85,6 @@ run() {
 }
 run "$bin"
 run env ENVOY_SMC_FAKE_KERNEL=1 "$bin"
+run python3 "$root/bazel/test/test_image_bootstrap.py"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds istio-proxy (the Envoy of the istio/proxyv2 image) with the envoy-smc socket interface.
+#
+# Pinned: istio/proxy tag 1.28.10 (commit 6aa6f06f5c5ff0d8ef4d3cff073f73be90f05d22), which builds
+# Envoy 57198c441a298a75097c690726d90974549a9778 (release/v1.36) with bazel 7.7.1: the proxy of
+# docker.io/istio/proxyv2:1.28.10. Override with ISTIO_PROXY_REF / ISTIO_PROXY_COMMIT for
+# another 1.28 patch; the image must then use the same tag (bazel/Dockerfile ISTIO_VERSION).
+#
+# Steps: check out istio/proxy into $WORKDIR (default target/istio-proxy), add @envoy_smc to its
+# WORKSPACE and envoy-smc to ISTIO_EXTENSIONS in its BUILD, build the Rust library for the
+# sysroot, bazel build -c opt //:envoy there. Istio builds its proxy inside its build-tools
+# container (gcr.io/istio-testing/build-tools-proxy); run this script there too.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+ref="${ISTIO_PROXY_REF:-1.28.10}"
+commit="${ISTIO_PROXY_COMMIT:-6aa6f06f5c5ff0d8ef4d3cff073f73be90f05d22}"
+work="${WORKDIR:-$root/target/istio-proxy}"
+
+if [ ! -d "$work/.git" ]; then
+  git clone --branch "$ref" https://github.com/istio/proxy.git "$work"
+fi
+git -C "$work" checkout --quiet "$commit"
+git -C "$work" checkout --quiet -- WORKSPACE BUILD
+
+mkdir -p "$work/bazel/envoy_smc"
+cp "$root/bazel/envoy/envoy_smc.bzl" "$root/bazel/envoy/envoy_smc.BUILD.bazel" "$work/bazel/envoy_smc/"
+printf 'exports_files(["envoy_smc.BUILD.bazel"])\n' >"$work/bazel/envoy_smc/BUILD.bazel"
+cat >>"$work/WORKSPACE" <<WORKSPACE
+
+load("//bazel/envoy_smc:envoy_smc.bzl", "envoy_smc_repository")
+
+envoy_smc_repository(
+    build_file = "//bazel/envoy_smc:envoy_smc.BUILD.bazel",
+    path = "$root",
+)
+WORKSPACE
+grep -q '^ISTIO_EXTENSIONS = \[' "$work/BUILD" ||
+  { echo "istio/proxy BUILD has no ISTIO_EXTENSIONS list: update this script" >&2; exit 1; }
+sed -i 's|^ISTIO_EXTENSIONS = \[|ISTIO_EXTENSIONS = [\n    "@envoy_smc//:socket_interface",|' "$work/BUILD"
+
+cd "$root"
+if command -v cargo-zigbuild >/dev/null; then
+  cargo zigbuild --release --lib --target x86_64-unknown-linux-gnu.2.28
+  export ENVOY_SMC_STATICLIB="$root/target/x86_64-unknown-linux-gnu/release/libenvoy_smc.a"
+else
+  cargo build --release --lib
+  export ENVOY_SMC_STATICLIB="$root/target/release/libenvoy_smc.a"
+fi
+
+cd "$work"
+bazel build -c opt //:envoy "$@"
+echo "built: $work/bazel-bin/envoy"
