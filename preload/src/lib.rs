@@ -1,1 +1,291 @@
-//! LD_PRELOAD build of envoy-smc (see issue: preload library).
+//! `libenvoy_smc_preload.so`: envoy-smc for a stock Envoy (or any program), by `LD_PRELOAD`.
+//!
+//! "TCP first": every IP stream socket the program opens is a plain TCP socket. envoy-smc
+//! replaces it under the same fd number with an SMC socket only when a decision says SMC:
+//! - listeners right before `listen()` (Envoy registers a listener with epoll only after
+//!   `listen()`); a listener that is not selected stays the plain TCP socket it is;
+//! - clients right before `connect()`. By then Envoy has registered the fd with epoll and set the
+//!   cluster's socket options. Replacing the socket (`dup3`) drops the old open file's epoll
+//!   registration, so the library records `epoll_ctl` calls on tracked sockets and adds the new
+//!   socket to the same epoll instances with the same events and data before the real
+//!   `connect()`; options the program set are carried over too.
+//!
+//! Interposed: `socket`, `setsockopt` (the mesh switch and per-cluster fallback options),
+//! `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
+//! `close_range`, `dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`). Accepted sockets are never touched.
+//! A tracked socket that is duplicated before `listen()`/`connect()` (Envoy duplicates a
+//! listener's socket for its workers when `enable_reuse_port` is false) gets its listener
+//! decision at that moment if it is bound, and otherwise stays TCP.
+//!
+//! Safety rules: every hook ends in the real function; before the library is set up, while the
+//! library itself is calling libc (a thread-local re-entrancy guard), after a caught panic, in a
+//! secure-execution process, or when the configuration is invalid, a hook is a plain call of the
+//! real function. Untracked fds cost one or two atomic loads. Configuration and environment
+//! variables: see [`state`]. Counters: see [`stats`] and `envoy_smc_preload_stats()`.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
+
+use libc::{epoll_event, sockaddr, socklen_t};
+
+mod hooks;
+mod real;
+pub mod state;
+pub mod stats;
+mod table;
+
+thread_local! {
+    static IN_LIBRARY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The re-entrancy guard: held while the library runs its own code on this thread, so that the
+/// libc calls it makes (`socket`, `setsockopt`, `dup3`, `close` inside a socket replacement, the
+/// kernel probe, the stats writer) go straight to the real functions.
+pub(crate) struct Reentry(());
+
+impl Reentry {
+    /// `None` if this thread is inside the library already (or its thread-locals are gone).
+    pub(crate) fn enter() -> Option<Reentry> {
+        IN_LIBRARY
+            .try_with(|g| (!g.replace(true)).then_some(Reentry(())))
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Reentry {
+    fn drop(&mut self) {
+        let _ = IN_LIBRARY.try_with(|g| g.set(false));
+    }
+}
+
+/// Runs a hook body: inside the re-entrancy guard (the caller holds it), with `errno` as it was
+/// before, and with panics caught (a panic switches the library off for the process).
+fn body(f: impl FnOnce()) {
+    if state::poisoned() {
+        return;
+    }
+    // SAFETY: __errno_location returns this thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        state::poison();
+        state::inc(&state::COUNTERS.internal_errors);
+        tracing::error!(
+            "envoy-smc: internal error caught; the library does nothing more in this process"
+        );
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+fn is_ip_stream_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+    envoy_smc::smc::is_ip_stream(domain, ty, protocol)
+}
+
+/// # Safety
+/// The C `socket(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    if !is_ip_stream_request(domain, ty, protocol) {
+        return real::socket()(domain, ty, protocol);
+    }
+    let Some(_guard) = Reentry::enter() else {
+        return real::socket()(domain, ty, protocol);
+    };
+    let mut active = None;
+    body(|| active = state::active());
+    let fd = real::socket()(domain, ty, protocol);
+    if fd >= 0 {
+        if let Some(active) = active {
+            body(|| hooks::opened(active, fd, domain, ty, protocol));
+        } else if !table::quiet(fd) {
+            table::forget(fd);
+        }
+    }
+    fd
+}
+
+/// # Safety
+/// The C `setsockopt(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    let rc = real::setsockopt()(fd, level, name, value, len);
+    if rc == 0 && !table::quiet(fd) {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| hooks::sockopt_set(fd, level, name, value, len));
+        }
+    }
+    rc
+}
+
+/// # Safety
+/// The C `listen(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    if !table::quiet(fd) {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| hooks::before_listen(fd));
+        }
+    }
+    real::listen()(fd, backlog)
+}
+
+/// # Safety
+/// The C `connect(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if !table::quiet(fd) {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| hooks::before_connect(fd, addr, len));
+        }
+    }
+    real::connect()(fd, addr, len)
+}
+
+/// # Safety
+/// The C `epoll_ctl(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
+) -> c_int {
+    let rc = real::epoll_ctl()(epfd, op, fd, event);
+    if rc == 0 && !table::quiet(fd) {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| hooks::epoll_registered(epfd, op, fd, event));
+        }
+    }
+    rc
+}
+
+/// Forgets what envoy-smc knew about `fd` (closed or about to be overwritten), unless the library
+/// itself is the caller.
+fn fd_gone(fd: c_int) {
+    if !table::quiet(fd) {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| table::forget(fd));
+        }
+    }
+}
+
+/// A tracked socket is about to be duplicated.
+fn duplicating(fd: c_int) {
+    if !table::quiet(fd) {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| hooks::before_dup(fd));
+        }
+    }
+}
+
+/// # Safety
+/// The C `close(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    fd_gone(fd);
+    real::close()(fd)
+}
+
+/// # Safety
+/// The C `close_range(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| table::forget_range(first, last));
+        }
+    }
+    real::close_range()(first, last, flags)
+}
+
+/// # Safety
+/// The C `dup(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    duplicating(fd);
+    let new = real::dup()(fd);
+    fd_gone(new);
+    new
+}
+
+/// # Safety
+/// The C `dup2(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if old != new {
+        fd_gone(new);
+        duplicating(old);
+    }
+    real::dup2()(old, new)
+}
+
+/// # Safety
+/// The C `dup3(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if old != new {
+        fd_gone(new);
+        duplicating(old);
+    }
+    real::dup3()(old, new, flags)
+}
+
+unsafe fn fcntl_with(f: real::FcntlFn, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    if cmd != libc::F_DUPFD && cmd != libc::F_DUPFD_CLOEXEC {
+        return f(fd, cmd, arg);
+    }
+    duplicating(fd);
+    let new = f(fd, cmd, arg);
+    fd_gone(new);
+    new
+}
+
+/// # Safety
+/// The C `fcntl(2)` contract (one optional integer or pointer argument).
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_with(real::fcntl(), fd, cmd, arg)
+}
+
+/// # Safety
+/// The C `fcntl64` contract (glibc's name for `fcntl` with 64-bit offsets).
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_with(real::fcntl64(), fd, cmd, arg)
+}
+
+/// The library's counters as Prometheus text, like `snprintf`: writes at most `len` bytes
+/// (NUL-terminated when `len > 0`) into `buf` and returns the length of the whole text (without
+/// the NUL). `buf` may be NULL when `len` is 0. Safe to call from any thread at any time.
+///
+/// # Safety
+/// `buf` must be NULL or point at `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_smc_preload_stats(buf: *mut c_char, len: usize) -> usize {
+    let _guard = Reentry::enter();
+    let text = std::panic::catch_unwind(stats::render).unwrap_or_default();
+    if !buf.is_null() && len > 0 {
+        let n = text.len().min(len - 1);
+        // SAFETY: the caller gives `len` writable bytes at `buf`; n + 1 <= len.
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+        *buf.add(n) = 0;
+    }
+    text.len()
+}
+
+/// The library's state in this process: 0 not set up yet (no IP stream socket opened so far),
+/// 1 active, 2 off (secure execution), 3 off (invalid configuration), 4 off (internal error).
+#[no_mangle]
+pub extern "C" fn envoy_smc_preload_state() -> c_int {
+    if state::poisoned() {
+        return state::Off::InitFailed as c_int;
+    }
+    state::state_code()
+}

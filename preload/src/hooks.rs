@@ -1,0 +1,247 @@
+//! The hooks' work on tracked sockets. Every function here runs inside the re-entrancy guard and
+//! a panic boundary (see `body` in lib.rs), and only ever prepares the fd for the real call the
+//! hook makes afterwards.
+
+use std::ffi::{c_int, c_void};
+use std::os::fd::BorrowedFd;
+
+use envoy_smc::ffi::sockaddr;
+use envoy_smc::runtime::{local_address, Applied};
+use envoy_smc::smc::{replace_socket, SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
+use envoy_smc::Verdict;
+use libc::{epoll_event, socklen_t};
+
+use crate::real;
+use crate::state::{self, inc, Active, COUNTERS};
+use crate::table::{self, Tracked, MAX_OPT_LEN};
+
+/// The inode of the socket under `fd`.
+fn inode(fd: c_int) -> Option<u64> {
+    // SAFETY: stat is plain old data; fstat fills it in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+}
+
+/// After `socket()` returned `fd`: track it if SMC is still possible for it.
+pub fn opened(active: &Active, fd: c_int, domain: c_int, ty: c_int, protocol: c_int) {
+    if active.runtime.on_socket(domain, ty, protocol, None) {
+        match inode(fd) {
+            Some(ino) => table::track(fd, Tracked::new(ino)),
+            None => table::forget(fd),
+        }
+    } else if !table::quiet(fd) {
+        table::forget(fd);
+    }
+}
+
+/// After a successful `setsockopt` on a tracked fd.
+pub fn sockopt_set(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) {
+    let Some(active) = state::active_if_set_up() else {
+        return;
+    };
+    let len = len as usize;
+    if value.is_null() || len > MAX_OPT_LEN {
+        table::with_tracked(fd, |t| t.opts_overflow = true);
+        return;
+    }
+    // SAFETY: setsockopt just read `len` bytes at `value` successfully.
+    let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len) };
+    table::with_tracked(fd, |t| {
+        t.facts = active.runtime.note_sockopt(t.facts, level, name, bytes);
+        t.record_opt(level, name, bytes);
+    });
+}
+
+/// After a successful `epoll_ctl` naming a tracked fd.
+pub fn epoll_registered(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) {
+    let (events, data) = if event.is_null() {
+        (0, 0)
+    } else {
+        // SAFETY: epoll_ctl just read the event successfully; epoll_event may be packed, so read
+        // it unaligned.
+        let ev = unsafe { std::ptr::read_unaligned(event) };
+        (ev.events, ev.u64)
+    };
+    if op == libc::EPOLL_CTL_DEL {
+        table::with_tracked(fd, |t| t.record_epoll(op, epfd, 0, 0, 0));
+        return;
+    }
+    let Some(gen) = table::mark_epoll(epfd) else {
+        return;
+    };
+    table::with_tracked(fd, |t| t.record_epoll(op, epfd, gen, events, data));
+}
+
+/// Before `listen()` on a tracked fd: the listener decision.
+pub fn before_listen(fd: c_int) {
+    let Some(active) = state::active_if_set_up() else {
+        table::forget(fd);
+        return;
+    };
+    table::settle(fd, |t| decide_listener(active, fd, t, "listen"));
+}
+
+/// Before a tracked fd is duplicated: a bound socket gets its listener decision now (the
+/// duplicate must share the final socket); any other stays TCP.
+pub fn before_dup(fd: c_int) {
+    let Some(active) = state::active_if_set_up() else {
+        table::forget(fd);
+        return;
+    };
+    table::settle(fd, |t| {
+        inc(&COUNTERS.dup_settled);
+        // SAFETY: fd is open (it is being duplicated) and only borrowed for this call.
+        let bound = local_address(unsafe { BorrowedFd::borrow_raw(fd) })
+            .is_ok_and(|a| a.port() != 0);
+        if bound {
+            decide_listener(active, fd, t, "dup");
+        } else {
+            tracing::debug!("envoy-smc: fd {fd} duplicated before bind/connect: stays TCP");
+        }
+    });
+}
+
+fn decide_listener(active: &Active, fd: c_int, t: Tracked, at: &str) {
+    if inode(fd) != Some(t.ino) {
+        inc(&COUNTERS.stale_fd);
+        return;
+    }
+    // SAFETY: fd is open (checked just above) and only borrowed during this call.
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let rt = &active.runtime;
+    let verdict = rt.decide_listen(bfd, t.facts);
+    let applied = rt.apply_listen(bfd, verdict);
+    let local = local_address(bfd).ok();
+    after_decision(fd, &t, applied, at, local);
+}
+
+/// Before `connect()` on a tracked fd: the client decision.
+pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
+    let Some(active) = state::active_if_set_up() else {
+        table::forget(fd);
+        return;
+    };
+    // SAFETY: the caller passes `len` readable bytes at `addr` (or NULL), as connect() requires.
+    let remote = unsafe { sockaddr::from_raw(addr, len) };
+    table::settle(fd, |t| {
+        if inode(fd) != Some(t.ino) {
+            inc(&COUNTERS.stale_fd);
+            return;
+        }
+        let Some(remote) = remote else {
+            // AF_UNSPEC (dissolve) or a bad address: the real call answers; stays TCP.
+            return;
+        };
+        // SAFETY: fd is open (checked above) and only borrowed during this call.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let rt = &active.runtime;
+        let verdict = rt.decide_connect(remote, t.facts);
+        let applied = rt.apply_connect(bfd, verdict);
+        after_decision(fd, &t, applied, "connect", Some(remote));
+    });
+}
+
+/// Logs a decision and, when the socket was replaced, carries options and epoll registrations
+/// over to the new socket (turning it back into TCP if a registration cannot be carried over).
+fn after_decision(
+    fd: c_int,
+    t: &Tracked,
+    applied: Applied,
+    at: &str,
+    addr: Option<std::net::SocketAddr>,
+) {
+    let addr = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+    match applied.verdict {
+        Verdict::Smc { kind, .. } => tracing::debug!(
+            "envoy-smc: fd {fd} {at} {addr}: SMC ({}){}",
+            kind.name(),
+            if applied.replaced { ", socket replaced" } else { "" }
+        ),
+        Verdict::Tcp(reason) => {
+            tracing::debug!("envoy-smc: fd {fd} {at} {addr}: TCP ({})", reason.name())
+        }
+    }
+    if !applied.replaced {
+        return;
+    }
+    let kind = match applied.verdict {
+        Verdict::Smc { kind, .. } => kind,
+        Verdict::Tcp(_) => SocketKind::Tcp,
+    };
+    replay_options(fd, t, kind);
+    if let Err(e) = reregister(fd, t) {
+        inc(&COUNTERS.epoll_reregister_failed);
+        tracing::warn!(
+            "envoy-smc: fd {fd}: cannot carry its epoll registration over to the new socket ({e}); \
+             turning it back into TCP"
+        );
+        // SAFETY: fd is open and only borrowed during this call.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if kind.is_smc() && replace_socket(bfd, SocketKind::Tcp, &[]).is_ok() {
+            replay_options(fd, t, SocketKind::Tcp);
+            if let Err(e) = reregister(fd, t) {
+                tracing::error!("envoy-smc: fd {fd}: epoll registration lost: {e}");
+            }
+        }
+    }
+}
+
+/// Sets the options the program set on the old socket again on the new one (the core copies
+/// the common integer options; this covers the rest, e.g. SO_LINGER, SO_BINDTODEVICE,
+/// TCP_CONGESTION). Fast-open options are never replayed on an SMC socket: any of them is the
+/// kernel's fallback switch there.
+fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
+    for o in &t.opts {
+        let fast_open =
+            o.level == libc::IPPROTO_TCP && (o.name == TCP_FASTOPEN || o.name == TCP_FASTOPEN_CONNECT);
+        if kind.is_smc() && fast_open {
+            continue;
+        }
+        let bytes = o.bytes();
+        // SAFETY: `bytes` is a valid buffer of the given length.
+        let rc = unsafe {
+            real::setsockopt()(
+                fd,
+                o.level,
+                o.name,
+                bytes.as_ptr().cast(),
+                bytes.len() as socklen_t,
+            )
+        };
+        if rc != 0 {
+            inc(&COUNTERS.option_replay_failed);
+            tracing::debug!(
+                "envoy-smc: fd {fd}: option ({}, {}) not accepted by the new socket: {}",
+                o.level,
+                o.name,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Adds the new socket under `fd` to every epoll instance the old one was registered with.
+fn reregister(fd: c_int, t: &Tracked) -> std::io::Result<()> {
+    let mut result = Ok(());
+    for reg in &t.regs {
+        if !table::epoll_alive(reg) {
+            continue;
+        }
+        let mut ev = epoll_event {
+            events: reg.events,
+            u64: reg.data,
+        };
+        // SAFETY: ev is a valid epoll_event for the duration of the call.
+        let rc = unsafe { real::epoll_ctl()(reg.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if rc == 0 {
+            inc(&COUNTERS.epoll_reregistered);
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
