@@ -14,6 +14,7 @@ pub mod config;
 pub mod diag;
 pub mod ffi;
 pub mod policy;
+pub mod render;
 pub mod runtime;
 pub mod smc;
 pub mod stats;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod render;
 
 /// Exit codes shared by every subcommand.
 #[allow(dead_code)]
@@ -35,12 +36,15 @@ struct Cli {
 enum Command {
     /// Validate an envoy-smc configuration file (YAML/JSON) and print it with its defaults.
     Config(config_cmd::Args),
+    /// Write the Istio EnvoyFilters, pod annotations and Envoy bootstrap fragments for SMC.
+    Render(render::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Config(args) => config_cmd::run(args),
+        Command::Render(args) => render::run(args),
     };
     ExitCode::from(code)
 }
