@@ -8,11 +8,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-/*
- The version of the ABI described by envoy_smc.h. Checked by the Envoy extension at start-up
- (`envoy_smc_abi_version() == ENVOY_SMC_ABI_VERSION`); bumped on every incompatible change.
- */
 #define ENVOY_SMC_ABI_VERSION 1
+
 
 /*
  Result codes. The numbers are never reused.
@@ -49,9 +46,10 @@ typedef uint32_t envoy_smc_result;
 #endif // __cplusplus
 
 /*
- Why envoy-smc left (or made) a socket plain TCP.
+ Why envoy-smc left (or made) a socket plain TCP. In C: `envoy_smc_tcp_reason`.
+
  */
-enum TcpReason
+enum envoy_smc_tcp_reason
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -59,73 +57,73 @@ enum TcpReason
   /*
    `mode: OFF`.
    */
-  Disabled = 1,
+  ENVOY_SMC_TCP_REASON_DISABLED = 1,
   /*
    The workload's opt-in annotation is not "true".
    */
-  NotOptedIn = 2,
+  ENVOY_SMC_TCP_REASON_NOT_OPTED_IN = 2,
   /*
    The kernel cannot open an SMC socket of the configured flavour.
    */
-  KernelLacksSmc = 3,
+  ENVOY_SMC_TCP_REASON_KERNEL_LACKS_SMC = 3,
   /*
    The cluster or listener does not carry the mesh switch (no EnvoyFilter patch).
    */
-  MeshSwitchAbsent = 4,
+  ENVOY_SMC_TCP_REASON_MESH_SWITCH_ABSENT = 4,
   /*
    The cluster carries the per-cluster fallback option.
    */
-  KeptOnTcp = 5,
+  ENVOY_SMC_TCP_REASON_KEPT_ON_TCP = 5,
   /*
    Loopback or unspecified address.
    */
-  Loopback = 6,
+  ENVOY_SMC_TCP_REASON_LOOPBACK = 6,
   /*
    The destination is one of this host's own addresses.
    */
-  LocalAddress = 7,
+  ENVOY_SMC_TCP_REASON_LOCAL_ADDRESS = 7,
   /*
    The destination is in `upstream.deny`.
    */
-  DeniedAddress = 8,
+  ENVOY_SMC_TCP_REASON_DENIED_ADDRESS = 8,
   /*
    `upstream.allow` is set and the destination is not in it.
    */
-  AddressNotAllowed = 9,
+  ENVOY_SMC_TCP_REASON_ADDRESS_NOT_ALLOWED = 9,
   /*
    The destination port is in `upstream.deny_ports`.
    */
-  DeniedPort = 10,
+  ENVOY_SMC_TCP_REASON_DENIED_PORT = 10,
   /*
    `upstream.allow_ports` is set and the destination port is not in it.
    */
-  PortNotAllowed = 11,
+  ENVOY_SMC_TCP_REASON_PORT_NOT_ALLOWED = 11,
   /*
    The listener's port is not in `listeners.ports`.
    */
-  ListenerNotSelected = 12,
+  ENVOY_SMC_TCP_REASON_LISTENER_NOT_SELECTED = 12,
   /*
    An `AF_SMC` listener cannot carry the `SO_REUSEPORT` Envoy set on it.
    */
-  ReusePortUnsupported = 13,
+  ENVOY_SMC_TCP_REASON_REUSE_PORT_UNSUPPORTED = 13,
   /*
    The socket uses TCP fast open, which SMC cannot carry.
    */
-  FastOpen = 14,
+  ENVOY_SMC_TCP_REASON_FAST_OPEN = 14,
   /*
    Not an IP stream socket (envoy-smc never touches those).
    */
-  NotIpStream = 15,
+  ENVOY_SMC_TCP_REASON_NOT_IP_STREAM = 15,
   /*
    Replacing the socket with an SMC socket failed; the TCP socket was kept.
    */
-  ReplaceFailed = 16,
+  ENVOY_SMC_TCP_REASON_REPLACE_FAILED = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
-typedef enum TcpReason TcpReason;
+typedef enum envoy_smc_tcp_reason envoy_smc_tcp_reason;
 #else
-typedef uint32_t TcpReason;
+typedef uint32_t envoy_smc_tcp_reason;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -179,6 +177,10 @@ typedef struct {
    envoy-smc may still make this socket SMC. When false, every other call on it is a no-op.
    */
   bool tracked;
+  /*
+   When not tracked: why the socket stays plain (an `envoy_smc_tcp_reason`); 0 when tracked.
+   */
+  uint32_t reason;
 } envoy_smc_socket_state;
 
 /*
@@ -203,15 +205,6 @@ typedef struct {
    */
   bool replaced;
 } envoy_smc_verdict;
-
-
-
-
-
-/*
- Every reason, in number order.
- */
-#define TcpReason_ALL { Disabled, NotOptedIn, KernelLacksSmc, MeshSwitchAbsent, KeptOnTcp, Loopback, LocalAddress, DeniedAddress, AddressNotAllowed, DeniedPort, PortNotAllowed, ListenerNotSelected, ReusePortUnsupported, FastOpen, NotIpStream, ReplaceFailed, }
 
 #ifdef __cplusplus
 extern "C" {

@@ -78,18 +78,28 @@ impl Runtime {
     /// At `socket()`: `true` when envoy-smc keeps watching the socket (it may become SMC later);
     /// `false` when it stays a plain socket for good (counted with its reason).
     pub fn on_socket(&self, domain: i32, ty: i32, protocol: i32, addr: Option<IpAddr>) -> bool {
-        match self.policy.load().at_socket(domain, ty, protocol, addr) {
-            Ok(()) => {
-                self.stats.inc(Counter::SocketsSeen);
-                true
-            }
-            Err(TcpReason::NotIpStream) => false,
+        self.socket_decision(domain, ty, protocol, addr).is_ok()
+    }
+
+    /// Like [`Runtime::on_socket`], with the reason a socket stays plain. Non-IP-stream sockets
+    /// are `Err(NotIpStream)` and not counted.
+    pub fn socket_decision(
+        &self,
+        domain: i32,
+        ty: i32,
+        protocol: i32,
+        addr: Option<IpAddr>,
+    ) -> Result<(), TcpReason> {
+        let decision = self.policy.load().at_socket(domain, ty, protocol, addr);
+        match decision {
+            Ok(()) => self.stats.inc(Counter::SocketsSeen),
+            Err(TcpReason::NotIpStream) => {}
             Err(reason) => {
                 self.stats.inc(Counter::SocketsSeen);
                 self.stats.inc_tcp(reason);
-                false
             }
         }
+        decision
     }
 
     /// Records a socket option set on a watched socket. `value` is the option's bytes as passed to

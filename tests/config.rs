@@ -105,11 +105,15 @@ fn defaults_are_the_safe_ones() {
         assert_eq!(c.upstream, None);
     }
     let json = config::to_json(&SmcConfig::default());
-    assert_eq!(json["mode"], "AUTO");
+    assert_eq!(json["mode"], "MODE_AUTO");
 }
 
 #[test]
-fn enum_by_number_is_accepted() {
+fn enum_by_full_name_short_name_and_number() {
+    let af = proto::smc_config::Mode::AfSmc as i32;
+    assert_eq!(config::from_yaml("mode: MODE_AF_SMC").unwrap().mode, af);
+    assert_eq!(config::from_yaml("mode: AF_SMC").unwrap().mode, af);
+    assert_eq!(config::from_yaml("mode: 1").unwrap().mode, af);
     assert_eq!(
         config::from_yaml("mode: 3").unwrap().mode,
         proto::smc_config::Mode::Off as i32
@@ -144,11 +148,11 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "mode: FAST",
-        "mode: \"FAST\" is not one of AUTO, AF_SMC, IPPROTO_SMC, OFF",
+        "mode: \"FAST\" is not one of MODE_AUTO, MODE_AF_SMC, MODE_IPPROTO_SMC, MODE_OFF",
     ),
     (
         "mode: 9",
-        "mode: 9 is not one of AUTO, AF_SMC, IPPROTO_SMC, OFF",
+        "mode: 9 is not one of MODE_AUTO, MODE_AF_SMC, MODE_IPPROTO_SMC, MODE_OFF",
     ),
     (
         "listeners: {ports: [15006, 0]}",

@@ -22,7 +22,30 @@ fn committed_header_matches_the_rust_abi() {
         std::fs::write(&path, &generated).expect("write include/envoy_smc.h");
         return;
     }
+    // Everything the header declares is prefixed: it is included into Envoy's translation units.
+    for line in generated.lines() {
+        let decl = line
+            .strip_prefix("typedef struct ")
+            .or_else(|| line.strip_prefix("enum "));
+        if let Some(name) = decl
+            .and_then(|d| d.split_whitespace().next())
+            .filter(|n| *n != "{")
+        {
+            assert!(
+                name.starts_with("envoy_smc_"),
+                "unprefixed C name `{name}` in the header (exclude it in cbindgen.toml)"
+            );
+        }
+    }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let version = format!(
+        "#define ENVOY_SMC_ABI_VERSION {}",
+        envoy_smc::ffi::ENVOY_SMC_ABI_VERSION
+    );
+    assert!(
+        generated.contains(&version),
+        "cbindgen.toml's after_includes must say `{version}`"
+    );
     assert!(
         committed == generated,
         "include/envoy_smc.h is out of date with src/ffi/; regenerate with `ENVOY_SMC_BLESS=1 cargo test --test header_drift`"

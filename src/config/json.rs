@@ -170,7 +170,11 @@ fn to_single(kind: &Kind, v: &Json, path: &str) -> Result<Value, ConfigError> {
         }
         Kind::Enum(e) => {
             let found = match v {
-                Json::String(name) => e.get_value_by_name(name),
+                // Enum values carry their type's prefix (MODE_AF_SMC); the short name is accepted too.
+                Json::String(name) => e.get_value_by_name(name).or_else(|| {
+                    let prefix = screaming_snake(e.name());
+                    e.get_value_by_name(&format!("{prefix}_{name}"))
+                }),
                 Json::Number(_) => integer(v)
                     .and_then(|n| i32::try_from(n).ok())
                     .and_then(|n| e.get_value(n)),
@@ -200,4 +204,16 @@ fn integer(v: &Json) -> Option<i128> {
         Json::String(s) => s.trim().parse::<i128>().ok(),
         _ => None,
     }
+}
+
+/// `SocketKind` -> `SOCKET_KIND`.
+fn screaming_snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }

@@ -123,7 +123,7 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "mode",
             format!(
-                "{} is not one of AUTO, AF_SMC, IPPROTO_SMC, OFF",
+                "{} is not one of MODE_AUTO, MODE_AF_SMC, MODE_IPPROTO_SMC, MODE_OFF",
                 config.mode
             ),
         ));

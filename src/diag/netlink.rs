@@ -401,9 +401,9 @@ impl NlSocket {
                             flags: m.flags,
                             payload: m.payload.to_vec(),
                         });
-                        if !dump && m.flags & libc::NLM_F_MULTI as u16 == 0 && flags
-                            & libc::NLM_F_ACK as u16
-                            == 0
+                        if !dump
+                            && m.flags & libc::NLM_F_MULTI as u16 == 0
+                            && flags & libc::NLM_F_ACK as u16 == 0
                         {
                             return Ok(out);
                         }
@@ -488,10 +488,7 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].ty, 5);
         assert!(a[0].nested);
-        let n: Vec<_> = a[0]
-            .nested_attrs("t")
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let n: Vec<_> = a[0].nested_attrs("t").collect::<Result<_, _>>().unwrap();
         assert_eq!(n[0].uint("t").unwrap(), 7);
         assert_eq!(n[1].uint("t").unwrap(), 9);
         assert_eq!(n[2].string(), "abc");

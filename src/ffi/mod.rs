@@ -67,6 +67,8 @@ pub struct envoy_smc_socket_state {
     pub facts: u32,
     /// envoy-smc may still make this socket SMC. When false, every other call on it is a no-op.
     pub tracked: bool,
+    /// When not tracked: why the socket stays plain (an `envoy_smc_tcp_reason`); 0 when tracked.
+    pub reason: u32,
 }
 
 /// A decision and, after it was carried out, what happened.
@@ -319,19 +321,26 @@ pub unsafe extern "C" fn envoy_smc_socket(
 ) -> c_int {
     // SAFETY: plain socket(2) with the caller's arguments.
     let plain = || unsafe { libc::socket(domain, ty, protocol) };
-    let tracked = guard(false, || {
-        let Some(rt) = runtime(rt) else { return false };
+    let decision = guard(Err(TcpReason::ReplaceFailed), || {
+        let Some(rt) = runtime(rt) else {
+            return Err(TcpReason::NotIpStream);
+        };
         // SAFETY: the caller guarantees addr/addrlen.
         let ip = unsafe { sockaddr::from_raw(addr, addrlen) }.map(|a| a.ip());
-        rt.on_socket(domain, ty, protocol, ip)
+        rt.socket_decision(domain, ty, protocol, ip)
     });
     let fd = plain();
     if !state.is_null() {
+        let (tracked, reason) = match decision {
+            Ok(()) => (fd >= 0, 0),
+            Err(r) => (false, r as u32),
+        };
         // SAFETY: state is non-null and writable (the caller's contract).
         unsafe {
             *state = envoy_smc_socket_state {
                 facts: 0,
-                tracked: tracked && fd >= 0,
+                tracked,
+                reason,
             }
         };
     }

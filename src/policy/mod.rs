@@ -237,8 +237,9 @@ impl Policy {
             return Err(TcpReason::NotIpStream);
         }
         self.smc?;
+        // Not unspecified: a wildcard address here is a listener's (0.0.0.0:15006).
         if let Some(ip) = addr {
-            if is_loopback(config::canonical(ip)) {
+            if config::canonical(ip).is_loopback() {
                 return Err(TcpReason::Loopback);
             }
         }

@@ -1,6 +1,9 @@
 //! Why a socket stays TCP. The numbers are part of the C ABI and are never reused.
 
-/// Why envoy-smc left (or made) a socket plain TCP.
+/// Why envoy-smc left (or made) a socket plain TCP. In C: `envoy_smc_tcp_reason`.
+///
+/// cbindgen:rename-all=ScreamingSnakeCase
+/// cbindgen:prefix-with-name
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum TcpReason {

@@ -129,6 +129,7 @@ static void test_round_trip(envoy_smc_runtime *rt) {
   int cfd = envoy_smc_socket(rt, AF_INET, SOCK_STREAM, 0, (struct sockaddr *)&any, sizeof any, &cs);
   CHECK(cfd >= 0);
   CHECK(!cs.tracked); /* loopback destination, or a kernel without SMC: TCP for good */
+  CHECK(cs.reason == ENVOY_SMC_TCP_REASON_LOOPBACK || cs.reason == ENVOY_SMC_TCP_REASON_KERNEL_LACKS_SMC);
   memset(&v, 0xaa, sizeof v);
   CHECK(envoy_smc_before_connect(rt, cfd, &cs, (struct sockaddr *)&any, sizeof any, &v) == ENVOY_SMC_OK);
   CHECK(v.kind == ENVOY_SMC_KIND_TCP);
@@ -149,8 +150,8 @@ static void test_round_trip(envoy_smc_runtime *rt) {
 
 static void test_argument_errors(envoy_smc_runtime *rt) {
   envoy_smc_verdict v;
-  envoy_smc_socket_state tracked = {0, true};
-  envoy_smc_socket_state untracked = {0, false};
+  envoy_smc_socket_state tracked = {.facts = 0, .tracked = true, .reason = 0};
+  envoy_smc_socket_state untracked = {.facts = 0, .tracked = false, .reason = 0};
   struct sockaddr_in dst = {0};
   dst.sin_family = AF_INET;
   dst.sin_port = htons(80);
@@ -159,9 +160,9 @@ static void test_argument_errors(envoy_smc_runtime *rt) {
   un.sun_family = AF_UNIX;
 
   /* Non-IP and datagram sockets are plain and untracked. */
-  envoy_smc_socket_state s = {123, true};
+  envoy_smc_socket_state s = {.facts = 123, .tracked = true, .reason = 0};
   int ufd = envoy_smc_socket(rt, AF_UNIX, SOCK_STREAM, 0, NULL, 0, &s);
-  CHECK(ufd >= 0 && !s.tracked && s.facts == 0);
+  CHECK(ufd >= 0 && !s.tracked && s.facts == 0 && s.reason == ENVOY_SMC_TCP_REASON_NOT_IP_STREAM);
   close(ufd);
   int dfd = envoy_smc_socket(rt, AF_INET, SOCK_DGRAM, 0, NULL, 0, &s);
   CHECK(dfd >= 0 && !s.tracked);

@@ -1,0 +1,296 @@
+//! Real sockets through the library on this host. Its kernel has no AF_SMC (checked against
+//! /proc/net/protocols), so every socket is TCP with the reason "kernel lacks SMC" and data flows;
+//! the socket replacement is exercised TCP -> TCP, which needs no SMC.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use envoy_smc::policy::{SocketFacts, TcpReason, Verdict};
+use envoy_smc::smc::{self, KernelSupport, SockOpt, SocketKind};
+use envoy_smc::stats::Counter;
+use envoy_smc::Runtime;
+
+fn kernel_has_smc() -> bool {
+    std::fs::read_to_string("/proc/net/protocols")
+        .is_ok_and(|p| p.lines().any(|l| l.starts_with("SMC")))
+}
+
+fn getint(fd: &OwnedFd, level: i32, name: i32) -> i32 {
+    let mut v: libc::c_int = 0;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: fd is open; v and len describe a 4-byte buffer.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "getsockopt({level},{name}): {}",
+        std::io::Error::last_os_error()
+    );
+    v
+}
+
+fn setint(fd: &OwnedFd, level: i32, name: i32, v: i32) {
+    // SAFETY: fd is open; v is a 4-byte int.
+    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&v as *const i32).cast(), 4) };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt({level},{name}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn probe_matches_the_kernel() {
+    let k = KernelSupport::probe_now();
+    assert_eq!(k.af_smc, kernel_has_smc());
+    assert_eq!(KernelSupport::probe(), k);
+    if !kernel_has_smc() {
+        assert!(k.none());
+    }
+}
+
+#[test]
+fn without_smc_sockets_are_tcp_with_the_kernel_reason_and_carry_data() {
+    if kernel_has_smc() {
+        eprintln!("skipped: this kernel has SMC (the VM suite covers it)");
+        return;
+    }
+    let rt = Runtime::from_yaml(
+        "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nlisteners: {ports: [0]}",
+    )
+    .unwrap_err();
+    // Port 0 cannot be a listener port: the configuration is refused with the field named.
+    assert!(rt.to_string().starts_with("listeners.ports[0]"), "{rt}");
+
+    let rt = Runtime::from_yaml("opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}")
+        .unwrap();
+    assert_eq!(rt.policy().smc_kind(), Err(TcpReason::KernelLacksSmc));
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    for _ in 0..3 {
+        assert!(!rt.on_socket(libc::AF_INET, libc::SOCK_STREAM, 0, None));
+    }
+    assert_eq!(rt.stats().get(Counter::SocketsSeen), 3);
+    assert_eq!(rt.stats().tcp(TcpReason::KernelLacksSmc), 3);
+    // Untracked sockets are plain TCP: a real round trip.
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut accepted, _) = server.accept().unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    // Non-IP sockets are not counted at all.
+    assert!(!rt.on_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0, None));
+    assert_eq!(rt.stats().get(Counter::SocketsSeen), 3);
+}
+
+#[test]
+fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
+    if kernel_has_smc() {
+        eprintln!("skipped: this kernel has SMC");
+        return;
+    }
+    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
+    let raw = fd.as_raw_fd();
+    let applied = rt.apply_connect(
+        fd.as_fd(),
+        Verdict::Smc {
+            kind: SocketKind::IpprotoSmc,
+            limit_hs: false,
+        },
+    );
+    assert_eq!(applied.verdict, Verdict::Tcp(TcpReason::ReplaceFailed));
+    assert!(!applied.replaced);
+    assert_eq!(rt.stats().tcp(TcpReason::ReplaceFailed), 1);
+    assert_eq!(rt.stats().get(Counter::Errors), 1);
+    assert_eq!(fd.as_raw_fd(), raw);
+    // The socket still connects and carries data.
+    let mut stream = TcpStream::from(fd);
+    let addr = server.local_addr().unwrap();
+    // SAFETY: sockaddr_in built from a valid IPv4 address.
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the fd is open and sin is a valid sockaddr_in.
+    let rc = unsafe {
+        libc::connect(
+            stream.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            16,
+        )
+    };
+    assert_eq!(rc, 0);
+    stream.write_all(b"x").unwrap();
+    let (mut acc, _) = server.accept().unwrap();
+    let mut b = [0u8; 1];
+    acc.read_exact(&mut b).unwrap();
+}
+
+#[test]
+fn tcp_verdicts_on_tcp_sockets_change_nothing_and_are_counted() {
+    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_NONBLOCK).unwrap();
+    let a = rt.apply_connect(fd.as_fd(), Verdict::Tcp(TcpReason::KeptOnTcp));
+    assert_eq!(a.verdict, Verdict::Tcp(TcpReason::KeptOnTcp));
+    assert!(!a.replaced);
+    let a = rt.apply_listen(fd.as_fd(), Verdict::Tcp(TcpReason::ListenerNotSelected));
+    assert!(!a.replaced);
+    assert_eq!(rt.stats().tcp(TcpReason::KeptOnTcp), 1);
+    assert_eq!(rt.stats().tcp(TcpReason::ListenerNotSelected), 1);
+    assert_eq!(rt.stats().get(Counter::FallbackSwitchApplied), 0);
+    assert_eq!(rt.stats().get(Counter::SocketReplaced), 0);
+}
+
+#[test]
+fn fallback_switch_is_a_no_op_on_tcp_sockets() {
+    let fd = smc::open_socket(SocketKind::Tcp, false, 0).unwrap();
+    smc::apply_fallback_switch(fd.as_fd()).unwrap();
+    assert_eq!(getint(&fd, libc::IPPROTO_TCP, smc::TCP_FASTOPEN_CONNECT), 0);
+    assert_eq!(
+        smc::socket_kind(fd.as_fd()).unwrap(),
+        Some((SocketKind::Tcp, false))
+    );
+}
+
+#[test]
+fn socket_kind_tells_non_stream_sockets_apart() {
+    // SAFETY: plain socket(2) calls; each fd is owned right away.
+    let udp = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)) };
+    assert_eq!(smc::socket_kind(udp.as_fd()).unwrap(), None);
+    // SAFETY: as above.
+    let unix = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)) };
+    assert_eq!(smc::socket_kind(unix.as_fd()).unwrap(), None);
+    let v6 = smc::open_socket(SocketKind::Tcp, true, 0).unwrap();
+    assert_eq!(
+        smc::socket_kind(v6.as_fd()).unwrap(),
+        Some((SocketKind::Tcp, true))
+    );
+}
+
+#[test]
+fn replacement_keeps_fd_number_flags_options_and_bound_address() {
+    let fd = smc::open_socket(
+        SocketKind::Tcp,
+        false,
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    setint(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    setint(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+    setint(&fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    setint(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    setint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
+    setint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
+    let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: fd is open, sin is a valid sockaddr_in.
+    assert_eq!(
+        unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast(),
+                16,
+            )
+        },
+        0
+    );
+    let before = envoy_smc::runtime::local_address(fd.as_fd()).unwrap();
+    assert_eq!(before.ip(), bound.ip());
+    let rcvbuf = getint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF);
+    let raw = fd.as_raw_fd();
+
+    // TCP -> TCP with an extra option forces a real replacement (no SMC needed).
+    let extra = [SockOpt {
+        level: libc::SOL_SOCKET,
+        name: libc::SO_RCVLOWAT,
+        value: 1,
+    }];
+    smc::replace_socket(fd.as_fd(), SocketKind::Tcp, &extra).unwrap();
+
+    assert_eq!(fd.as_raw_fd(), raw);
+    // SAFETY: fcntl on an open fd.
+    let status = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    assert_ne!(status & libc::O_NONBLOCK, 0, "O_NONBLOCK kept");
+    // SAFETY: as above.
+    let fdflags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    assert_ne!(fdflags & libc::FD_CLOEXEC, 0, "FD_CLOEXEC kept");
+    assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), 1);
+    assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT), 1);
+    assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+    assert_eq!(getint(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
+    assert_eq!(getint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);
+    assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF), rcvbuf);
+    assert_eq!(
+        envoy_smc::runtime::local_address(fd.as_fd()).unwrap(),
+        before,
+        "bound to the same address and port"
+    );
+
+    // And it works as a listener.
+    // SAFETY: listen on an open, bound socket.
+    assert_eq!(unsafe { libc::listen(raw, 4) }, 0);
+    let mut c = TcpStream::connect(before).unwrap();
+    c.write_all(b"ok").unwrap();
+    let listener = TcpListener::from(fd);
+    listener.set_nonblocking(false).unwrap();
+    let (mut a, _) = listener.accept().unwrap();
+    let mut b = [0u8; 2];
+    a.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ok");
+}
+
+#[test]
+fn replacement_refuses_what_is_not_an_ip_stream_socket() {
+    // SAFETY: plain socket(2); owned right away.
+    let udp = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)) };
+    let err = smc::replace_socket(udp.as_fd(), SocketKind::Tcp, &[]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(
+        smc::socket_kind(udp.as_fd()).unwrap(),
+        None,
+        "left as it was"
+    );
+}
+
+#[test]
+fn facts_ignore_options_that_are_not_ints() {
+    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let f = rt.note_sockopt(
+        SocketFacts::default(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVLOWAT,
+        &1i32.to_ne_bytes(),
+    );
+    assert!(f.has(SocketFacts::SWITCH_ON));
+    let f = rt.note_sockopt(
+        SocketFacts::default(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVLOWAT,
+        &[1, 0],
+    );
+    assert_eq!(f, SocketFacts::default());
+}
