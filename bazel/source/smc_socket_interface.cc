@@ -14,12 +14,7 @@
 
 #include "smc_io_handle.h"
 
-// SmcConfig.Mode names its values after the socket flavours, and <sys/socket.h> defines AF_SMC
-// as a macro (43): hide the macro while the generated header declares the enum value.
-#pragma push_macro("AF_SMC")
-#undef AF_SMC
 #include "api/envoy_smc/v1/smc.pb.h"
-#pragma pop_macro("AF_SMC")
 
 namespace Envoy {
 namespace Network {

@@ -33,11 +33,7 @@
 #include "smc_socket_interface.h"
 #include "test_support.h"
 
-// SmcConfig.Mode has a value named AF_SMC, which <sys/socket.h> defines as a macro.
-#pragma push_macro("AF_SMC")
-#undef AF_SMC
 #include "api/envoy_smc/v1/smc.pb.h"
-#pragma pop_macro("AF_SMC")
 
 namespace EnvoySmcTest {
 bool fakeKernelActive();
@@ -416,7 +412,7 @@ STAND_IN_TEST(stand_in_tcp_without_mesh_switch) {
   SmcIoHandle* smc = asSmc(client);
   CHECK(smc != nullptr && smc->decided());
   CHECK_EQ(smc->verdict().kind, ENVOY_SMC_KIND_TCP);
-  CHECK_EQ(smc->verdict().reason, uint32_t(MeshSwitchAbsent));
+  CHECK_EQ(smc->verdict().reason, uint32_t(ENVOY_SMC_TCP_REASON_MESH_SWITCH_ABSENT));
   CHECK(!smc->verdict().replaced);
   CHECK_EQ(kindOfFd(client->fdDoNotUse()), ENVOY_SMC_KIND_TCP);
   // A TCP verdict leaves Envoy's file event alone.
@@ -427,7 +423,7 @@ STAND_IN_TEST(stand_in_tcp_without_mesh_switch) {
 STAND_IN_TEST(stand_in_tcp_for_loopback) {
   Bed bed(meshConfig());
   Network::IoHandlePtr client = bed.client("127.0.0.1", 8080);
-  // Loopback is known when the socket is built from the address: never tracked.
+  // ENVOY_SMC_TCP_REASON_LOOPBACK is known when the socket is built from the address: never tracked.
   CHECK(asSmc(client) == nullptr);
   setEnableSwitch(*client);
   connectTo(*client, "127.0.0.1", freePort());
@@ -448,7 +444,7 @@ STAND_IN_TEST(stand_in_per_cluster_fallback) {
   }
   SmcIoHandle* smc = asSmc(client);
   CHECK(smc != nullptr && smc->decided());
-  CHECK_EQ(smc->verdict().reason, uint32_t(KeptOnTcp));
+  CHECK_EQ(smc->verdict().reason, uint32_t(ENVOY_SMC_TCP_REASON_KEPT_ON_TCP));
   CHECK_EQ(bed.stat("tcp.kept_on_tcp"), uint64_t(1));
 }
 
@@ -480,7 +476,7 @@ STAND_IN_TEST(stand_in_listener_selection_by_port) {
   // An unselected listener is a plain TCP socket: never an SMC socket with the fallback switch.
   CHECK_EQ(kindOfFd(listeners[1]->fdDoNotUse()), ENVOY_SMC_KIND_TCP);
   if (kernel().any()) {
-    CHECK_EQ(asSmc(listeners[1])->verdict().reason, uint32_t(ListenerNotSelected));
+    CHECK_EQ(asSmc(listeners[1])->verdict().reason, uint32_t(ENVOY_SMC_TCP_REASON_LISTENER_NOT_SELECTED));
     CHECK_EQ(bed.stat("tcp.listener_not_selected"), uint64_t(1));
     CHECK_EQ(bed.stat(kernel().ipproto_smc ? "smc_listen_ipproto_smc" : "smc_listen_af_smc"),
              uint64_t(1));
@@ -511,11 +507,8 @@ STAND_IN_TEST(stand_in_wildcard_listener_is_selectable) {
 }
 
 STAND_IN_TEST(stand_in_default_listener_options_accepted_in_every_mode) {
-  // SmcConfig::AF_SMC cannot be spelled where <sys/socket.h> is included (AF_SMC is a macro
-  // there); the generated namespace-scope names can.
-  for (const SmcConfig::Mode mode :
-       {envoy_smc::v1::SmcConfig_Mode_AUTO, envoy_smc::v1::SmcConfig_Mode_AF_SMC,
-        envoy_smc::v1::SmcConfig_Mode_IPPROTO_SMC, envoy_smc::v1::SmcConfig_Mode_OFF}) {
+  for (const SmcConfig::Mode mode : {SmcConfig::MODE_AUTO, SmcConfig::MODE_AF_SMC,
+                                     SmcConfig::MODE_IPPROTO_SMC, SmcConfig::MODE_OFF}) {
     const uint16_t port = freePort();
     const std::string ip = listenerIp();
     SmcConfig config = meshConfig();
@@ -534,18 +527,18 @@ STAND_IN_TEST(stand_in_default_listener_options_accepted_in_every_mode) {
     checkServes(*listener, ip, port);
 
     const int fd = listener->fdDoNotUse();
-    if (mode == envoy_smc::v1::SmcConfig_Mode_OFF) {
+    if (mode == SmcConfig::MODE_OFF) {
       CHECK_EQ(kindOfFd(fd), ENVOY_SMC_KIND_TCP);
       CHECK_EQ(bed.stat("tcp.disabled"), uint64_t(1));
-    } else if (mode == envoy_smc::v1::SmcConfig_Mode_AF_SMC && kernel().af_smc) {
+    } else if (mode == SmcConfig::MODE_AF_SMC && kernel().af_smc) {
       // AF_SMC refuses the SO_REUSEPORT Envoy set: the listener stays TCP and keeps working.
       CHECK_EQ(kindOfFd(fd), ENVOY_SMC_KIND_TCP);
-      CHECK_EQ(asSmc(listener)->verdict().reason, uint32_t(ReusePortUnsupported));
+      CHECK_EQ(asSmc(listener)->verdict().reason, uint32_t(ENVOY_SMC_TCP_REASON_REUSE_PORT_UNSUPPORTED));
       CHECK_EQ(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 1);
-    } else if (mode == envoy_smc::v1::SmcConfig_Mode_IPPROTO_SMC && kernel().ipproto_smc) {
+    } else if (mode == SmcConfig::MODE_IPPROTO_SMC && kernel().ipproto_smc) {
       CHECK_EQ(kindOfFd(fd), ENVOY_SMC_KIND_IPPROTO_SMC);
       CHECK_EQ(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 1);
-    } else if (mode == envoy_smc::v1::SmcConfig_Mode_AUTO && kernel().any()) {
+    } else if (mode == SmcConfig::MODE_AUTO && kernel().any()) {
       CHECK_EQ(kindOfFd(fd), kernel().autoKind());
     } else {
       CHECK_EQ(kindOfFd(fd), ENVOY_SMC_KIND_TCP);
