@@ -654,6 +654,44 @@ fn listener_verdict(policy: &Policy, sample: &Sample, name: &str) -> Verdict {
 // ---------------------------------------------------------------------------------------------
 // Bootstrap fragments (the extension block)
 
+/// Every string in `given` must be spelt as the canonical proto3 JSON of the same configuration
+/// spells it (enum values by their full names); other strings come back unchanged.
+fn strings_as_envoy_reads_them(given: &Json, canonical: &Json, path: &str, what: &str) {
+    match (given, canonical) {
+        (Json::Object(g), Json::Object(c)) => {
+            for (k, v) in g {
+                let ck = c.get(k).or_else(|| c.get(&snake(k)));
+                if let Some(cv) = ck {
+                    strings_as_envoy_reads_them(v, cv, &format!("{path}.{k}"), what);
+                }
+            }
+        }
+        (Json::Array(g), Json::Array(c)) => {
+            for (i, (v, cv)) in g.iter().zip(c).enumerate() {
+                strings_as_envoy_reads_them(v, cv, &format!("{path}[{i}]"), what);
+            }
+        }
+        (Json::String(g), Json::String(c)) if g.parse::<i64>().is_err() => assert_eq!(
+            g, c,
+            "{what}: {path} is {g:?}: Envoy's JSON parser accepts only {c:?}"
+        ),
+        _ => {}
+    }
+}
+
+fn snake(camel: &str) -> String {
+    let mut out = String::new();
+    for ch in camel.chars() {
+        if ch.is_ascii_uppercase() {
+            out.push('_');
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// Checks the extension block, returns the fragment without it (what stock Envoy can read)
 /// and the envoy-smc configuration it carried.
 fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcConfig>) {
@@ -677,6 +715,14 @@ fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcC
             body.as_object_mut().unwrap().remove("@type");
             let c = envoy_smc::config::from_yaml(&serde_json::to_string(&body).unwrap())
                 .unwrap_or_else(|e| panic!("{what}: the envoy-smc typed_config is invalid: {e}"));
+            // Envoy parses the typed_config with protobuf's strict JSON parser, which knows enum
+            // values only by their exact names (MODE_AUTO): the loader's shorthands don't pass.
+            strings_as_envoy_reads_them(
+                &body,
+                &envoy_smc::config::to_json(&c),
+                "typed_config",
+                what,
+            );
             config = Some(c);
             false
         });
@@ -1049,9 +1095,16 @@ fn every_file_in_envoy_config() {
                 envoy_smc::config::from_file(p).unwrap_or_else(|e| panic!("{rel}: {e}"));
             }
             r if r.starts_with("envoy/") => {
-                // Plain Envoy bootstraps for the test bed: validated whole (extension stripped).
+                // The test bed: plain Envoy bootstraps (validated whole, an envoy-smc extension
+                // block stripped) and envoy-smc configurations.
                 for (i, doc) in yaml_docs(&text, &rel).into_iter().enumerate() {
                     let what = format!("{rel} document {i}");
+                    if doc.get("static_resources").is_none() && doc.get("admin").is_none() {
+                        let c = envoy_smc::config::from_yaml(&serde_json::to_string(&doc).unwrap())
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        policy_for(&c);
+                        continue;
+                    }
                     let (rest, config) = split_bootstrap(&doc, &what);
                     if let Some(c) = &config {
                         policy_for(c);
@@ -1402,4 +1455,58 @@ fn render_errors_name_the_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("workloads[0].labels"), "{stderr}");
     assert!(out.stdout.is_empty());
+}
+
+/// The test bed's sidecars, read by the policy with the test bed's configuration: the switched
+/// cluster is SMC, the kept one TCP, the one without the switch TCP; the inbound listener SMC.
+#[test]
+fn demo_configs_policy() {
+    let dir = config_dir().join("envoy");
+    let Ok(config) = envoy_smc::config::from_file(&dir.join("smc-preload.yaml")) else {
+        panic!("envoy-config/envoy/smc-preload.yaml");
+    };
+    let env = Environment {
+        kernel: Some(KernelSupport {
+            af_smc: true,
+            ipproto_smc: true,
+        }),
+        local_addrs: vec!["10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap()],
+        annotations: Vec::new(),
+    };
+    let policy = Policy::new(&config, &env).unwrap();
+    let load = |f: &str| yaml_docs(&std::fs::read_to_string(dir.join(f)).unwrap(), f).remove(0);
+    let client = load("client.yaml");
+    let server = load("server.yaml");
+    let remote: SocketAddr = "10.9.0.2:8080".parse().unwrap();
+    let cluster = |name: &str| {
+        let c = client["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        policy.before_connect(
+            remote,
+            facts(&policy, &c["upstream_bind_config"]["socket_options"]),
+        )
+    };
+    assert!(cluster("server").is_smc(), "{:?}", cluster("server"));
+    assert_eq!(cluster("server-tcp"), Verdict::Tcp(TcpReason::KeptOnTcp));
+    assert_eq!(
+        cluster("server-off"),
+        Verdict::Tcp(TcpReason::MeshSwitchAbsent)
+    );
+    let l = &server["static_resources"]["listeners"][0];
+    let v = policy.before_listen(
+        "10.9.0.2:15006".parse().unwrap(),
+        facts(&policy, &l["socket_options"]),
+        SocketKind::Tcp,
+    );
+    assert!(v.is_smc(), "{v:?}");
+    let admin = policy.before_listen(
+        "127.0.0.1:15100".parse().unwrap(),
+        SocketFacts::default(),
+        SocketKind::Tcp,
+    );
+    assert!(!admin.is_smc());
 }
