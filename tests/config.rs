@@ -225,11 +225,13 @@ fn bad_binary_input_is_an_error_not_a_panic() {
         .to_string();
     assert!(err.contains("not a valid envoy_smc.v1.SmcConfig"), "{err}");
     // A well-formed message with an invalid value is caught by validation.
-    let mut c = SmcConfig::default();
-    c.upstream = Some(proto::Upstream {
-        allow: vec!["300.0.0.0/8".into()],
+    let mut c = SmcConfig {
+        upstream: Some(proto::Upstream {
+            allow: vec!["300.0.0.0/8".into()],
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    };
     let err = config::from_proto_bytes(&c.encode_to_vec())
         .unwrap_err()
         .to_string();

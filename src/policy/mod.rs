@@ -124,7 +124,7 @@ impl Policy {
         config::validate(config)?;
         let kernel = env.kernel.unwrap_or_else(KernelSupport::probe);
         let mode = Mode::try_from(config.mode).unwrap_or(Mode::Auto);
-        let switch = config.mesh_switch.clone().unwrap_or_default();
+        let switch = config.mesh_switch.unwrap_or_default();
         let listeners = config.listeners.clone().unwrap_or_default();
         let up = config.upstream.clone().unwrap_or_default();
         let smc = if mode == Mode::Off {

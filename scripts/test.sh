@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting and lints, the Rust tests on this host (no SMC in its kernel),
+# the C ABI and C++ shim tests, and the real SMC-R suite inside the qemu VM.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --no-vm    without the VM suite (it needs qemu and the Debian kernel package)
+#
+# Ends with one line "total: N passed, M failed" (every test of every runner) and exits non-zero
+# when anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+run_vm=1
+[ "${1:-}" = "--no-vm" ] && run_vm=0
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+passed=0
+failed=0
+steps_failed=()
+
+# Runs one step, tees its output, and adds up the counts its runner printed.
+step() {
+  local name=$1
+  shift
+  echo "=== $name: $*"
+  local start=$SECONDS
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local p f
+  # cargo test: "test result: ok. 12 passed; 0 failed; ..."
+  p=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  f=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  # our own runners: "N passed, M failed" alone on a line
+  local pp ff
+  pp=$(grep -oE '^([a-z-]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  ff=$(grep -oE '^([a-z-]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p + pp))
+  failed=$((failed + f + ff))
+  if [ "$rc" -ne 0 ]; then
+    steps_failed+=("$name")
+    # A step that failed without reporting a failing test (build error, lint) counts as one.
+    [ $((f + ff)) -eq 0 ] && failed=$((failed + 1))
+  fi
+  echo "=== $name: exit $rc in $((SECONDS - start)) s"
+}
+
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
+step cargo-test cargo test --workspace --quiet
+step shim bash bazel/test/run.sh
+if [ "$run_vm" = 1 ]; then
+  step vm bash tests/vm/suite.sh
+fi
+
+echo
+[ ${#steps_failed[@]} -gt 0 ] && echo "failed steps: ${steps_failed[*]}"
+echo "total: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ ${#steps_failed[@]} -eq 0 ]
