@@ -13,13 +13,22 @@ fn staticlib(root: &Path) -> PathBuf {
         .status()
         .expect("run cargo build --lib");
     assert!(status.success(), "cargo build --lib failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     target.join("debug/libenvoy_smc.a")
 }
 
 fn compile(root: &Path, lib: &Path, out: &Path, sanitize: bool) -> std::process::Output {
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cmd.args(["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-g"]);
+    cmd.args([
+        "-std=c11",
+        "-D_GNU_SOURCE",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-g",
+    ]);
     if sanitize {
         cmd.args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]);
     }
@@ -37,10 +46,17 @@ fn c_program_drives_every_exported_function() {
     let mut built = compile(root, &lib, &out, true);
     if !built.status.success() {
         // Some toolchains lack the sanitizer runtimes; the checks still run without them.
-        eprintln!("building with ASan/UBSan failed, building without:\n{}", String::from_utf8_lossy(&built.stderr));
+        eprintln!(
+            "building with ASan/UBSan failed, building without:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
         built = compile(root, &lib, &out, false);
     }
-    assert!(built.status.success(), "C build failed:\n{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "C build failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let run = Command::new(&out)
         // Rust's own allocations are released at exit, not freed: leak checking is not the point here.
         .env("ASAN_OPTIONS", "detect_leaks=0")
