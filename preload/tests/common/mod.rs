@@ -1,0 +1,962 @@
+//! Shared by the preload tests: the programs run under `LD_PRELOAD` ("roles" of the test binary
+//! itself, re-executed with `ENVOY_SMC_TEST_ROLE`), spawning them, reading the library's counters,
+//! and a minimal `smc_diag` reader for the VM tests.
+//!
+//! A role is a small epoll program written against libc directly, the way Envoy drives its
+//! sockets: non-blocking sockets, edge-triggered epoll registered right after `socket()`, options
+//! before `connect()`/`listen()`. It prints `RESULT key=value` lines that the test reads.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ROLE_VAR: &str = "ENVOY_SMC_TEST_ROLE";
+
+// ---------------------------------------------------------------------------------------------
+// locating and running
+
+/// The cdylib cargo built for this test run: `target/<profile>/deps/libenvoy_smc_preload.so`,
+/// next to this test binary (the package's `rlib` crate type makes `cargo test` build it), or
+/// `ENVOY_SMC_PRELOAD_LIB`.
+pub fn preload_lib() -> PathBuf {
+    if let Ok(p) = std::env::var("ENVOY_SMC_PRELOAD_LIB") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    for dir in [Some(deps), deps.parent()].into_iter().flatten() {
+        let lib = dir.join("libenvoy_smc_preload.so");
+        if lib.exists() {
+            return lib;
+        }
+    }
+    panic!(
+        "libenvoy_smc_preload.so not found next to {}: build it with `cargo build -p envoy-smc-preload` \
+         (or set ENVOY_SMC_PRELOAD_LIB)",
+        exe.display()
+    );
+}
+
+/// A role process: this test binary re-executed to run `role` only.
+pub struct RoleCmd {
+    pub cmd: Command,
+}
+
+impl RoleCmd {
+    /// `entry` is the name of the `#[test]` function that dispatches roles in this binary.
+    pub fn new(entry: &str, role: &str) -> RoleCmd {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "--quiet"])
+            .env(ROLE_VAR, role)
+            .env_remove("LD_PRELOAD")
+            .env_remove("ENVOY_SMC_CONFIG")
+            .env_remove("ENVOY_SMC_LOG")
+            .env_remove("ENVOY_SMC_STATS_FILE")
+            .env_remove("ENVOY_SMC_ASSUME_KERNEL")
+            .env("RUST_BACKTRACE", "1");
+        RoleCmd { cmd }
+    }
+
+    pub fn preload(mut self) -> Self {
+        self.cmd.env("LD_PRELOAD", preload_lib());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    /// Runs to completion (killed after `timeout`).
+    pub fn run(mut self, timeout: Duration) -> RoleOutput {
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = self.cmd.spawn().expect("spawn role");
+        wait_output(child, timeout)
+    }
+
+    /// Starts a long-running role; returns once it printed `READY`.
+    pub fn start(mut self, timeout: Duration) -> Running {
+        self.cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("spawn role");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        let deadline = Instant::now() + timeout;
+        let mut ready = None;
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("READY") => {
+                    ready = Some(line);
+                    break;
+                }
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(ready) = ready else {
+            let _ = child.kill();
+            let out = wait_output_with_reader(child, reader, Duration::from_secs(5));
+            panic!("role did not get ready:\n{}", out.describe());
+        };
+        Running {
+            child: Some(child),
+            reader: Some(reader),
+            ready,
+        }
+    }
+}
+
+pub struct Running {
+    child: Option<Child>,
+    reader: Option<std::thread::JoinHandle<String>>,
+    pub ready: String,
+}
+
+impl Running {
+    /// Closes its stdin (the signal to finish) and waits for it.
+    pub fn finish(mut self, timeout: Duration) -> RoleOutput {
+        let mut child = self.child.take().unwrap();
+        drop(child.stdin.take());
+        wait_output_with_reader(child, self.reader.take().unwrap(), timeout)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RoleOutput {
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+impl RoleOutput {
+    pub fn describe(&self) -> String {
+        format!(
+            "status {:?}{}\n--- stdout\n{}--- stderr\n{}",
+            self.status,
+            if self.timed_out { " (timed out)" } else { "" },
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    pub fn assert_ok(&self) -> &Self {
+        assert!(
+            !self.timed_out && self.status.is_some_and(|s| s.success()),
+            "role failed: {}",
+            self.describe()
+        );
+        self
+    }
+
+    /// `key=value` pairs of every `RESULT` line (later lines win).
+    pub fn results(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        for line in self.stdout.lines() {
+            if let Some(rest) = line.strip_prefix("RESULT ") {
+                for kv in rest.split_whitespace() {
+                    if let Some((k, v)) = kv.split_once('=') {
+                        m.insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    pub fn result(&self, key: &str) -> String {
+        self.results()
+            .remove(key)
+            .unwrap_or_else(|| panic!("no RESULT {key}=…: {}", self.describe()))
+    }
+
+    pub fn num(&self, key: &str) -> i64 {
+        self.result(key).parse().unwrap()
+    }
+
+    /// The counters the role printed between `STATS-BEGIN` and `STATS-END`.
+    pub fn stats(&self) -> Stats {
+        let text: String = self
+            .stdout
+            .lines()
+            .skip_while(|l| *l != "STATS-BEGIN")
+            .skip(1)
+            .take_while(|l| *l != "STATS-END")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        Stats::parse(&text)
+    }
+}
+
+fn wait_output(mut child: Child, timeout: Duration) -> RoleOutput {
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stdout).read_to_string(&mut s);
+        s
+    });
+    wait_output_with_reader(child, reader, timeout)
+}
+
+fn wait_output_with_reader(
+    mut child: Child,
+    reader: std::thread::JoinHandle<String>,
+    timeout: Duration,
+) -> RoleOutput {
+    let stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait().unwrap() {
+            Some(s) => break Some(s),
+            None if Instant::now() >= deadline => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    RoleOutput {
+        status,
+        stdout: reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        timed_out,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// counters
+
+/// Prometheus text from the library, as `name` or `name{labels}` → value.
+#[derive(Debug, Default, Clone)]
+pub struct Stats(pub HashMap<String, u64>);
+
+impl Stats {
+    pub fn parse(text: &str) -> Stats {
+        let mut m = HashMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                if let Ok(v) = v.parse() {
+                    m.insert(k.to_string(), v);
+                }
+            }
+        }
+        Stats(m)
+    }
+
+    /// `envoy_smc_<name>_total` (0 if absent).
+    pub fn get(&self, name: &str) -> u64 {
+        self.0
+            .get(&format!("envoy_smc_{name}_total"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `envoy_smc_tcp_total{reason="…"}`.
+    pub fn tcp(&self, reason: &str) -> u64 {
+        self.0
+            .get(&format!("envoy_smc_tcp_total{{reason=\"{reason}\"}}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `envoy_smc_preload_<name>_total`.
+    pub fn preload(&self, name: &str) -> u64 {
+        self.get(&format!("preload_{name}"))
+    }
+
+    pub fn tracked(&self) -> u64 {
+        self.0
+            .get("envoy_smc_preload_tracked_sockets")
+            .copied()
+            .unwrap_or(u64::MAX)
+    }
+
+    pub fn state(&self) -> String {
+        self.0
+            .keys()
+            .find_map(|k| {
+                let rest = k.strip_prefix("envoy_smc_preload_info{state=\"")?;
+                Some(rest.split('"').next()?.to_string())
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The library's counters, read in this process through the exported C function (None when the
+/// library is not loaded).
+pub fn own_stats() -> Option<String> {
+    type StatsFn = unsafe extern "C" fn(*mut libc::c_char, usize) -> usize;
+    // SAFETY: looking up a symbol by a NUL-terminated name.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"envoy_smc_preload_stats".as_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the library exports this function with this signature.
+    let f: StatsFn = unsafe { std::mem::transmute(p) };
+    // SAFETY: NULL with length 0 asks for the length only.
+    let n = unsafe { f(std::ptr::null_mut(), 0) };
+    let mut buf = vec![0u8; n + 1];
+    // SAFETY: buf has n + 1 writable bytes.
+    let n = unsafe { f(buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(n);
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+pub fn print_own_stats() {
+    if let Some(text) = own_stats() {
+        println!("STATS-BEGIN\n{}STATS-END", text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// libc helpers for the roles
+
+pub fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub fn check(rc: c_int, what: &str) -> c_int {
+    if rc < 0 {
+        panic!("{what}: {}", std::io::Error::last_os_error());
+    }
+    rc
+}
+
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+pub fn local_port(fd: c_int) -> u16 {
+    // SAFETY: plain old data, filled by getsockname.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid out-pointers.
+    check(
+        unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) },
+        "getsockname",
+    );
+    // SAFETY: both sockaddr_in and sockaddr_in6 have the port at the same offset.
+    let sin = unsafe { &*(&ss as *const _ as *const libc::sockaddr_in) };
+    u16::from_be(sin.sin_port)
+}
+
+pub fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> c_int {
+    let mut v: c_int = 0;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let rc = unsafe { libc::getsockopt(fd, level, name, &mut v as *mut c_int as *mut _, &mut len) };
+    if rc < 0 {
+        -1
+    } else {
+        v
+    }
+}
+
+pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, v: c_int) -> c_int {
+    // SAFETY: a valid int buffer.
+    unsafe { libc::setsockopt(fd, level, name, &v as *const c_int as *const _, 4) }
+}
+
+/// "TCP", "AF_SMC", "IPPROTO_SMC" or "other".
+pub fn kind(fd: c_int) -> &'static str {
+    let domain = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+    let proto = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL);
+    match (domain, proto) {
+        (43, _) => "AF_SMC",
+        (libc::AF_INET | libc::AF_INET6, 256) => "IPPROTO_SMC",
+        (libc::AF_INET | libc::AF_INET6, libc::IPPROTO_TCP) => "TCP",
+        _ => "other",
+    }
+}
+
+pub fn inode(fd: c_int) -> u64 {
+    // SAFETY: plain old data filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    check(unsafe { libc::fstat(fd, &mut st) }, "fstat");
+    st.st_ino
+}
+
+/// Options a role sets on its sockets before `connect()`/`listen()`: `level:name:value,…`.
+pub fn parse_opts(s: &str) -> Vec<(c_int, c_int, c_int)> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let v: Vec<c_int> = p.split(':').map(|x| x.trim().parse().unwrap()).collect();
+            (v[0], v[1], v[2])
+        })
+        .collect()
+}
+
+fn env_or(k: &str, d: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| d.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// epoll
+
+pub struct Epoll(pub c_int);
+
+impl Epoll {
+    pub fn new() -> Epoll {
+        // SAFETY: plain syscall.
+        Epoll(check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll_create1"))
+    }
+
+    pub fn add(&self, fd: c_int, events: u32, data: u64) {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY: valid event pointer.
+        check(
+            unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, fd, &mut ev) },
+            "epoll_ctl ADD",
+        );
+    }
+
+    pub fn del(&self, fd: c_int) {
+        // SAFETY: DEL ignores the event.
+        unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+    }
+
+    /// Waits up to `ms` for events.
+    pub fn wait(&self, ms: c_int) -> Vec<(u32, u64)> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        loop {
+            // SAFETY: evs has 64 entries.
+            let n = unsafe { libc::epoll_wait(self.0, evs.as_mut_ptr(), 64, ms) };
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            check(n, "epoll_wait");
+            return evs[..n as usize]
+                .iter()
+                .map(|e| {
+                    let e = *e;
+                    (e.events, e.u64)
+                })
+                .collect();
+        }
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: closing our own fd once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+const ET_RW: u32 =
+    (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
+// ---------------------------------------------------------------------------------------------
+// the echo server
+
+#[derive(Debug, Default)]
+pub struct ServerReport {
+    pub listener_kind: &'static str,
+    pub listener_fd_same: bool,
+    pub accepted: usize,
+    pub bytes: usize,
+    pub closed: usize,
+}
+
+/// A listening socket the way Envoy makes one: non-blocking, SO_REUSEADDR (+ SO_REUSEPORT unless
+/// `reuse_port` is false), `opts`, bind, listen.
+pub fn listener(addr: SocketAddr, reuse_port: bool, opts: &[(c_int, c_int, c_int)]) -> c_int {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain syscall.
+    let fd = check(
+        unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+    );
+    check(setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1), "SO_REUSEADDR");
+    if reuse_port {
+        check(setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1), "SO_REUSEPORT");
+    }
+    for &(l, n, v) in opts {
+        check(setsockopt_int(fd, l, n, v), "listener option");
+    }
+    let (ss, len) = sockaddr(addr);
+    // SAFETY: valid address.
+    check(unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) }, "bind");
+    // SAFETY: plain syscall.
+    check(unsafe { libc::listen(fd, 128) }, "listen");
+    fd
+}
+
+/// Serves echo on `lfd` with edge-triggered epoll until `stop()` says so (checked every 50 ms).
+pub fn serve_echo(lfd: c_int, stop: &dyn Fn() -> bool) -> ServerReport {
+    let ep = Epoll::new();
+    ep.add(lfd, (libc::EPOLLIN | libc::EPOLLET) as u32, u64::MAX);
+    let mut rep = ServerReport::default();
+    let mut buf = vec![0u8; 65536];
+    let mut pending: HashMap<c_int, Vec<u8>> = HashMap::new();
+    loop {
+        if stop() && pending.is_empty() {
+            break;
+        }
+        for (events, data) in ep.wait(50) {
+            if data == u64::MAX {
+                loop {
+                    // SAFETY: accept4 with NULL address pointers.
+                    let c = unsafe {
+                        libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                    };
+                    if c < 0 {
+                        break;
+                    }
+                    rep.accepted += 1;
+                    pending.insert(c, Vec::new());
+                    ep.add(c, ET_RW, c as u64);
+                }
+                continue;
+            }
+            let c = data as c_int;
+            let Some(out) = pending.get_mut(&c) else { continue };
+            let mut eof = false;
+            if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                loop {
+                    // SAFETY: buf is writable for its length.
+                    let n = unsafe { libc::read(c, buf.as_mut_ptr().cast(), buf.len()) };
+                    if n > 0 {
+                        rep.bytes += n as usize;
+                        out.extend_from_slice(&buf[..n as usize]);
+                    } else if n == 0 {
+                        eof = true;
+                        break;
+                    } else {
+                        let e = errno();
+                        if e != libc::EAGAIN && e != libc::EINTR {
+                            eof = true;
+                        }
+                        if e != libc::EINTR {
+                            break;
+                        }
+                    }
+                }
+            }
+            while !out.is_empty() {
+                // SAFETY: out is readable for its length.
+                let n = unsafe { libc::send(c, out.as_ptr().cast(), out.len(), libc::MSG_NOSIGNAL) };
+                if n <= 0 {
+                    break;
+                }
+                out.drain(..n as usize);
+            }
+            if eof && out.is_empty() {
+                ep.del(c);
+                // SAFETY: closing an accepted socket once.
+                unsafe { libc::close(c) };
+                pending.remove(&c);
+                rep.closed += 1;
+            }
+        }
+    }
+    rep.listener_kind = kind(lfd);
+    rep
+}
+
+// ---------------------------------------------------------------------------------------------
+// the edge-triggered client
+
+#[derive(Debug, Default)]
+pub struct ClientReport {
+    pub kind_before: &'static str,
+    pub kind_after: &'static str,
+    pub fd_flags_kept: bool,
+    pub connect_edge: bool,
+    pub data_edges: usize,
+    pub rounds_ok: usize,
+    pub fin_edge: bool,
+    pub inode: u64,
+    /// smc_diag of this connection while it was up (VM only).
+    pub diag: Option<DiagEntry>,
+}
+
+/// One connection the way Envoy's upstream connections go: socket (non-blocking) → epoll ADD
+/// (read|write|rdhup, edge-triggered) → options → optional bind to `src` → connect → wait for the
+/// write edge → `rounds` request/response exchanges of `size` bytes, each completed by read edges
+/// → half-close → wait for the peer's FIN edge. Every wait has a deadline; a lost edge fails.
+pub fn et_client(
+    target: SocketAddr,
+    src: Option<IpAddr>,
+    opts: &[(c_int, c_int, c_int)],
+    rounds: usize,
+    size: usize,
+    with_diag: bool,
+) -> Result<ClientReport, String> {
+    let domain = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let r = et_client_on(fd, target, src, opts, rounds, size, with_diag);
+    // SAFETY: closing our own fd once.
+    unsafe { libc::close(fd) };
+    r
+}
+
+fn et_client_on(
+    fd: c_int,
+    target: SocketAddr,
+    src: Option<IpAddr>,
+    opts: &[(c_int, c_int, c_int)],
+    rounds: usize,
+    size: usize,
+    with_diag: bool,
+) -> Result<ClientReport, String> {
+    let mut rep = ClientReport::default();
+    let ep = Epoll::new();
+    let tag = 0xfeed_0000_0000 | fd as u64;
+    ep.add(fd, ET_RW, tag);
+    for &(l, n, v) in opts {
+        if setsockopt_int(fd, l, n, v) != 0 {
+            return Err(format!("setsockopt({l},{n},{v}): {}", std::io::Error::last_os_error()));
+        }
+    }
+    if let Some(ip) = src {
+        let (ss, len) = sockaddr(SocketAddr::new(ip, 0));
+        // SAFETY: valid address.
+        if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } != 0 {
+            return Err(format!("bind {ip}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    rep.kind_before = kind(fd);
+    let (ss, len) = sockaddr(target);
+    // SAFETY: valid address.
+    let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    if rc != 0 && errno() != libc::EINPROGRESS {
+        return Err(format!("connect {target}: {}", std::io::Error::last_os_error()));
+    }
+    rep.kind_after = kind(fd);
+    // SAFETY: plain fcntl queries.
+    let (fl, fdfl) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+    rep.fd_flags_kept = fl & libc::O_NONBLOCK != 0 && fdfl & libc::FD_CLOEXEC != 0;
+    rep.inode = inode(fd);
+
+    let wait_for = |want: u32, what: &str| -> Result<u32, String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no {what} edge within 20 s"));
+            }
+            for (ev, data) in ep.wait(left.as_millis().min(1000) as c_int) {
+                if data != tag {
+                    return Err(format!("event with foreign data {data:#x}"));
+                }
+                if ev & want != 0 {
+                    return Ok(ev);
+                }
+            }
+        }
+    };
+
+    let ev = wait_for(libc::EPOLLOUT as u32, "connect (EPOLLOUT)")?;
+    let err = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR);
+    if err != 0 || ev & libc::EPOLLERR as u32 != 0 {
+        return Err(format!("connect failed: SO_ERROR {err}, events {ev:#x}"));
+    }
+    rep.connect_edge = true;
+
+    let mut buf = vec![0u8; size.max(4096)];
+    for round in 0..rounds {
+        let msg: Vec<u8> = (0..size).map(|i| (i + round) as u8).collect();
+        let mut sent = 0;
+        while sent < msg.len() {
+            // SAFETY: readable slice.
+            let n = unsafe { libc::send(fd, msg[sent..].as_ptr().cast(), msg.len() - sent, libc::MSG_NOSIGNAL) };
+            if n > 0 {
+                sent += n as usize;
+            } else if errno() == libc::EAGAIN {
+                wait_for(libc::EPOLLOUT as u32, "write")?;
+            } else {
+                return Err(format!("send: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let mut got = Vec::with_capacity(size);
+        while got.len() < size {
+            // edge-triggered: drain until EAGAIN, then wait for the next edge
+            // SAFETY: writable buffer.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                got.extend_from_slice(&buf[..n as usize]);
+            } else if n == 0 {
+                return Err("peer closed early".into());
+            } else if errno() == libc::EAGAIN {
+                wait_for(libc::EPOLLIN as u32, "data (EPOLLIN)")?;
+                rep.data_edges += 1;
+            } else {
+                return Err(format!("read: {}", std::io::Error::last_os_error()));
+            }
+        }
+        if got != msg {
+            return Err(format!("round {round}: echo differs"));
+        }
+        rep.rounds_ok += 1;
+    }
+    if with_diag {
+        rep.diag = smc_diag_dump().ok().and_then(|v| v.into_iter().find(|e| e.inode == rep.inode));
+    }
+    // SAFETY: plain syscall.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    loop {
+        // SAFETY: writable buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            break;
+        } else if n > 0 {
+            continue;
+        } else if errno() == libc::EAGAIN {
+            wait_for((libc::EPOLLIN | libc::EPOLLRDHUP) as u32, "FIN (EPOLLRDHUP)")?;
+        } else {
+            return Err(format!("read at FIN: {}", std::io::Error::last_os_error()));
+        }
+    }
+    rep.fin_edge = true;
+    Ok(rep)
+}
+
+// ---------------------------------------------------------------------------------------------
+// smc_diag (VM): just enough to tell SMC-R from fallback for one inode
+
+#[derive(Debug, Clone)]
+pub struct DiagEntry {
+    pub family: u8,
+    pub state: u8,
+    /// 0 SMC-R, 1 fallback, 2 SMC-D.
+    pub mode: u8,
+    pub inode: u64,
+    pub fallback_reason: Option<u32>,
+    pub ib_device: Option<String>,
+}
+
+impl DiagEntry {
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            0 => "SMCR",
+            1 => "FALLBACK",
+            2 => "SMCD",
+            _ => "?",
+        }
+    }
+}
+
+/// Every SMC socket of this network namespace (needs the smc_diag module).
+pub fn smc_diag_dump() -> Result<Vec<DiagEntry>, String> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    if fd < 0 {
+        return Err(format!("netlink: {}", std::io::Error::last_os_error()));
+    }
+    let mut req = Vec::with_capacity(68);
+    req.extend_from_slice(&68u32.to_ne_bytes());
+    req.extend_from_slice(&20u16.to_ne_bytes()); // SOCK_DIAG_BY_FAMILY
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.push(43); // AF_SMC
+    req.extend_from_slice(&[0, 0]);
+    req.push((1 << (5 - 1)) | (1 << (2 - 1))); // FALLBACK, LGRINFO
+    req.extend_from_slice(&[0u8; 48]);
+    // SAFETY: valid buffer.
+    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing our fd.
+        unsafe { libc::close(fd) };
+        return Err(format!("netlink send: {e}"));
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    'recv: loop {
+        // SAFETY: writable buffer.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            break;
+        }
+        let mut off = 0usize;
+        let n = n as usize;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+            if len < 16 || off + len > n {
+                break 'recv;
+            }
+            if ty == 3 || ty == 2 {
+                break 'recv; // NLMSG_DONE / NLMSG_ERROR
+            }
+            let m = &buf[off + 16..off + len];
+            if m.len() >= 64 {
+                let mut e = DiagEntry {
+                    family: m[0],
+                    state: m[1],
+                    mode: m[2],
+                    inode: u64::from_ne_bytes(m[56..64].try_into().unwrap()),
+                    fallback_reason: None,
+                    ib_device: None,
+                };
+                let mut a = 64;
+                while a + 4 <= m.len() {
+                    let alen = u16::from_ne_bytes(m[a..a + 2].try_into().unwrap()) as usize;
+                    let aty = u16::from_ne_bytes(m[a + 2..a + 4].try_into().unwrap());
+                    if alen < 4 || a + alen > m.len() {
+                        break;
+                    }
+                    let p = &m[a + 4..a + alen];
+                    if aty == 5 && p.len() >= 4 {
+                        e.fallback_reason = Some(u32::from_ne_bytes(p[0..4].try_into().unwrap()));
+                    }
+                    if aty == 2 && p.len() >= 2 {
+                        let name: Vec<u8> = p[1..].iter().take(64).take_while(|b| **b != 0).copied().collect();
+                        e.ib_device = Some(String::from_utf8_lossy(&name).into_owned());
+                    }
+                    a += (alen + 3) & !3;
+                }
+                out.push(e);
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    // SAFETY: closing our fd.
+    unsafe { libc::close(fd) };
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// role dispatch
+
+/// Roles shared by the test binaries. Returns false if `role` is not one of them.
+pub fn run_common_role(role: &str) -> bool {
+    match role {
+        // A server process: listen on ENVOY_SMC_TEST_LISTEN, print READY, serve echo until stdin
+        // closes, report.
+        "server" => {
+            let addr: SocketAddr = env_or("ENVOY_SMC_TEST_LISTEN", "127.0.0.1:0").parse().unwrap();
+            let reuse_port = env_or("ENVOY_SMC_TEST_REUSE_PORT", "1") == "1";
+            let opts = parse_opts(&env_or("ENVOY_SMC_TEST_OPTS", ""));
+            let lfd = listener(addr, reuse_port, &opts);
+            println!("READY port={} kind={}", local_port(lfd), kind(lfd));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let s2 = stop.clone();
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut sink);
+                s2.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let rep = serve_echo(lfd, &|| stop.load(std::sync::atomic::Ordering::SeqCst));
+            println!(
+                "RESULT listener_kind={} accepted={} closed={} bytes={}",
+                rep.listener_kind, rep.accepted, rep.closed, rep.bytes
+            );
+            // SAFETY: closing our own fd.
+            unsafe { libc::close(lfd) };
+            print_own_stats();
+            true
+        }
+        // A client process: ENVOY_SMC_TEST_CONNECTIONS edge-triggered connections to
+        // ENVOY_SMC_TEST_TARGET (from ENVOY_SMC_TEST_SRC), each ENVOY_SMC_TEST_ROUNDS exchanges.
+        "client" => {
+            let target: SocketAddr = env_or("ENVOY_SMC_TEST_TARGET", "").parse().unwrap();
+            let src: Option<IpAddr> = std::env::var("ENVOY_SMC_TEST_SRC").ok().map(|s| s.parse().unwrap());
+            let opts = parse_opts(&env_or("ENVOY_SMC_TEST_OPTS", ""));
+            let n: usize = env_or("ENVOY_SMC_TEST_CONNECTIONS", "1").parse().unwrap();
+            let rounds: usize = env_or("ENVOY_SMC_TEST_ROUNDS", "3").parse().unwrap();
+            let size: usize = env_or("ENVOY_SMC_TEST_SIZE", "128").parse().unwrap();
+            let diag = env_or("ENVOY_SMC_TEST_DIAG", "0") == "1";
+            let fds_before = open_fds();
+            let mut ok = 0;
+            for i in 0..n {
+                match et_client(target, src, &opts, rounds, size, diag) {
+                    Ok(r) => {
+                        ok += 1;
+                        let d = r.diag.as_ref();
+                        println!(
+                            "RESULT conn={i} kind_before={} kind_after={} fd_flags_kept={} connect_edge={} data_edges={} rounds_ok={} fin_edge={} diag_mode={} diag_state={} diag_reason={} diag_dev={}",
+                            r.kind_before, r.kind_after, r.fd_flags_kept, r.connect_edge, r.data_edges, r.rounds_ok, r.fin_edge,
+                            d.map_or("none", |d| d.mode_name()),
+                            d.map_or(0, |d| d.state),
+                            d.and_then(|d| d.fallback_reason).map_or("none".to_string(), |r| format!("{r:#010x}")),
+                            d.and_then(|d| d.ib_device.clone()).unwrap_or_else(|| "none".into()),
+                        );
+                    }
+                    Err(e) => println!("RESULT conn={i} error={}", e.replace(' ', "_")),
+                }
+            }
+            let fds_after = open_fds();
+            println!("RESULT ok={ok} fds_before={fds_before} fds_after={fds_after}");
+            print_own_stats();
+            let _ = std::io::stdout().flush();
+            true
+        }
+        _ => false,
+    }
+}
