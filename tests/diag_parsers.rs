@@ -612,3 +612,63 @@ fn captured_kernel_replies_parse() {
         assert!(n > 0, "{name}: no message parsed");
     }
 }
+
+fn captured(name: &str) -> Vec<Vec<u8>> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    netlink::messages(&bytes)
+        .map(|m| m.unwrap())
+        .filter(|m| m.ty >= 0x10)
+        .map(|m| m.payload.to_vec())
+        .collect()
+}
+
+#[test]
+fn captured_replies_say_what_the_vm_had() {
+    // tests/vm_smc.rs capture_kernel_replies_as_fixtures: an AF_SMC SMC-R connection and one with
+    // the fallback switch, between 10.9.0.1 (rxea) and 10.9.0.2 (rxeb), UEID ENVOY-SMC-TEST.
+    let socks: Vec<_> = captured("smc_diag_dump.bin")
+        .iter()
+        .map(|p| smc_diag::parse_smc_diag_msg(p).unwrap())
+        .collect();
+    let smcr = socks
+        .iter()
+        .find(|s| s.mode == Mode::SmcR && s.state == SmcState::ACTIVE && s.link.is_some())
+        .expect("an active SMC-R socket");
+    assert!(smcr.link.as_ref().unwrap().ib_device.starts_with("rxe"));
+    assert_eq!(smcr.family, 43);
+    assert!(matches!(smcr.local.ip(), IpAddr::V4(a) if a.octets()[..3] == [10, 9, 0]));
+    assert!(socks
+        .iter()
+        .any(|s| s.fallback_reason() == Some(DeclineCode::OPTUNSUPP)));
+    assert!(socks.iter().any(|s| s.state == SmcState::LISTEN));
+
+    let sys = genl::parse_sys_info(&captured("genl_sys_info.bin")[0]).unwrap();
+    assert_eq!(sys.smcr_v2_capable, Some(true));
+    let devs: Vec<_> = captured("genl_dev_smcr.bin")
+        .iter()
+        .filter_map(|p| genl::parse_device(p, false).unwrap())
+        .collect();
+    assert_eq!(devs.len(), 2, "{devs:?}");
+    assert!(devs.iter().all(|d| d.ports.iter().any(|p| p.active)));
+    let u = genl::parse_ueid(&captured("genl_ueid.bin")[0]).unwrap();
+    assert_eq!(u.as_deref(), Some("ENVOY-SMC-TEST"));
+    let st = genl::parse_stats(&captured("genl_stats.bin")[0])
+        .unwrap()
+        .unwrap();
+    assert!(st.smcr.client_v2_success >= 1, "{st:?}");
+    let fb: Vec<_> = captured("genl_fback_stats.bin")
+        .iter()
+        .filter_map(|p| genl::parse_fback_entry(p).unwrap())
+        .collect();
+    assert!(aggregate_fback(&fb)
+        .client
+        .iter()
+        .any(|r| r.reason == DeclineCode::OPTUNSUPP));
+    assert_eq!(
+        genl::parse_hs_limitation(&captured("genl_hs_limitation.bin")[0]).unwrap(),
+        Some(false)
+    );
+}

@@ -274,7 +274,8 @@ pub fn parse_error_payload(payload: &[u8]) -> Result<i32, ParseError> {
             format!("{} bytes, needs 4", payload.len()),
         )
     })?;
-    Ok(-(u32_ne(b) as i32))
+    // wrapping: a hostile peer may send i32::MIN, whose negation overflows
+    Ok((u32_ne(b) as i32).wrapping_neg())
 }
 
 /// An owned message from a reply.
@@ -390,7 +391,7 @@ impl NlSocket {
                         if let Some(b) = m.payload.get(..4) {
                             let v = u32_ne(b) as i32;
                             if v < 0 {
-                                return Err(DiagError::kernel(what, -v));
+                                return Err(DiagError::kernel(what, v.wrapping_neg()));
                             }
                         }
                         return Ok(out);
