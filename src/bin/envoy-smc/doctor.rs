@@ -281,6 +281,24 @@ pub fn run(args: Args) -> u8 {
         }
     }
 
+    // modules (built-in code shows up in /sys/module too when it has parameters; the functional
+    // checks around this one are what decide)
+    let diag_loaded = module_loaded("smc_diag");
+    push(
+        "modules",
+        if smc_loaded && diag_loaded {
+            Status::Ok
+        } else {
+            Status::Info
+        },
+        format!(
+            "smc {}, smc_diag {}",
+            if smc_loaded { "loaded" } else { "not loaded" },
+            if diag_loaded { "loaded" } else { "not loaded" }
+        ),
+        None,
+    );
+
     // smc_diag
     match smc_diag::dump() {
         Ok(socks) => push(
