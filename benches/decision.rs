@@ -20,7 +20,7 @@ fn runtime(rules: usize) -> Runtime {
         .map(|i| format!("\"172.{}.{}.0/24\"", 16 + i / 250, i % 250))
         .collect();
     let text = format!(
-        "opt_in: {{all_workloads: true}}\nupstream: {{allow: [{}], deny: [{}], allow_ports: [\"1-60000\"], deny_ports: [\"15000-15021\"]}}",
+        "opt_in: {{all_workloads: true}}\nadaptive_fallback: {{max_destinations: 16384, hold_down_ms: 3600000, max_hold_down_ms: 3600000}}\nupstream: {{allow: [{}], deny: [{}], allow_ports: [\"1-60000\"], deny_ports: [\"15000-15021\"]}}",
         allow.join(","),
         deny.join(",")
     );
@@ -68,6 +68,41 @@ fn bench(c: &mut Criterion) {
             black_box((tracked, rt.decide_connect(black_box(d), facts)))
         })
     });
+    // The same path with 10,000 destinations remembered as black-holed (none of them the one asked).
+    for i in 0..10_000u32 {
+        rt.hold_destination(SocketAddr::from(([10, 200, (i >> 8) as u8, i as u8], 9000)));
+    }
+    assert!(
+        rt.black_holes().len() >= 9_990,
+        "remembered: {}",
+        rt.black_holes().len()
+    );
+    c.bench_function(
+        "socket+connect decision, 1000 CIDR rules, 10000 black-holed destinations",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) & 63;
+                let d = dests[i];
+                let tracked = rt
+                    .policy()
+                    .at_socket(libc::AF_INET, libc::SOCK_STREAM, 0, Some(d.ip()))
+                    .is_ok();
+                let facts = rt.note_sockopt(
+                    SocketFacts::default(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVLOWAT,
+                    &1i32.to_ne_bytes(),
+                );
+                black_box((tracked, rt.decide_connect(black_box(d), facts)))
+            })
+        },
+    );
+    let held = SocketAddr::from(([10, 200, 0, 7], 9000));
+    assert!(!rt.decide_connect(held, on).is_smc());
+    c.bench_function(
+        "connect decision, a black-holed destination among 10000",
+        |b| b.iter(|| black_box(rt.decide_connect(black_box(held), on))),
+    );
     let denied: SocketAddr = "172.17.100.7:8080".parse().unwrap();
     c.bench_function(
         "connect decision, denied destination, 1000 CIDR rules",

@@ -118,6 +118,11 @@ enum envoy_smc_tcp_reason
    Replacing the socket with an SMC socket failed; the TCP socket was kept.
    */
   ENVOY_SMC_TCP_REASON_REPLACE_FAILED = 16,
+  /*
+   The destination dropped SMC's SYNs (TCP option 254) while plain TCP worked: it is held on
+   TCP for a while (adaptive fallback).
+   */
+  ENVOY_SMC_TCP_REASON_BLACK_HOLE_HOLD_DOWN = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -382,6 +387,20 @@ envoy_smc_result envoy_smc_before_connect(const envoy_smc_runtime *rt,
                                           const struct sockaddr *addr,
                                           socklen_t addrlen,
                                           envoy_smc_verdict *out);
+
+/*
+ Watches an SMC socket that is about to connect to `addr` (adaptive fallback: a path that
+ drops SMC's SYNs is detected and later connections to it use TCP). Call it after
+ `envoy_smc_apply_connect` made the socket SMC; `envoy_smc_before_connect` does so itself.
+ NULL arguments, a non-IP address or a panic: no-op.
+
+ # Safety
+ `addr` must be NULL or point at `addrlen` readable bytes; `fd` must be open.
+ */
+void envoy_smc_watch_connect(const envoy_smc_runtime *rt,
+                             int fd,
+                             const struct sockaddr *addr,
+                             socklen_t addrlen);
 
 /*
  Copies up to `len` counters into `out` (index order; names from `envoy_smc_counter_name`) and

@@ -10,6 +10,7 @@
 //! - [`diag`]: what the kernel did (smc_diag, SMC generic netlink);
 //! - [`ffi`]: the C ABI used by the Envoy extension and C callers.
 
+pub mod adaptive;
 pub mod config;
 pub mod diag;
 pub mod ffi;

@@ -7,9 +7,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
-use crate::config::{self, ConfigError, SmcConfig};
+use crate::adaptive::{Admission, Breaker, Entry, Watchdog};
+use crate::config::{self, AdaptiveSettings, ConfigError, SmcConfig};
 use crate::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
 use crate::smc::{self, SocketKind};
 use crate::stats::{Counter, Stats};
@@ -24,10 +25,29 @@ pub struct Applied {
     pub replaced: bool,
 }
 
+/// The black-hole breaker and its watchdog, present unless adaptive fallback is disabled.
+struct Adaptive {
+    breaker: Arc<Breaker>,
+    watchdog: Watchdog,
+}
+
+impl Adaptive {
+    fn new(settings: AdaptiveSettings, stats: &Arc<Stats>) -> Option<Arc<Adaptive>> {
+        settings.enabled.then(|| {
+            let breaker = Arc::new(Breaker::new(settings));
+            Arc::new(Adaptive {
+                watchdog: Watchdog::new(Arc::clone(&breaker), Arc::clone(stats)),
+                breaker,
+            })
+        })
+    }
+}
+
 /// Policy + counters + once-only logging, shared by all threads of a process.
 pub struct Runtime {
     policy: ArcSwap<Policy>,
-    stats: Stats,
+    adaptive: ArcSwapOption<Adaptive>,
+    stats: Arc<Stats>,
     warned_reuse_port: AtomicBool,
     warned_replace: AtomicBool,
 }
@@ -45,9 +65,14 @@ impl Runtime {
     pub fn new(config: &SmcConfig, env: &Environment) -> Result<Runtime, ConfigError> {
         let policy = Policy::new(config, env)?;
         log_availability(&policy);
+        let stats = Arc::new(Stats::default());
         Ok(Runtime {
             policy: ArcSwap::from_pointee(policy),
-            stats: Stats::default(),
+            adaptive: ArcSwapOption::new(Adaptive::new(
+                AdaptiveSettings::from_config(config),
+                &stats,
+            )),
+            stats,
             warned_reuse_port: AtomicBool::new(false),
             warned_replace: AtomicBool::new(false),
         })
@@ -62,6 +87,12 @@ impl Runtime {
     pub fn swap_config(&self, config: &SmcConfig, env: &Environment) -> Result<(), ConfigError> {
         let policy = Policy::new(config, env)?;
         log_availability(&policy);
+        let settings = AdaptiveSettings::from_config(config);
+        let current = self.adaptive.load().as_ref().map(|a| *a.breaker.settings());
+        // Remembered destinations survive a swap unless the adaptive settings changed.
+        if current != Some(settings).filter(|s| s.enabled) {
+            self.adaptive.store(Adaptive::new(settings, &self.stats));
+        }
         self.policy.store(Arc::new(policy));
         Ok(())
     }
@@ -127,9 +158,64 @@ impl Runtime {
         self.policy.load().before_listen(local, facts, kind)
     }
 
-    /// The client decision for a connect to `remote`.
+    /// The client decision for a connect to `remote`: the policy's, then the black-hole breaker's
+    /// for destinations the policy sends to SMC.
     pub fn decide_connect(&self, remote: SocketAddr, facts: SocketFacts) -> Verdict {
-        self.policy.load().before_connect(remote, facts)
+        let verdict = self.policy.load().before_connect(remote, facts);
+        if !verdict.is_smc() {
+            return verdict;
+        }
+        let adaptive = self.adaptive.load();
+        let Some(adaptive) = adaptive.as_ref() else {
+            return verdict;
+        };
+        match adaptive.breaker.admit(remote, adaptive.breaker.now_ms()) {
+            Admission::Smc => verdict,
+            Admission::Probe => {
+                self.stats.inc(Counter::BlackHoleProbes);
+                verdict
+            }
+            Admission::Hold => Verdict::Tcp(TcpReason::BlackHoleHoldDown),
+        }
+    }
+
+    /// Watches an SMC socket that is about to connect to `remote`, so that a path dropping SMC's
+    /// SYNs is noticed (adaptive fallback). Call it after an SMC verdict was carried out.
+    pub fn watch_connect(&self, fd: BorrowedFd<'_>, remote: SocketAddr) {
+        if let Some(adaptive) = self.adaptive.load().as_ref() {
+            adaptive.watchdog.watch(fd.as_raw_fd(), remote);
+        }
+    }
+
+    /// Holds `dest` on TCP as if it had been proven black-holed (operators and tests). Returns the
+    /// hold-down, or `None` when adaptive fallback is disabled.
+    pub fn hold_destination(&self, dest: SocketAddr) -> Option<std::time::Duration> {
+        let adaptive = self.adaptive.load();
+        let a = adaptive.as_ref()?;
+        Some(a.breaker.trip(dest, a.breaker.now_ms()))
+    }
+
+    /// Destinations the breaker remembers (held, probing, or recovered with strikes).
+    pub fn black_holes(&self) -> Vec<Entry> {
+        self.adaptive
+            .load()
+            .as_ref()
+            .map(|a| a.breaker.entries())
+            .unwrap_or_default()
+    }
+
+    /// Decide, carry out and (for SMC) watch, in one call before `connect()`.
+    pub fn before_connect(
+        &self,
+        fd: BorrowedFd<'_>,
+        remote: SocketAddr,
+        facts: SocketFacts,
+    ) -> Applied {
+        let applied = self.apply_connect(fd, self.decide_connect(remote, facts));
+        if applied.verdict.is_smc() {
+            self.watch_connect(fd, remote);
+        }
+        applied
     }
 
     /// Carries out a listener verdict before `listen()`: an SMC socket (with `SMC_LIMIT_HS` if

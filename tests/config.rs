@@ -176,7 +176,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "upstreams: {}",
-        "upstreams: unknown field (known fields: mode, mesh_switch, opt_in, listeners, upstream)",
+        "upstreams: unknown field (known fields: mode, mesh_switch, opt_in, listeners, upstream, adaptive_fallback)",
     ),
     ("upstream: {alow: []}", "upstream.alow: unknown field"),
     (

@@ -38,6 +38,32 @@ pub const DEFAULT_KEEP_TCP_OPTION: proto::SocketOptionMatch = proto::SocketOptio
 /// The annotation a workload sets to opt in when the config names none.
 pub const DEFAULT_OPT_IN_ANNOTATION: &str = "smc.asm.alibabacloud.com/enabled";
 
+/// The adaptive-fallback settings with their defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveSettings {
+    pub enabled: bool,
+    pub detect_after_ms: u32,
+    pub probe_timeout_ms: u32,
+    pub hold_down_ms: u32,
+    pub max_hold_down_ms: u32,
+    pub max_destinations: u32,
+}
+
+impl AdaptiveSettings {
+    pub fn from_config(config: &SmcConfig) -> AdaptiveSettings {
+        let a = config.adaptive_fallback.unwrap_or_default();
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        AdaptiveSettings {
+            enabled: !a.disabled,
+            detect_after_ms: or(a.detect_after_ms, 1000),
+            probe_timeout_ms: or(a.probe_timeout_ms, 1000),
+            hold_down_ms: or(a.hold_down_ms, 30_000),
+            max_hold_down_ms: or(a.max_hold_down_ms, 600_000),
+            max_destinations: or(a.max_destinations, 4096),
+        }
+    }
+}
+
 /// The compiled descriptor set of smc.proto (for the proto3 JSON mapping).
 pub(crate) const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/smc_descriptor.bin"));

@@ -175,6 +175,24 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
             }
         }
     }
+    if let Some(a) = &config.adaptive_fallback {
+        let eff = super::AdaptiveSettings::from_config(config);
+        if a.max_destinations > 1 << 20 {
+            return Err(ConfigError::new(
+                "adaptive_fallback.max_destinations",
+                format!("{} is more than 1048576", a.max_destinations),
+            ));
+        }
+        if eff.max_hold_down_ms < eff.hold_down_ms {
+            return Err(ConfigError::new(
+                "adaptive_fallback.max_hold_down_ms",
+                format!(
+                    "{} is shorter than hold_down_ms ({})",
+                    eff.max_hold_down_ms, eff.hold_down_ms
+                ),
+            ));
+        }
+    }
     if let Some(u) = &config.upstream {
         for (name, list) in [("allow", &u.allow), ("deny", &u.deny)] {
             for (i, s) in list.iter().enumerate() {

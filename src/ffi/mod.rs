@@ -575,7 +575,41 @@ pub unsafe extern "C" fn envoy_smc_before_connect(
     if r != ENVOY_SMC_OK {
         return r;
     }
-    apply(rt, fd, state, out, false)
+    let r = apply(rt, fd, state, out, false);
+    // SAFETY: out was written by the calls above; addr/addrlen per this function's contract.
+    if r == ENVOY_SMC_OK
+        && unsafe { (*out).kind } != envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32
+    {
+        unsafe { envoy_smc_watch_connect(rt, fd, addr, addrlen) };
+    }
+    r
+}
+
+/// Watches an SMC socket that is about to connect to `addr` (adaptive fallback: a path that
+/// drops SMC's SYNs is detected and later connections to it use TCP). Call it after
+/// `envoy_smc_apply_connect` made the socket SMC; `envoy_smc_before_connect` does so itself.
+/// NULL arguments, a non-IP address or a panic: no-op.
+///
+/// # Safety
+/// `addr` must be NULL or point at `addrlen` readable bytes; `fd` must be open.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_smc_watch_connect(
+    rt: *const envoy_smc_runtime,
+    fd: c_int,
+    addr: *const libc::sockaddr,
+    addrlen: libc::socklen_t,
+) {
+    guard((), || {
+        let Some(rt) = runtime(rt) else { return };
+        // SAFETY: the caller guarantees addr/addrlen.
+        let Some(remote) = (unsafe { sockaddr::from_raw(addr, addrlen) }) else {
+            return;
+        };
+        if fd >= 0 {
+            // SAFETY: the caller guarantees fd is open for the duration of the call.
+            rt.watch_connect(unsafe { BorrowedFd::borrow_raw(fd) }, remote);
+        }
+    })
 }
 
 /// Copies up to `len` counters into `out` (index order; names from `envoy_smc_counter_name`) and

@@ -39,11 +39,14 @@ pub enum TcpReason {
     NotIpStream = 15,
     /// Replacing the socket with an SMC socket failed; the TCP socket was kept.
     ReplaceFailed = 16,
+    /// The destination dropped SMC's SYNs (TCP option 254) while plain TCP worked: it is held on
+    /// TCP for a while (adaptive fallback).
+    BlackHoleHoldDown = 17,
 }
 
 impl TcpReason {
     /// Every reason, in number order.
-    pub const ALL: [TcpReason; 16] = [
+    pub const ALL: [TcpReason; 17] = [
         TcpReason::Disabled,
         TcpReason::NotOptedIn,
         TcpReason::KernelLacksSmc,
@@ -60,6 +63,7 @@ impl TcpReason {
         TcpReason::FastOpen,
         TcpReason::NotIpStream,
         TcpReason::ReplaceFailed,
+        TcpReason::BlackHoleHoldDown,
     ];
 
     /// A short snake_case name, used in counters, logs and JSON.
@@ -81,6 +85,7 @@ impl TcpReason {
             TcpReason::FastOpen => "fast_open",
             TcpReason::NotIpStream => "not_ip_stream",
             TcpReason::ReplaceFailed => "replace_failed",
+            TcpReason::BlackHoleHoldDown => "black_hole_hold_down",
         }
     }
 
@@ -105,6 +110,9 @@ impl TcpReason {
             TcpReason::FastOpen => "the socket uses TCP fast open, which SMC cannot carry",
             TcpReason::NotIpStream => "not an IP stream socket",
             TcpReason::ReplaceFailed => "replacing the socket with an SMC socket failed",
+            TcpReason::BlackHoleHoldDown => {
+                "the destination drops SYNs carrying SMC's TCP option while plain TCP works; held on TCP for a while"
+            }
         }
     }
 
@@ -124,7 +132,7 @@ mod tests {
             assert_eq!(TcpReason::from_u32(*r as u32), Some(*r));
         }
         assert_eq!(TcpReason::from_u32(0), None);
-        assert_eq!(TcpReason::from_u32(17), None);
+        assert_eq!(TcpReason::from_u32(18), None);
         let mut names: Vec<_> = TcpReason::ALL.iter().map(|r| r.name()).collect();
         names.dedup();
         assert_eq!(names.len(), TcpReason::ALL.len());

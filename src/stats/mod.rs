@@ -26,50 +26,71 @@ pub enum Counter {
     LimitHandshakeSet = 7,
     /// Errors of envoy-smc's own calls that left a working TCP socket.
     Errors = 8,
-    // 9..=24: TCP decisions by reason (TcpReason n -> 8 + n).
+    // 9..=25: TCP decisions by reason (TcpReason n -> 8 + n).
+    /// SMC connects watched for a black hole (adaptive fallback).
+    ConnectsWatched = 26,
+    /// Destinations proven black-holed (SMC's SYNs dropped, plain TCP works) and held on TCP.
+    BlackHoleTripped = 27,
+    /// Stalled SMC connects whose destination did not answer plain TCP either (down, not a
+    /// black hole): nothing tripped.
+    BlackHoleNotProven = 28,
+    /// SMC connects let through to a held destination to see whether it recovered.
+    BlackHoleProbes = 29,
+    /// Held destinations whose probe connect succeeded over SMC again.
+    BlackHoleRecovered = 30,
 }
 
 /// Index of the first per-reason counter, minus one (reason numbers start at 1).
 const REASON_BASE: usize = 8;
 /// Number of counters.
-pub const COUNTERS: usize = REASON_BASE + TcpReason::ALL.len() + 1;
+pub const COUNTERS: usize = 31;
+
+const FIXED: [&str; 9] = [
+    "sockets_seen",
+    "smc_connect_af_smc",
+    "smc_connect_ipproto_smc",
+    "smc_listen_af_smc",
+    "smc_listen_ipproto_smc",
+    "socket_replaced",
+    "fallback_switch_applied",
+    "limit_handshake_set",
+    "errors",
+];
+const REASONS: [&str; 17] = [
+    "tcp.disabled",
+    "tcp.not_opted_in",
+    "tcp.kernel_lacks_smc",
+    "tcp.mesh_switch_absent",
+    "tcp.kept_on_tcp",
+    "tcp.loopback",
+    "tcp.local_address",
+    "tcp.denied_address",
+    "tcp.address_not_allowed",
+    "tcp.denied_port",
+    "tcp.port_not_allowed",
+    "tcp.listener_not_selected",
+    "tcp.reuse_port_unsupported",
+    "tcp.fast_open",
+    "tcp.not_ip_stream",
+    "tcp.replace_failed",
+    "tcp.black_hole_hold_down",
+];
+const ADAPTIVE: [&str; 5] = [
+    "adaptive.connects_watched",
+    "adaptive.black_hole_tripped",
+    "adaptive.black_hole_not_proven",
+    "adaptive.probes",
+    "adaptive.recovered",
+];
 
 /// The name of counter `i`, as exported (`smc.<name>` in Envoy).
 pub fn counter_name(i: usize) -> Option<&'static str> {
-    const FIXED: [&str; 9] = [
-        "sockets_seen",
-        "smc_connect_af_smc",
-        "smc_connect_ipproto_smc",
-        "smc_listen_af_smc",
-        "smc_listen_ipproto_smc",
-        "socket_replaced",
-        "fallback_switch_applied",
-        "limit_handshake_set",
-        "errors",
-    ];
-    const REASONS: [&str; 16] = [
-        "tcp.disabled",
-        "tcp.not_opted_in",
-        "tcp.kernel_lacks_smc",
-        "tcp.mesh_switch_absent",
-        "tcp.kept_on_tcp",
-        "tcp.loopback",
-        "tcp.local_address",
-        "tcp.denied_address",
-        "tcp.address_not_allowed",
-        "tcp.denied_port",
-        "tcp.port_not_allowed",
-        "tcp.listener_not_selected",
-        "tcp.reuse_port_unsupported",
-        "tcp.fast_open",
-        "tcp.not_ip_stream",
-        "tcp.replace_failed",
-    ];
-    if i < FIXED.len() {
-        Some(FIXED[i])
-    } else {
-        REASONS.get(i - FIXED.len()).copied()
-    }
+    FIXED
+        .iter()
+        .chain(REASONS.iter())
+        .chain(ADAPTIVE.iter())
+        .nth(i)
+        .copied()
 }
 
 /// The counters of one runtime.
@@ -147,6 +168,16 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), COUNTERS);
+        assert_eq!(FIXED.len() + REASONS.len() + ADAPTIVE.len(), COUNTERS);
+        assert_eq!(REASONS.len(), TcpReason::ALL.len());
+        assert_eq!(
+            names[Counter::ConnectsWatched as usize],
+            "adaptive.connects_watched"
+        );
+        assert_eq!(
+            names[Counter::BlackHoleRecovered as usize],
+            "adaptive.recovered"
+        );
         assert_eq!(counter_name(COUNTERS), None);
         for r in TcpReason::ALL {
             assert_eq!(names[REASON_BASE + r as usize], format!("tcp.{}", r.name()));

@@ -1,0 +1,357 @@
+//! Per-destination memory of black-holed paths: a fixed-size, lock-free table.
+//!
+//! Each slot is two atomic words: the destination's 64-bit hash, and its state packed with 16
+//! check bits of that hash, so a reader that races a slot being reused for another destination
+//! sees a mismatch and treats the slot as empty. Reads (every SMC connect decision) are a hash and
+//! at most `WAYS` atomic loads; with nothing held anywhere they are a single load. Writes (trip,
+//! probe, recover) are rare and use compare-and-swap. Memory is bounded by `max_destinations`;
+//! when a destination's slots are full the entry that expires first is forgotten.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::AdaptiveSettings;
+
+/// Slots probed per destination.
+const WAYS: usize = 8;
+
+const UNTIL_BITS: u32 = 40;
+const UNTIL_MASK: u64 = (1 << UNTIL_BITS) - 1;
+const PHASE_SHIFT: u32 = 40;
+const STRIKES_SHIFT: u32 = 43;
+const CHECK_SHIFT: u32 = 48;
+
+/// Where a remembered destination stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not held (recovered); strikes are remembered so a repeat offence holds longer.
+    Closed = 0,
+    /// Held on TCP until `until`.
+    Open = 1,
+    /// One connection is trying SMC again; the others stay TCP until it reports or `until`.
+    Probing = 2,
+}
+
+/// What the table says for one connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Use SMC.
+    Smc,
+    /// Use SMC: this connection is the one probe of a held destination.
+    Probe,
+    /// Stay on TCP: the destination is held.
+    Hold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    phase: Phase,
+    strikes: u8,
+    /// Milliseconds since the table's epoch.
+    until: u64,
+}
+
+impl State {
+    fn pack(self, check: u64) -> u64 {
+        (check << CHECK_SHIFT)
+            | (u64::from(self.strikes.min(31)) << STRIKES_SHIFT)
+            | ((self.phase as u64) << PHASE_SHIFT)
+            | (self.until & UNTIL_MASK)
+    }
+
+    fn unpack(word: u64) -> (u64, State) {
+        let phase = match (word >> PHASE_SHIFT) & 7 {
+            1 => Phase::Open,
+            2 => Phase::Probing,
+            _ => Phase::Closed,
+        };
+        let state = State {
+            phase,
+            strikes: ((word >> STRIKES_SHIFT) & 31) as u8,
+            until: word & UNTIL_MASK,
+        };
+        (word >> CHECK_SHIFT, state)
+    }
+}
+
+/// A slot's destination and the time its phase began (ms since the epoch).
+type Label = (SocketAddr, u64);
+
+#[derive(Default)]
+struct Slot {
+    key: AtomicU64,
+    state: AtomicU64,
+}
+
+/// A remembered destination, for status output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub destination: SocketAddr,
+    pub phase: Phase,
+    pub strikes: u8,
+    /// When the current phase began (wall clock).
+    pub since: SystemTime,
+    /// When the hold-down ends or the probe expires (wall clock); `since` for Closed.
+    pub until: SystemTime,
+}
+
+/// The black-hole breaker of one runtime.
+pub struct Breaker {
+    settings: AdaptiveSettings,
+    slots: Box<[Slot]>,
+    /// Addresses and phase start times, for status only (never read on the connect path).
+    labels: Box<[Mutex<Option<Label>>]>,
+    mask: usize,
+    /// Entries currently Open or Probing: zero makes every read a single load.
+    held: AtomicUsize,
+    epoch: Instant,
+    wall_epoch: SystemTime,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("slots", &self.slots.len())
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+/// The 64-bit key of a destination (never 0, which marks an empty slot).
+fn key_of(dest: SocketAddr) -> u64 {
+    let ip = crate::config::canonical(dest.ip());
+    let mut h = std::hash::DefaultHasher::new();
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4).hash(&mut h),
+        IpAddr::V6(v6) => u128::from(v6).hash(&mut h),
+    }
+    dest.port().hash(&mut h);
+    h.finish().max(1)
+}
+
+impl Breaker {
+    pub fn new(settings: AdaptiveSettings) -> Breaker {
+        // Twice the slots of the destinations to remember keeps 8-way windows from overflowing.
+        let n = (settings.max_destinations.max(WAYS as u32) as usize * 2).next_power_of_two();
+        Breaker {
+            settings,
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            labels: (0..n).map(|_| Mutex::new(None)).collect(),
+            mask: n - 1,
+            held: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            wall_epoch: SystemTime::now(),
+        }
+    }
+
+    pub fn settings(&self) -> &AdaptiveSettings {
+        &self.settings
+    }
+
+    /// Milliseconds since the table's epoch (the clock every state uses).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn find(&self, key: u64) -> Option<usize> {
+        (0..WAYS)
+            .map(|i| (key as usize).wrapping_add(i) & self.mask)
+            .find(|&i| self.slots[i].key.load(Ordering::Acquire) == key)
+    }
+
+    /// The state of `key` in slot `i`, if the slot still holds it.
+    fn state_at(&self, i: usize, key: u64) -> Option<(u64, State)> {
+        let word = self.slots[i].state.load(Ordering::Acquire);
+        let (check, state) = State::unpack(word);
+        (check == key >> CHECK_SHIFT && self.slots[i].key.load(Ordering::Acquire) == key)
+            .then_some((word, state))
+    }
+
+    /// May a connect to `dest` use SMC now? Lock-free; no allocation.
+    pub fn admit(&self, dest: SocketAddr, now_ms: u64) -> Admission {
+        if self.held.load(Ordering::Acquire) == 0 {
+            return Admission::Smc;
+        }
+        let key = key_of(dest);
+        let Some(i) = self.find(key) else {
+            return Admission::Smc;
+        };
+        let Some((word, state)) = self.state_at(i, key) else {
+            return Admission::Smc;
+        };
+        match state.phase {
+            Phase::Closed => Admission::Smc,
+            Phase::Open | Phase::Probing if now_ms < state.until => Admission::Hold,
+            // Hold-down over, or the last probe never reported: one connection may try SMC.
+            Phase::Open | Phase::Probing => {
+                let probe_window =
+                    u64::from(self.settings.detect_after_ms + self.settings.probe_timeout_ms) * 4;
+                let next = State {
+                    phase: Phase::Probing,
+                    until: now_ms + probe_window,
+                    ..state
+                };
+                match self.slots[i].state.compare_exchange(
+                    word,
+                    next.pack(key >> CHECK_SHIFT),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => Admission::Probe,
+                    Err(_) => Admission::Hold,
+                }
+            }
+        }
+    }
+
+    /// `dest` was proven black-holed: hold it on TCP, longer for each repeat offence. Returns the
+    /// hold-down.
+    pub fn trip(&self, dest: SocketAddr, now_ms: u64) -> Duration {
+        let key = key_of(dest);
+        let check = key >> CHECK_SHIFT;
+        let i = match self.find(key) {
+            Some(i) => i,
+            None => self.claim(key, now_ms),
+        };
+        loop {
+            let word = self.slots[i].state.load(Ordering::Acquire);
+            let (old_check, old) = State::unpack(word);
+            let mine = old_check == check && word != 0;
+            // A destination clean for longer than the longest hold-down starts over.
+            let strikes = if mine
+                && now_ms.saturating_sub(old.until) < u64::from(self.settings.max_hold_down_ms)
+            {
+                old.strikes.saturating_add(1).min(31)
+            } else {
+                1
+            };
+            let hold = (u64::from(self.settings.hold_down_ms) << (strikes - 1).min(20))
+                .min(u64::from(self.settings.max_hold_down_ms));
+            let next = State {
+                phase: Phase::Open,
+                strikes,
+                until: now_ms + hold,
+            };
+            if self.slots[i]
+                .state
+                .compare_exchange(word, next.pack(check), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if !(mine && old.phase != Phase::Closed) {
+                    self.held.fetch_add(1, Ordering::AcqRel);
+                }
+                if let Ok(mut label) = self.labels[i].lock() {
+                    *label = Some((dest, now_ms));
+                }
+                return Duration::from_millis(hold);
+            }
+        }
+    }
+
+    /// A connect to `dest` succeeded over SMC: a held destination has recovered. Returns whether
+    /// it was held.
+    pub fn recovered(&self, dest: SocketAddr, now_ms: u64) -> bool {
+        if self.held.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let key = key_of(dest);
+        let Some(i) = self.find(key) else {
+            return false;
+        };
+        let Some((word, state)) = self.state_at(i, key) else {
+            return false;
+        };
+        if state.phase == Phase::Closed {
+            return false;
+        }
+        let next = State {
+            phase: Phase::Closed,
+            strikes: state.strikes,
+            until: now_ms,
+        };
+        if self.slots[i]
+            .state
+            .compare_exchange(
+                word,
+                next.pack(key >> CHECK_SHIFT),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            if let Ok(mut label) = self.labels[i].lock() {
+                *label = Some((dest, now_ms));
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Takes a slot for `key`: an empty one in its window, else the one whose state ends first.
+    fn claim(&self, key: u64, now_ms: u64) -> usize {
+        let window = || (0..WAYS).map(|i| (key as usize).wrapping_add(i) & self.mask);
+        for i in window() {
+            if self.slots[i]
+                .key
+                .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return i;
+            }
+            if self.slots[i].key.load(Ordering::Acquire) == key {
+                return i;
+            }
+        }
+        // Evict: prefer a closed entry, then the one that expires first.
+        let victim = window()
+            .min_by_key(|&i| {
+                let (_, s) = State::unpack(self.slots[i].state.load(Ordering::Acquire));
+                (s.phase != Phase::Closed && s.until > now_ms, s.until)
+            })
+            .unwrap_or(key as usize & self.mask);
+        let (_, old) = State::unpack(self.slots[victim].state.swap(0, Ordering::AcqRel));
+        if old.phase != Phase::Closed {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.slots[victim].key.store(key, Ordering::Release);
+        victim
+    }
+
+    /// Every remembered destination (for status output).
+    pub fn entries(&self) -> Vec<Entry> {
+        let wall = |ms: u64| self.wall_epoch + Duration::from_millis(ms);
+        let mut out = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let key = slot.key.load(Ordering::Acquire);
+            if key == 0 {
+                continue;
+            }
+            let Some((_, state)) = self.state_at(i, key) else {
+                continue;
+            };
+            let Some((destination, since)) = self.labels[i].lock().ok().and_then(|l| *l) else {
+                continue;
+            };
+            if key_of(destination) != key {
+                continue;
+            }
+            out.push(Entry {
+                destination,
+                phase: state.phase,
+                strikes: state.strikes,
+                since: wall(since),
+                until: wall(state.until),
+            });
+        }
+        out
+    }
+
+    /// Destinations currently held or probing.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}

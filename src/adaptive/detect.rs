@@ -1,0 +1,231 @@
+//! Seeing a black hole: a connecting SMC socket whose SYNs are being retried (`TCP_INFO`), and a
+//! plain TCP connect to the same destination that succeeds.
+//!
+//! The probe uses raw system calls (`syscall(2)`), not the libc wrappers: under the preload library
+//! those wrappers are interposed, and the probe must be a plain TCP socket that envoy-smc itself
+//! never touches.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// `SO_COOKIE`: a socket's unique id, to notice an fd number that was closed and reused.
+const SO_COOKIE: libc::c_int = 57;
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
+
+/// Where a watched connect stands, from `TCP_INFO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectState {
+    Established,
+    /// Still sending SYNs; `retransmits` of them were retried.
+    SynSent {
+        retransmits: u8,
+    },
+    /// Anything else (closed, reset, ...): nothing to learn.
+    Other,
+}
+
+/// Reads `TCP_INFO` (works on both SMC flavours while they connect: it is answered by the
+/// internal TCP socket).
+pub fn connect_state(fd: RawFd) -> io::Result<ConnectState> {
+    // tcpi_state is byte 0 and tcpi_retransmits byte 2 of struct tcp_info.
+    let mut info = [0u8; 104];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: info is a writable buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if len < 3 {
+        return Ok(ConnectState::Other);
+    }
+    Ok(match info[0] {
+        TCP_ESTABLISHED => ConnectState::Established,
+        TCP_SYN_SENT => ConnectState::SynSent {
+            retransmits: info[2],
+        },
+        _ => ConnectState::Other,
+    })
+}
+
+/// The socket's cookie, or `None` if `fd` is not an open socket.
+pub fn socket_cookie(fd: RawFd) -> Option<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie is a writable u64 and len says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
+}
+
+/// What a plain TCP connect to the destination did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Connected within the timeout: TCP works on this path.
+    Connected,
+    /// Refused, unreachable or timed out: the destination is down, not black-holed.
+    Failed,
+}
+
+fn raw(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Connects a plain TCP socket to `dest` and closes it again, within `timeout`.
+pub fn tcp_probe(dest: SocketAddr, timeout: Duration) -> ProbeOutcome {
+    let (storage, len) = sockaddr_of(dest);
+    let domain = if dest.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) with constant arguments.
+    let fd = match raw(unsafe {
+        libc::syscall(
+            libc::SYS_socket,
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    }) {
+        Ok(fd) => fd as libc::c_int,
+        Err(_) => return ProbeOutcome::Failed,
+    };
+    let outcome = probe_on(fd, &storage, len, timeout);
+    // SAFETY: fd was opened above and is closed once.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    outcome
+}
+
+fn probe_on(
+    fd: libc::c_int,
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+    timeout: Duration,
+) -> ProbeOutcome {
+    // SAFETY: storage holds a valid address of `len` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_connect,
+            fd,
+            (storage as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc == 0 {
+        return ProbeOutcome::Connected;
+    }
+    if io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        return ProbeOutcome::Failed;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return ProbeOutcome::Failed;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_ppoll,
+                &mut pfd as *mut libc::pollfd,
+                1,
+                &ts as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                0,
+            )
+        };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return ProbeOutcome::Failed;
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut err: libc::c_int = 0;
+        let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: err is a writable int and elen says so.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_getsockopt,
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int,
+                &mut elen as *mut libc::socklen_t,
+            )
+        };
+        return if rc == 0 && err == 0 {
+            ProbeOutcome::Connected
+        } else {
+            ProbeOutcome::Failed
+        };
+    }
+}
+
+fn sockaddr_of(dest: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match dest {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}

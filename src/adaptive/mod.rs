@@ -1,0 +1,13 @@
+//! Adaptive fallback: destinations that drop SMC's SYNs (TCP option 254) are proven black-holed
+//! and kept on TCP for a growing hold-down, then tried again one connection at a time.
+//!
+//! - [`breaker`]: the per-destination memory (lock-free reads, bounded).
+//! - [`detect`]: `TCP_INFO` of a connecting socket and the plain TCP probe.
+//! - [`watchdog`]: the thread that watches SMC connects in flight and trips the breaker.
+
+pub mod breaker;
+pub mod detect;
+pub mod watchdog;
+
+pub use breaker::{Admission, Breaker, Entry, Phase};
+pub use watchdog::Watchdog;

@@ -1,0 +1,189 @@
+//! The thread that watches SMC connects in flight and trips the breaker for black holes.
+//!
+//! Entry points register each SMC connect (fd, destination); every 100 ms the watchdog reads the
+//! socket's `TCP_INFO`. Established: a held destination has recovered. Still in SYN_SENT with
+//! retried SYNs after `detect_after_ms`: a plain TCP connect to the same destination decides —
+//! it works, so SMC's SYNs are being dropped: trip; it fails too: the destination is down, and
+//! nothing trips. The fd is identified with its socket cookie, so a closed and reused fd number is
+//! never mistaken for the watched socket.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::breaker::Breaker;
+use super::detect::{connect_state, socket_cookie, tcp_probe, ConnectState, ProbeOutcome};
+use crate::stats::{Counter, Stats};
+
+const TICK: Duration = Duration::from_millis(100);
+/// A connect still undecided after this long is no longer watched.
+const GIVE_UP: Duration = Duration::from_secs(60);
+/// Bound on connects watched at once; beyond it new ones are not watched (counted nowhere else).
+const MAX_WATCHED: usize = 65_536;
+
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    fd: RawFd,
+    cookie: u64,
+    dest: SocketAddr,
+    started: Instant,
+}
+
+struct Shared {
+    list: Mutex<Vec<Watched>>,
+    wake: Condvar,
+    stop: std::sync::atomic::AtomicBool,
+    breaker: Arc<Breaker>,
+    stats: Arc<Stats>,
+}
+
+/// Watches SMC connects of one runtime. Dropping it stops the thread.
+pub struct Watchdog {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+enum Next {
+    Keep,
+    Done,
+    Probe,
+}
+
+impl Watchdog {
+    pub fn new(breaker: Arc<Breaker>, stats: Arc<Stats>) -> Watchdog {
+        Watchdog {
+            shared: Arc::new(Shared {
+                list: Mutex::new(Vec::new()),
+                wake: Condvar::new(),
+                stop: std::sync::atomic::AtomicBool::new(false),
+                breaker,
+                stats,
+            }),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts watching an SMC socket that is about to connect to `dest`.
+    pub fn watch(&self, fd: RawFd, dest: SocketAddr) {
+        let Some(cookie) = socket_cookie(fd) else {
+            return;
+        };
+        let Ok(mut list) = self.shared.list.lock() else {
+            return;
+        };
+        if list.len() >= MAX_WATCHED {
+            return;
+        }
+        list.push(Watched {
+            fd,
+            cookie,
+            dest,
+            started: Instant::now(),
+        });
+        drop(list);
+        self.shared.stats.inc(Counter::ConnectsWatched);
+        self.ensure_thread();
+        self.shared.wake.notify_one();
+    }
+
+    fn ensure_thread(&self) {
+        let Ok(mut thread) = self.thread.lock() else {
+            return;
+        };
+        if thread.is_some() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        *thread = std::thread::Builder::new()
+            .name("envoy-smc-watch".into())
+            .spawn(move || run(&shared))
+            .map_err(|e| tracing::warn!("envoy-smc: cannot start the black-hole watchdog: {e}"))
+            .ok();
+    }
+
+    /// Connects being watched now.
+    pub fn watching(&self) -> usize {
+        self.shared.list.lock().map(|l| l.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let settings = *shared.breaker.settings();
+    let detect_after = Duration::from_millis(u64::from(settings.detect_after_ms));
+    let probe_timeout = Duration::from_millis(u64::from(settings.probe_timeout_ms));
+    loop {
+        let batch: Vec<Watched> = {
+            let Ok(mut list) = shared.list.lock() else {
+                return;
+            };
+            while list.is_empty() && !shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+                list = match shared.wake.wait(list) {
+                    Ok(l) => l,
+                    Err(_) => return,
+                };
+            }
+            if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            list.clone()
+        };
+        let mut done = Vec::new();
+        for w in &batch {
+            let next = match (socket_cookie(w.fd) == Some(w.cookie), connect_state(w.fd)) {
+                (false, _) | (_, Err(_)) => Next::Done,
+                (true, Ok(ConnectState::Established)) => {
+                    if shared.breaker.recovered(w.dest, shared.breaker.now_ms()) {
+                        shared.stats.inc(Counter::BlackHoleRecovered);
+                        tracing::info!("envoy-smc: {} answers SMC again; back on SMC", w.dest);
+                    }
+                    Next::Done
+                }
+                (true, Ok(ConnectState::SynSent { retransmits }))
+                    if retransmits >= 1 && w.started.elapsed() >= detect_after =>
+                {
+                    Next::Probe
+                }
+                (true, Ok(ConnectState::SynSent { .. })) if w.started.elapsed() < GIVE_UP => {
+                    Next::Keep
+                }
+                _ => Next::Done,
+            };
+            match next {
+                Next::Keep => {}
+                Next::Done => done.push((w.fd, w.cookie)),
+                Next::Probe => {
+                    done.push((w.fd, w.cookie));
+                    if tcp_probe(w.dest, probe_timeout) == ProbeOutcome::Connected {
+                        let hold = shared.breaker.trip(w.dest, shared.breaker.now_ms());
+                        shared.stats.inc(Counter::BlackHoleTripped);
+                        tracing::warn!(
+                            "envoy-smc: {} drops SYNs carrying SMC's TCP option while plain TCP works; TCP for {} s",
+                            w.dest,
+                            hold.as_secs()
+                        );
+                    } else {
+                        shared.stats.inc(Counter::BlackHoleNotProven);
+                    }
+                }
+            }
+        }
+        let Ok(mut list) = shared.list.lock() else {
+            return;
+        };
+        list.retain(|w| !done.contains(&(w.fd, w.cookie)));
+        let _ = shared.wake.wait_timeout(list, TICK);
+    }
+}
