@@ -92,8 +92,8 @@ pub fn before_dup(fd: c_int) {
     table::settle(fd, |t| {
         inc(&COUNTERS.dup_settled);
         // SAFETY: fd is open (it is being duplicated) and only borrowed for this call.
-        let bound = local_address(unsafe { BorrowedFd::borrow_raw(fd) })
-            .is_ok_and(|a| a.port() != 0);
+        let bound =
+            local_address(unsafe { BorrowedFd::borrow_raw(fd) }).is_ok_and(|a| a.port() != 0);
         if bound {
             decide_listener(active, fd, t, "dup");
         } else {
@@ -156,7 +156,11 @@ fn after_decision(
         Verdict::Smc { kind, .. } => tracing::debug!(
             "envoy-smc: fd {fd} {at} {addr}: SMC ({}){}",
             kind.name(),
-            if applied.replaced { ", socket replaced" } else { "" }
+            if applied.replaced {
+                ", socket replaced"
+            } else {
+                ""
+            }
         ),
         Verdict::Tcp(reason) => {
             tracing::debug!("envoy-smc: fd {fd} {at} {addr}: TCP ({})", reason.name())
@@ -193,8 +197,8 @@ fn after_decision(
 /// kernel's fallback switch there.
 fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
     for o in &t.opts {
-        let fast_open =
-            o.level == libc::IPPROTO_TCP && (o.name == TCP_FASTOPEN || o.name == TCP_FASTOPEN_CONNECT);
+        let fast_open = o.level == libc::IPPROTO_TCP
+            && (o.name == TCP_FASTOPEN || o.name == TCP_FASTOPEN_CONNECT);
         if kind.is_smc() && fast_open {
             continue;
         }

@@ -47,7 +47,8 @@ impl Reentry {
     /// `None` if this thread is inside the library already (or its thread-locals are gone).
     pub(crate) fn enter() -> Option<Reentry> {
         IN_LIBRARY
-            .try_with(|g| (!g.replace(true)).then_some(Reentry(())))
+            // `then`, not `then_some`: a Reentry built and dropped would clear the flag.
+            .try_with(|g| (!g.replace(true)).then(|| Reentry(())))
             .ok()
             .flatten()
     }
@@ -76,6 +77,23 @@ fn body(f: impl FnOnce()) {
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::Reentry;
+
+    #[test]
+    fn the_guard_holds_until_dropped_and_nests_as_none() {
+        let outer = Reentry::enter().expect("first entry");
+        assert!(Reentry::enter().is_none());
+        assert!(
+            Reentry::enter().is_none(),
+            "a refused entry must not clear the guard"
+        );
+        drop(outer);
+        assert!(Reentry::enter().is_some());
+    }
 }
 
 fn is_ip_stream_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {

@@ -79,7 +79,14 @@ unsafe extern "C" fn sys_setsockopt(
     value: *const c_void,
     len: socklen_t,
 ) -> c_int {
-    ret(libc::syscall(libc::SYS_setsockopt, fd, level, name, value, len))
+    ret(libc::syscall(
+        libc::SYS_setsockopt,
+        fd,
+        level,
+        name,
+        value,
+        len,
+    ))
 }
 unsafe extern "C" fn sys_listen(fd: c_int, backlog: c_int) -> c_int {
     ret(libc::syscall(libc::SYS_listen, fd, backlog))
@@ -87,7 +94,12 @@ unsafe extern "C" fn sys_listen(fd: c_int, backlog: c_int) -> c_int {
 unsafe extern "C" fn sys_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     ret(libc::syscall(libc::SYS_connect, fd, addr, len))
 }
-unsafe extern "C" fn sys_epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> c_int {
+unsafe extern "C" fn sys_epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut epoll_event,
+) -> c_int {
     ret(libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev))
 }
 unsafe extern "C" fn sys_close(fd: c_int) -> c_int {

@@ -71,7 +71,8 @@ fn path() -> Option<&'static PathBuf> {
     PATH.get_or_init(|| {
         let raw = std::env::var("ENVOY_SMC_STATS_FILE").ok()?;
         let raw = raw.trim();
-        (!raw.is_empty()).then(|| PathBuf::from(raw.replace("{pid}", &std::process::id().to_string())))
+        (!raw.is_empty())
+            .then(|| PathBuf::from(raw.replace("{pid}", &std::process::id().to_string())))
     })
     .as_ref()
 }
@@ -86,7 +87,10 @@ pub fn write_file() {
     if let Err(e) = result {
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!("envoy-smc: cannot write stats to {}: {e}; logged once", path.display());
+            tracing::warn!(
+                "envoy-smc: cannot write stats to {}: {e}; logged once",
+                path.display()
+            );
         }
     }
 }

@@ -184,12 +184,8 @@ fn slot_or_alloc(fd: c_int) -> Option<&'static Slot> {
     if chunk.is_null() {
         let fresh: Box<[Slot]> = (0..CHUNK).map(|_| Slot::new()).collect();
         let fresh = Box::into_raw(fresh).cast::<Slot>();
-        match TABLE[c].compare_exchange(
-            ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match TABLE[c].compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => chunk = fresh,
             Err(other) => {
                 // SAFETY: `fresh` came from Box::into_raw of a CHUNK-long slice just above and

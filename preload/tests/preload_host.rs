@@ -19,9 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const T: Duration = Duration::from_secs(60);
-const ENTRY: &str = "role_entry";
-
 #[test]
 fn role_entry() {
     let Ok(role) = std::env::var(ROLE_VAR) else {
@@ -77,99 +74,6 @@ fn need_host_addr() -> Option<Ipv4Addr> {
     a
 }
 
-/// A port that was free a moment ago on `ip`.
-fn free_port(ip: IpAddr) -> u16 {
-    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-struct Cfg(tempfile_path::TempPath);
-
-mod tempfile_path {
-    /// A file removed on drop.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
-static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn temp_path(name: &str) -> std::path::PathBuf {
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("envoy-smc-preload-test-{}-{n}-{name}", std::process::id()))
-}
-
-fn config(yaml: &str) -> Cfg {
-    let p = temp_path("config.yaml");
-    std::fs::write(&p, yaml).unwrap();
-    Cfg(tempfile_path::TempPath(p))
-}
-
-impl Cfg {
-    fn path(&self) -> &std::path::Path {
-        &self.0 .0
-    }
-}
-
-fn smc_config(listener_port: u16, always_on: bool) -> Cfg {
-    config(&format!(
-        "mode: AUTO\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: {always_on}}}\n\
-         listeners: {{ports: [{listener_port}]}}\nupstream: {{allow_local: true}}\n"
-    ))
-}
-
-fn server(cfg: Option<&Cfg>, listen: SocketAddr, extra: &[(&str, &str)]) -> Running {
-    let mut r = RoleCmd::new(ENTRY, "server")
-        .preload()
-        .env("ENVOY_SMC_TEST_LISTEN", listen.to_string());
-    if let Some(c) = cfg {
-        r = r.env("ENVOY_SMC_CONFIG", c.path());
-    }
-    for (k, v) in extra {
-        r = r.env(k, v);
-    }
-    r.start(T)
-}
-
-fn ready_port(r: &Running) -> u16 {
-    r.ready
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("port="))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn client(cfg: Option<&Cfg>, target: SocketAddr, n: usize, extra: &[(&str, &str)]) -> RoleOutput {
-    let mut r = RoleCmd::new(ENTRY, "client")
-        .preload()
-        .env("ENVOY_SMC_TEST_TARGET", target.to_string())
-        .env("ENVOY_SMC_TEST_CONNECTIONS", n.to_string());
-    if let Some(c) = cfg {
-        r = r.env("ENVOY_SMC_CONFIG", c.path());
-    }
-    for (k, v) in extra {
-        r = r.env(k, v);
-    }
-    r.run(T)
-}
-
-/// Every connection of a client run went through with every epoll edge.
-fn assert_all_connections_ok(out: &RoleOutput, n: usize) {
-    out.assert_ok();
-    assert_eq!(out.num("ok"), n as i64, "{}", out.describe());
-    for line in out.stdout.lines().filter(|l| l.starts_with("RESULT conn=")) {
-        assert!(!line.contains("error="), "{line}\n{}", out.describe());
-        for want in ["connect_edge=true", "fin_edge=true", "fd_flags_kept=true", "rounds_ok=3"] {
-            assert!(line.contains(want), "{want} missing in {line}");
-        }
-    }
-    assert_eq!(out.result("fds_before"), out.result("fds_after"), "fd leaked: {}", out.describe());
-}
-
 // ---------------------------------------------------------------------------------------------
 // tests
 
@@ -184,7 +88,12 @@ fn plain_kernel_everything_stays_tcp_and_flows() {
     let cfg = smc_config(1, true);
     let srv = server(Some(&cfg), "127.0.0.1:0".parse().unwrap(), &[]);
     let port = ready_port(&srv);
-    let out = client(Some(&cfg), SocketAddr::from(([127, 0, 0, 1], port)), 20, &[]);
+    let out = client(
+        Some(&cfg),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        20,
+        &[],
+    );
     assert_all_connections_ok(&out, 20);
     let s = out.stats();
     assert_eq!(s.state(), "active");
@@ -215,7 +124,10 @@ fn failed_replacement_keeps_the_tcp_socket_working() {
         // AF_SMC listeners cannot carry SO_REUSEPORT: the test's listener sets it only for IPPROTO_SMC
         let srv_env = [
             ("ENVOY_SMC_ASSUME_KERNEL", mode),
-            ("ENVOY_SMC_TEST_REUSE_PORT", if mode == "af_smc" { "0" } else { "1" }),
+            (
+                "ENVOY_SMC_TEST_REUSE_PORT",
+                if mode == "af_smc" { "0" } else { "1" },
+            ),
         ];
         let srv = server(Some(&cfg), SocketAddr::new(ip.into(), port), &srv_env);
         let out = client(Some(&cfg), SocketAddr::new(ip.into(), port), 5, &env);
@@ -239,7 +151,12 @@ fn failed_replacement_keeps_the_tcp_socket_working() {
         let srv = srv.finish(T);
         srv.assert_ok();
         assert_eq!(srv.result("listener_kind"), "TCP");
-        assert_eq!(srv.stats().tcp("replace_failed"), 1, "{mode}: {}", srv.describe());
+        assert_eq!(
+            srv.stats().tcp("replace_failed"),
+            1,
+            "{mode}: {}",
+            srv.describe()
+        );
     }
 }
 
@@ -260,7 +177,10 @@ fn listener_decisions_are_counted_and_listeners_serve() {
         let srv = server(
             Some(&cfg),
             SocketAddr::new(addr, port),
-            &[("ENVOY_SMC_ASSUME_KERNEL", mode), ("ENVOY_SMC_TEST_REUSE_PORT", "1")],
+            &[
+                ("ENVOY_SMC_ASSUME_KERNEL", mode),
+                ("ENVOY_SMC_TEST_REUSE_PORT", "1"),
+            ],
         );
         let out = client(None, SocketAddr::new(addr, port), 2, &[]);
         assert_all_connections_ok(&out, 2);
@@ -282,17 +202,27 @@ fn mesh_switch_and_per_cluster_fallback_options_are_read() {
     let cfg = smc_config(1, false);
     let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
     let target = SocketAddr::new(ip.into(), port);
-    let env = |opts: &'static str| [("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc"), ("ENVOY_SMC_TEST_OPTS", opts)];
+    let env = |opts: &'static str| {
+        [
+            ("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc"),
+            ("ENVOY_SMC_TEST_OPTS", opts),
+        ]
+    };
     let cases = [
         ("", "mesh_switch_absent"),
-        ("1:18:1", "replace_failed"),         // switched on: decided SMC, kernel refuses
-        ("1:18:1,6:30:0", "kept_on_tcp"),     // switched on, per-cluster fallback wins
+        ("1:18:1", "replace_failed"), // switched on: decided SMC, kernel refuses
+        ("1:18:1,6:30:0", "kept_on_tcp"), // switched on, per-cluster fallback wins
         ("6:30:0", "kept_on_tcp"),
     ];
     for (opts, reason) in cases {
         let out = client(Some(&cfg), target, 2, &env(opts));
         assert_all_connections_ok(&out, 2);
-        assert_eq!(out.stats().tcp(reason), 2, "opts {opts:?}: {}", out.describe());
+        assert_eq!(
+            out.stats().tcp(reason),
+            2,
+            "opts {opts:?}: {}",
+            out.describe()
+        );
     }
     // loopback destinations stay TCP even when switched on
     let lo = server(None, "127.0.0.1:0".parse().unwrap(), &[]);
@@ -314,18 +244,32 @@ fn mesh_switch_and_per_cluster_fallback_options_are_read() {
 fn bad_configuration_leaves_the_process_on_plain_tcp() {
     let bad = config("mode: SOMETIMES\nupstream: {allow: [\"10.0.0.0/33\"]}\n");
     let missing = temp_path("does-not-exist.yaml");
-    for (path, what) in [(bad.path().to_path_buf(), "invalid"), (missing, "cannot read")] {
+    for (path, what) in [
+        (bad.path().to_path_buf(), "invalid"),
+        (missing, "cannot read"),
+    ] {
         let lo = server(None, "127.0.0.1:0".parse().unwrap(), &[]);
         let out = RoleCmd::new(ENTRY, "client")
             .preload()
-            .env("ENVOY_SMC_TEST_TARGET", format!("127.0.0.1:{}", ready_port(&lo)))
+            .env(
+                "ENVOY_SMC_TEST_TARGET",
+                format!("127.0.0.1:{}", ready_port(&lo)),
+            )
             .env("ENVOY_SMC_TEST_CONNECTIONS", "3")
             .env("ENVOY_SMC_CONFIG", &path)
             .run(T);
         assert_all_connections_ok(&out, 3);
-        let lines: Vec<_> = out.stderr.lines().filter(|l| l.contains("envoy-smc")).collect();
+        let lines: Vec<_> = out
+            .stderr
+            .lines()
+            .filter(|l| l.contains("envoy-smc"))
+            .collect();
         assert_eq!(lines.len(), 1, "{}", out.describe());
-        assert!(lines[0].contains(what) && lines[0].contains("plain TCP"), "{}", lines[0]);
+        assert!(
+            lines[0].contains(what) && lines[0].contains("plain TCP"),
+            "{}",
+            lines[0]
+        );
         let s = out.stats();
         assert_eq!(s.state(), "off_invalid_config");
         assert_eq!(s.get("sockets_seen"), 0);
@@ -345,17 +289,26 @@ fn decisions_are_logged_when_asked() {
         Some(&cfg),
         target,
         1,
-        &[("ENVOY_SMC_LOG", "debug"), ("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")],
+        &[
+            ("ENVOY_SMC_LOG", "debug"),
+            ("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc"),
+        ],
     );
     assert_all_connections_ok(&out, 1);
     assert!(
-        out.stderr.contains(&format!("connect {target}: TCP (replace_failed)")),
+        out.stderr
+            .contains(&format!("connect {target}: TCP (replace_failed)")),
         "{}",
         out.describe()
     );
     let quiet = client(Some(&cfg), target, 1, &[]);
     assert_all_connections_ok(&quiet, 1);
-    assert_eq!(quiet.stderr.matches("envoy-smc").count(), 0, "{}", quiet.describe());
+    assert_eq!(
+        quiet.stderr.matches("envoy-smc").count(),
+        0,
+        "{}",
+        quiet.describe()
+    );
     srv.finish(T).assert_ok();
 }
 
@@ -380,7 +333,11 @@ fn stats_file_is_written_at_exit() {
         .stats()
         .0
         .keys()
-        .find_map(|k| k.split("pid=\"").nth(1).map(|r| r.split('"').next().unwrap().to_string()))
+        .find_map(|k| {
+            k.split("pid=\"")
+                .nth(1)
+                .map(|r| r.split('"').next().unwrap().to_string())
+        })
         .unwrap();
     let path = std::path::PathBuf::from(pattern.to_str().unwrap().replace("{pid}", &pid));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -396,8 +353,14 @@ fn stats_file_is_written_at_exit() {
 
 fn hammer_role() {
     let threads: usize = std::env::var("HAMMER_THREADS").unwrap().parse().unwrap();
-    let per: usize = std::env::var("HAMMER_CONNECTIONS").unwrap().parse().unwrap();
-    let target: SocketAddr = std::env::var("ENVOY_SMC_TEST_TARGET").unwrap().parse().unwrap();
+    let per: usize = std::env::var("HAMMER_CONNECTIONS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let target: SocketAddr = std::env::var("ENVOY_SMC_TEST_TARGET")
+        .unwrap()
+        .parse()
+        .unwrap();
     let fds_before = open_fds();
     let failures = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -422,7 +385,10 @@ fn hammer_role() {
                     unsafe {
                         let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
                         let ep = libc::epoll_create1(0);
-                        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 1 };
+                        let mut ev = libc::epoll_event {
+                            events: libc::EPOLLIN as u32,
+                            u64: 1,
+                        };
                         libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s, &mut ev);
                         if (i + t) % 2 == 0 {
                             let d = libc::dup(s);
@@ -457,12 +423,19 @@ fn many_threads_at_once() {
         .preload()
         .env("ENVOY_SMC_CONFIG", cfg.path())
         .env("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")
-        .env("ENVOY_SMC_TEST_TARGET", SocketAddr::new(ip.into(), port).to_string())
+        .env(
+            "ENVOY_SMC_TEST_TARGET",
+            SocketAddr::new(ip.into(), port).to_string(),
+        )
         .env("HAMMER_THREADS", threads.to_string())
         .env("HAMMER_CONNECTIONS", per.to_string())
         .run(Duration::from_secs(300));
     out.assert_ok();
-    eprintln!("hammer: {} connections in {:?}", threads * per, started.elapsed());
+    eprintln!(
+        "hammer: {} connections in {:?}",
+        threads * per,
+        started.elapsed()
+    );
     assert_eq!(out.num("failures"), 0, "{}", out.describe());
     assert_eq!(out.result("fds_before"), out.result("fds_after"));
     let s = out.stats();
@@ -541,7 +514,13 @@ fn secure_execution_does_nothing() {
         let mut cmd = RoleCmd::new(ENTRY, "secure_probe");
         cmd.cmd = std::process::Command::new(&exe);
         cmd.cmd
-            .args([ENTRY, "--exact", "--nocapture", "--test-threads=1", "--quiet"])
+            .args([
+                ENTRY,
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "--quiet",
+            ])
             .env(ROLE_VAR, "secure_probe")
             .env("PROBE_LIB", &lib)
             .env("ENVOY_SMC_CONFIG", cfg.path())
@@ -576,7 +555,12 @@ impl Drop for DirCleanup {
 /// threaded HTTP server in the same process.
 #[test]
 fn python_http_round_trips() {
-    if std::process::Command::new("python3").arg("-c").arg("1").output().is_err() {
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("1")
+        .output()
+        .is_err()
+    {
         eprintln!("skipped: no python3");
         return;
     }
@@ -607,6 +591,10 @@ print(f"RESULT ok={ok} fds_before={fds} fds_after={len(os.listdir('/proc/self/fd
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("RESULT ok=20 "), "{stdout}");
 }

@@ -51,14 +51,20 @@ impl RoleCmd {
     /// `entry` is the name of the `#[test]` function that dispatches roles in this binary.
     pub fn new(entry: &str, role: &str) -> RoleCmd {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "--quiet"])
-            .env(ROLE_VAR, role)
-            .env_remove("LD_PRELOAD")
-            .env_remove("ENVOY_SMC_CONFIG")
-            .env_remove("ENVOY_SMC_LOG")
-            .env_remove("ENVOY_SMC_STATS_FILE")
-            .env_remove("ENVOY_SMC_ASSUME_KERNEL")
-            .env("RUST_BACKTRACE", "1");
+        cmd.args([
+            entry,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env(ROLE_VAR, role)
+        .env_remove("LD_PRELOAD")
+        .env_remove("ENVOY_SMC_CONFIG")
+        .env_remove("ENVOY_SMC_LOG")
+        .env_remove("ENVOY_SMC_STATS_FILE")
+        .env_remove("ENVOY_SMC_ASSUME_KERNEL")
+        .env("RUST_BACKTRACE", "1");
         RoleCmd { cmd }
     }
 
@@ -265,6 +271,124 @@ fn wait_output_with_reader(
 }
 
 // ---------------------------------------------------------------------------------------------
+// test-side helpers: configurations, the server and client roles
+
+pub const T: Duration = Duration::from_secs(60);
+/// The `#[test]` function every test binary dispatches roles from.
+pub const ENTRY: &str = "role_entry";
+
+/// A port that was free a moment ago on `ip`.
+pub fn free_port(ip: IpAddr) -> u16 {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub struct Cfg(tempfile_path::TempPath);
+
+mod tempfile_path {
+    /// A file removed on drop.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "envoy-smc-preload-test-{}-{n}-{name}",
+        std::process::id()
+    ))
+}
+
+pub fn config(yaml: &str) -> Cfg {
+    let p = temp_path("config.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    Cfg(tempfile_path::TempPath(p))
+}
+
+impl Cfg {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0 .0
+    }
+}
+
+pub fn smc_config(listener_port: u16, always_on: bool) -> Cfg {
+    config(&format!(
+        "mode: AUTO\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: {always_on}}}\n\
+         listeners: {{ports: [{listener_port}]}}\nupstream: {{allow_local: true}}\n"
+    ))
+}
+
+pub fn server(cfg: Option<&Cfg>, listen: SocketAddr, extra: &[(&str, &str)]) -> Running {
+    let mut r = RoleCmd::new(ENTRY, "server")
+        .preload()
+        .env("ENVOY_SMC_TEST_LISTEN", listen.to_string());
+    if let Some(c) = cfg {
+        r = r.env("ENVOY_SMC_CONFIG", c.path());
+    }
+    for (k, v) in extra {
+        r = r.env(k, v);
+    }
+    r.start(T)
+}
+
+pub fn ready_port(r: &Running) -> u16 {
+    r.ready
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+pub fn client(
+    cfg: Option<&Cfg>,
+    target: SocketAddr,
+    n: usize,
+    extra: &[(&str, &str)],
+) -> RoleOutput {
+    let mut r = RoleCmd::new(ENTRY, "client")
+        .preload()
+        .env("ENVOY_SMC_TEST_TARGET", target.to_string())
+        .env("ENVOY_SMC_TEST_CONNECTIONS", n.to_string());
+    if let Some(c) = cfg {
+        r = r.env("ENVOY_SMC_CONFIG", c.path());
+    }
+    for (k, v) in extra {
+        r = r.env(k, v);
+    }
+    r.run(T)
+}
+
+/// Every connection of a client run went through with every epoll edge.
+pub fn assert_all_connections_ok(out: &RoleOutput, n: usize) {
+    out.assert_ok();
+    assert_eq!(out.num("ok"), n as i64, "{}", out.describe());
+    for line in out.stdout.lines().filter(|l| l.starts_with("RESULT conn=")) {
+        assert!(!line.contains("error="), "{line}\n{}", out.describe());
+        for want in [
+            "connect_edge=true",
+            "fin_edge=true",
+            "fd_flags_kept=true",
+            "rounds_ok=3",
+        ] {
+            assert!(line.contains(want), "{want} missing in {line}");
+        }
+    }
+    assert_eq!(
+        out.result("fds_before"),
+        out.result("fds_after"),
+        "fd leaked: {}",
+        out.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // counters
 
 /// Prometheus text from the library, as `name` or `name{labels}` → value.
@@ -367,7 +491,9 @@ pub fn check(rc: c_int, what: &str) -> c_int {
 }
 
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -468,7 +594,10 @@ pub struct Epoll(pub c_int);
 impl Epoll {
     pub fn new() -> Epoll {
         // SAFETY: plain syscall.
-        Epoll(check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll_create1"))
+        Epoll(check(
+            unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+            "epoll_create1",
+        ))
     }
 
     pub fn add(&self, fd: c_int, events: u32, data: u64) {
@@ -513,8 +642,7 @@ impl Drop for Epoll {
     }
 }
 
-const ET_RW: u32 =
-    (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+const ET_RW: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
 // ---------------------------------------------------------------------------------------------
 // the echo server
@@ -531,25 +659,61 @@ pub struct ServerReport {
 /// A listening socket the way Envoy makes one: non-blocking, SO_REUSEADDR (+ SO_REUSEPORT unless
 /// `reuse_port` is false), `opts`, bind, listen.
 pub fn listener(addr: SocketAddr, reuse_port: bool, opts: &[(c_int, c_int, c_int)]) -> c_int {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    listener_dup(addr, reuse_port, opts, false).0
+}
+
+/// As [`listener`]; with `dup`, the bound socket is duplicated before `listen()` and both fds
+/// are listened on (what Envoy does for its workers when `enable_reuse_port` is false).
+pub fn listener_dup(
+    addr: SocketAddr,
+    reuse_port: bool,
+    opts: &[(c_int, c_int, c_int)],
+    dup: bool,
+) -> (c_int, Option<c_int>) {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain syscall.
     let fd = check(
-        unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) },
+        unsafe {
+            libc::socket(
+                domain,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        },
         "socket",
     );
-    check(setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1), "SO_REUSEADDR");
+    check(
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1),
+        "SO_REUSEADDR",
+    );
     if reuse_port {
-        check(setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1), "SO_REUSEPORT");
+        check(
+            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1),
+            "SO_REUSEPORT",
+        );
     }
     for &(l, n, v) in opts {
         check(setsockopt_int(fd, l, n, v), "listener option");
     }
     let (ss, len) = sockaddr(addr);
     // SAFETY: valid address.
-    check(unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) }, "bind");
+    check(
+        unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) },
+        "bind",
+    );
+    // SAFETY: plain syscalls.
+    let dupfd = dup.then(|| check(unsafe { libc::dup(fd) }, "dup"));
     // SAFETY: plain syscall.
     check(unsafe { libc::listen(fd, 128) }, "listen");
-    fd
+    if let Some(d) = dupfd {
+        // SAFETY: plain syscall.
+        check(unsafe { libc::listen(d, 128) }, "listen on the duplicate");
+    }
+    (fd, dupfd)
 }
 
 /// Serves echo on `lfd` with edge-triggered epoll until `stop()` says so (checked every 50 ms).
@@ -568,7 +732,12 @@ pub fn serve_echo(lfd: c_int, stop: &dyn Fn() -> bool) -> ServerReport {
                 loop {
                     // SAFETY: accept4 with NULL address pointers.
                     let c = unsafe {
-                        libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                        libc::accept4(
+                            lfd,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                        )
                     };
                     if c < 0 {
                         break;
@@ -580,9 +749,13 @@ pub fn serve_echo(lfd: c_int, stop: &dyn Fn() -> bool) -> ServerReport {
                 continue;
             }
             let c = data as c_int;
-            let Some(out) = pending.get_mut(&c) else { continue };
+            let Some(out) = pending.get_mut(&c) else {
+                continue;
+            };
             let mut eof = false;
-            if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+            if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
+                != 0
+            {
                 loop {
                     // SAFETY: buf is writable for its length.
                     let n = unsafe { libc::read(c, buf.as_mut_ptr().cast(), buf.len()) };
@@ -605,7 +778,8 @@ pub fn serve_echo(lfd: c_int, stop: &dyn Fn() -> bool) -> ServerReport {
             }
             while !out.is_empty() {
                 // SAFETY: out is readable for its length.
-                let n = unsafe { libc::send(c, out.as_ptr().cast(), out.len(), libc::MSG_NOSIGNAL) };
+                let n =
+                    unsafe { libc::send(c, out.as_ptr().cast(), out.len(), libc::MSG_NOSIGNAL) };
                 if n <= 0 {
                     break;
                 }
@@ -653,9 +827,19 @@ pub fn et_client(
     size: usize,
     with_diag: bool,
 ) -> Result<ClientReport, String> {
-    let domain = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain syscall.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(format!("socket: {}", std::io::Error::last_os_error()));
     }
@@ -680,7 +864,10 @@ fn et_client_on(
     ep.add(fd, ET_RW, tag);
     for &(l, n, v) in opts {
         if setsockopt_int(fd, l, n, v) != 0 {
-            return Err(format!("setsockopt({l},{n},{v}): {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "setsockopt({l},{n},{v}): {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     if let Some(ip) = src {
@@ -695,11 +882,19 @@ fn et_client_on(
     // SAFETY: valid address.
     let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
     if rc != 0 && errno() != libc::EINPROGRESS {
-        return Err(format!("connect {target}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "connect {target}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     rep.kind_after = kind(fd);
     // SAFETY: plain fcntl queries.
-    let (fl, fdfl) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+    let (fl, fdfl) = unsafe {
+        (
+            libc::fcntl(fd, libc::F_GETFL),
+            libc::fcntl(fd, libc::F_GETFD),
+        )
+    };
     rep.fd_flags_kept = fl & libc::O_NONBLOCK != 0 && fdfl & libc::FD_CLOEXEC != 0;
     rep.inode = inode(fd);
 
@@ -734,7 +929,14 @@ fn et_client_on(
         let mut sent = 0;
         while sent < msg.len() {
             // SAFETY: readable slice.
-            let n = unsafe { libc::send(fd, msg[sent..].as_ptr().cast(), msg.len() - sent, libc::MSG_NOSIGNAL) };
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    msg[sent..].as_ptr().cast(),
+                    msg.len() - sent,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
             if n > 0 {
                 sent += n as usize;
             } else if errno() == libc::EAGAIN {
@@ -765,7 +967,9 @@ fn et_client_on(
         rep.rounds_ok += 1;
     }
     if with_diag {
-        rep.diag = smc_diag_dump().ok().and_then(|v| v.into_iter().find(|e| e.inode == rep.inode));
+        rep.diag = smc_diag_dump()
+            .ok()
+            .and_then(|v| v.into_iter().find(|e| e.inode == rep.inode));
     }
     // SAFETY: plain syscall.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
@@ -777,7 +981,10 @@ fn et_client_on(
         } else if n > 0 {
             continue;
         } else if errno() == libc::EAGAIN {
-            wait_for((libc::EPOLLIN | libc::EPOLLRDHUP) as u32, "FIN (EPOLLRDHUP)")?;
+            wait_for(
+                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                "FIN (EPOLLRDHUP)",
+            )?;
         } else {
             return Err(format!("read at FIN: {}", std::io::Error::last_os_error()));
         }
@@ -814,7 +1021,13 @@ impl DiagEntry {
 /// Every SMC socket of this network namespace (needs the smc_diag module).
 pub fn smc_diag_dump() -> Result<Vec<DiagEntry>, String> {
     // SAFETY: plain syscall.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
     if fd < 0 {
         return Err(format!("netlink: {}", std::io::Error::last_os_error()));
     }
@@ -876,7 +1089,12 @@ pub fn smc_diag_dump() -> Result<Vec<DiagEntry>, String> {
                         e.fallback_reason = Some(u32::from_ne_bytes(p[0..4].try_into().unwrap()));
                     }
                     if aty == 2 && p.len() >= 2 {
-                        let name: Vec<u8> = p[1..].iter().take(64).take_while(|b| **b != 0).copied().collect();
+                        let name: Vec<u8> = p[1..]
+                            .iter()
+                            .take(64)
+                            .take_while(|b| **b != 0)
+                            .copied()
+                            .collect();
                         e.ib_device = Some(String::from_utf8_lossy(&name).into_owned());
                     }
                     a += (alen + 3) & !3;
@@ -900,11 +1118,20 @@ pub fn run_common_role(role: &str) -> bool {
         // A server process: listen on ENVOY_SMC_TEST_LISTEN, print READY, serve echo until stdin
         // closes, report.
         "server" => {
-            let addr: SocketAddr = env_or("ENVOY_SMC_TEST_LISTEN", "127.0.0.1:0").parse().unwrap();
+            let addr: SocketAddr = env_or("ENVOY_SMC_TEST_LISTEN", "127.0.0.1:0")
+                .parse()
+                .unwrap();
             let reuse_port = env_or("ENVOY_SMC_TEST_REUSE_PORT", "1") == "1";
             let opts = parse_opts(&env_or("ENVOY_SMC_TEST_OPTS", ""));
-            let lfd = listener(addr, reuse_port, &opts);
-            println!("READY port={} kind={}", local_port(lfd), kind(lfd));
+            let dup = env_or("ENVOY_SMC_TEST_DUP", "0") == "1";
+            let (lfd, dupfd) = listener_dup(addr, reuse_port, &opts, dup);
+            println!(
+                "READY port={} kind={} dup_kind={} same_socket={}",
+                local_port(lfd),
+                kind(lfd),
+                dupfd.map_or("none", kind),
+                dupfd.is_none_or(|d| inode(d) == inode(lfd))
+            );
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let s2 = stop.clone();
             std::thread::spawn(move || {
@@ -917,8 +1144,13 @@ pub fn run_common_role(role: &str) -> bool {
                 "RESULT listener_kind={} accepted={} closed={} bytes={}",
                 rep.listener_kind, rep.accepted, rep.closed, rep.bytes
             );
-            // SAFETY: closing our own fd.
-            unsafe { libc::close(lfd) };
+            // SAFETY: closing our own fds.
+            unsafe {
+                libc::close(lfd);
+                if let Some(d) = dupfd {
+                    libc::close(d);
+                }
+            }
             print_own_stats();
             true
         }
@@ -926,7 +1158,9 @@ pub fn run_common_role(role: &str) -> bool {
         // ENVOY_SMC_TEST_TARGET (from ENVOY_SMC_TEST_SRC), each ENVOY_SMC_TEST_ROUNDS exchanges.
         "client" => {
             let target: SocketAddr = env_or("ENVOY_SMC_TEST_TARGET", "").parse().unwrap();
-            let src: Option<IpAddr> = std::env::var("ENVOY_SMC_TEST_SRC").ok().map(|s| s.parse().unwrap());
+            let src: Option<IpAddr> = std::env::var("ENVOY_SMC_TEST_SRC")
+                .ok()
+                .map(|s| s.parse().unwrap());
             let opts = parse_opts(&env_or("ENVOY_SMC_TEST_OPTS", ""));
             let n: usize = env_or("ENVOY_SMC_TEST_CONNECTIONS", "1").parse().unwrap();
             let rounds: usize = env_or("ENVOY_SMC_TEST_ROUNDS", "3").parse().unwrap();
