@@ -138,19 +138,25 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
         let rt = &active.runtime;
         let verdict = rt.decide_connect(remote, t.facts);
         let applied = rt.apply_connect(bfd, verdict);
-        after_decision(fd, &t, applied, "connect", Some(remote));
+        let smc = after_decision(fd, &t, applied, "connect", Some(remote));
+        // adaptive fallback: watch SMC connects for paths that drop SMC's SYNs (the watchdog
+        // identifies the socket by its cookie and probes with raw system calls)
+        if smc {
+            rt.watch_connect(bfd, remote);
+        }
     });
 }
 
 /// Logs a decision and, when the socket was replaced, carries options and epoll registrations
 /// over to the new socket (turning it back into TCP if a registration cannot be carried over).
+/// Returns whether an SMC socket is under `fd` now.
 fn after_decision(
     fd: c_int,
     t: &Tracked,
     applied: Applied,
     at: &str,
     addr: Option<std::net::SocketAddr>,
-) {
+) -> bool {
     let addr = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
     match applied.verdict {
         Verdict::Smc { kind, .. } => tracing::debug!(
@@ -167,7 +173,7 @@ fn after_decision(
         }
     }
     if !applied.replaced {
-        return;
+        return false;
     }
     let kind = match applied.verdict {
         Verdict::Smc { kind, .. } => kind,
@@ -187,8 +193,10 @@ fn after_decision(
             if let Err(e) = reregister(fd, t) {
                 tracing::error!("envoy-smc: fd {fd}: epoll registration lost: {e}");
             }
+            return false;
         }
     }
+    kind.is_smc()
 }
 
 /// Sets the options the program set on the old socket again on the new one (the core copies

