@@ -42,6 +42,9 @@ Api::SysCallIntResult SmcIoHandle::connect(Address::InstanceConstSharedPtr addre
     if (!activated_ && address->type() == Address::Type::Ip && address->sockAddr() != nullptr &&
         runtime_->decideConnect(state_, address->sockAddr(), address->sockAddrLen(), &verdict)) {
       carryOut(verdict, false);
+      if (verdict_.kind != ENVOY_SMC_KIND_TCP) {
+        runtime_->watchConnect(fd_, address->sockAddr(), address->sockAddrLen());
+      }
     }
   }
   return IoSocketHandleImpl::connect(std::move(address));

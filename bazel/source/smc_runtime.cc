@@ -113,6 +113,10 @@ bool Runtime::applyConnect(int fd, const envoy_smc_socket_state& state,
   return envoy_smc_apply_connect(runtime_, fd, &state, verdict) == ENVOY_SMC_OK;
 }
 
+void Runtime::watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const {
+  envoy_smc_watch_connect(runtime_, fd, addr, addrlen);
+}
+
 std::vector<uint64_t> Runtime::counters() const {
   std::vector<uint64_t> values(envoy_smc_stats_snapshot(runtime_, nullptr, 0));
   const size_t total = envoy_smc_stats_snapshot(runtime_, values.data(), values.size());

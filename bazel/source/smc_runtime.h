@@ -50,6 +50,9 @@ public:
   // Carries a verdict out on fd and counts it; updates *verdict with what happened.
   bool applyListen(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
   bool applyConnect(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
+  // Adaptive fallback: watch an SMC socket about to connect, so a path that drops SMC's SYNs is
+  // detected and later connections to it stay TCP.
+  void watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const;
 
   // The library's counters, index-aligned with counterNames().
   std::vector<uint64_t> counters() const;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 const SO_COOKIE: libc::c_int = 57;
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE: u8 = 7;
 
 /// Where a watched connect stands, from `TCP_INFO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,9 @@ pub enum ConnectState {
     SynSent {
         retransmits: u8,
     },
-    /// Anything else (closed, reset, ...): nothing to learn.
+    /// Closed: not connecting yet (watched just before `connect()`), or failed.
+    Closed,
+    /// Anything else: nothing to learn.
     Other,
 }
 
@@ -54,6 +57,7 @@ pub fn connect_state(fd: RawFd) -> io::Result<ConnectState> {
         TCP_SYN_SENT => ConnectState::SynSent {
             retransmits: info[2],
         },
+        TCP_CLOSE => ConnectState::Closed,
         _ => ConnectState::Other,
     })
 }

@@ -19,6 +19,9 @@ use crate::stats::{Counter, Stats};
 const TICK: Duration = Duration::from_millis(100);
 /// A connect still undecided after this long is no longer watched.
 const GIVE_UP: Duration = Duration::from_secs(60);
+/// Entry points register a socket just before `connect()`: a closed socket this young has not
+/// started connecting yet.
+const NOT_STARTED_GRACE: Duration = Duration::from_secs(2);
 /// Bound on connects watched at once; beyond it new ones are not watched (counted nowhere else).
 const MAX_WATCHED: usize = 65_536;
 
@@ -157,6 +160,9 @@ fn run(shared: &Shared) {
                     Next::Probe
                 }
                 (true, Ok(ConnectState::SynSent { .. })) if w.started.elapsed() < GIVE_UP => {
+                    Next::Keep
+                }
+                (true, Ok(ConnectState::Closed)) if w.started.elapsed() < NOT_STARTED_GRACE => {
                     Next::Keep
                 }
                 _ => Next::Done,

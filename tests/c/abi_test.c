@@ -220,6 +220,15 @@ static void test_argument_errors(envoy_smc_runtime *rt) {
     socklen_t tl = sizeof type;
     CHECK(getsockopt(pfd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_STREAM);
   }
+  /* Watching a connect (adaptive fallback): NULLs and bad fds are no-ops; a real socket is counted. */
+  uint64_t watched = counter(rt, "adaptive.connects_watched");
+  envoy_smc_watch_connect(NULL, pfd, (struct sockaddr *)&dst, sizeof dst);
+  envoy_smc_watch_connect(rt, pfd, NULL, 0);
+  envoy_smc_watch_connect(rt, -1, (struct sockaddr *)&dst, sizeof dst);
+  envoy_smc_watch_connect(rt, pfd, (struct sockaddr *)&un, sizeof un);
+  CHECK(counter(rt, "adaptive.connects_watched") == watched);
+  envoy_smc_watch_connect(rt, pfd, (struct sockaddr *)&dst, sizeof dst);
+  CHECK(counter(rt, "adaptive.connects_watched") == watched + 1);
   close(pfd);
 }
 
