@@ -35,6 +35,22 @@ fn runtime(rules: usize) -> Runtime {
     Runtime::new(&config::from_yaml(&text).unwrap(), &env).unwrap()
 }
 
+/// What envoy-smc decides for one connection: the socket-time check, the mesh switch option
+/// Envoy sets, and the connect-time decision.
+fn one_connection(rt: &Runtime, d: SocketAddr) -> (bool, envoy_smc::Verdict) {
+    let tracked = rt
+        .policy()
+        .at_socket(libc::AF_INET, libc::SOCK_STREAM, 0, Some(d.ip()))
+        .is_ok();
+    let facts = rt.note_sockopt(
+        SocketFacts::default(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVLOWAT,
+        &1i32.to_ne_bytes(),
+    );
+    black_box((tracked, rt.decide_connect(black_box(d), facts)))
+}
+
 fn bench(c: &mut Criterion) {
     let rt = runtime(1000);
     let on = rt.note_sockopt(
@@ -54,18 +70,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("socket+connect decision, 1000 CIDR rules", |b| {
         b.iter(|| {
             i = (i + 1) & 63;
-            let d = dests[i];
-            let tracked = rt
-                .policy()
-                .at_socket(libc::AF_INET, libc::SOCK_STREAM, 0, Some(d.ip()))
-                .is_ok();
-            let facts = rt.note_sockopt(
-                SocketFacts::default(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                &1i32.to_ne_bytes(),
-            );
-            black_box((tracked, rt.decide_connect(black_box(d), facts)))
+            one_connection(&rt, dests[i])
         })
     });
     // The same path with 10,000 destinations remembered as black-holed (none of them the one asked).
@@ -82,18 +87,7 @@ fn bench(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 i = (i + 1) & 63;
-                let d = dests[i];
-                let tracked = rt
-                    .policy()
-                    .at_socket(libc::AF_INET, libc::SOCK_STREAM, 0, Some(d.ip()))
-                    .is_ok();
-                let facts = rt.note_sockopt(
-                    SocketFacts::default(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVLOWAT,
-                    &1i32.to_ne_bytes(),
-                );
-                black_box((tracked, rt.decide_connect(black_box(d), facts)))
+                one_connection(&rt, dests[i])
             })
         },
     );
