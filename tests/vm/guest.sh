@@ -34,13 +34,13 @@ warn() {  # shown to the user, on the command's stderr stream ahead of the comma
 finish() {  # finish RC: kernel log, then the exit status (written last: run.sh takes it as "done")
   local rc=$1 t
   # the whole kernel log, and its warnings (and worse) since this script started, without the
-  # SMC module's informational "warnings"
+  # SMC module's informational "warnings" (devices and link groups coming up)
   dmesg -r 2>/dev/null | awk -v t="$GUEST_START" -v all="$D/dmesg" -v warn="$D/kernel-warnings" '
     match($0, /^<[0-9]+>/) {
       pri = substr($0, 2, RLENGTH - 2) % 8; line = substr($0, RLENGTH + 1)
       print line > all
       s = line; sub(/^\[ */, "", s); split(s, a, "]")
-      if (pri <= 4 && a[1] + 0 >= t && line !~ /smc: +(adding ib device|ib device .* has pnetid)/) print line > warn
+      if (pri <= 4 && a[1] + 0 >= t && line !~ /smc: +(adding ib device|ib device .* has pnetid|SMC-R lg [0-9a-f]+ net [0-9]+ (link added|state changed))/) print line > warn
     }'
   : >>"$D/kernel-warnings"
   mark "finished ($rc)"
@@ -134,7 +134,7 @@ VM_ENV+=(
   ENVOY_SMC_VM_SHARED=/tmp
   "ENVOY_SMC_VM_HOST_SHARED=$VM_HOST_SHARED"
   "ENVOY_SMC_VM_REPO=$VM_REPO"
-  TMPDIR=/tmp
+  TMPDIR=/run/tmp   # tmpfs: unix sockets cannot be bound on the 9p /tmp, and it is faster
 )
 uptime_s SETUP_DONE
 echo "SETUP_DONE=$SETUP_DONE" >>"$D/times"
@@ -144,15 +144,16 @@ log "setup done at ${SETUP_DONE}s; running: ${VM_CMD[*]}"
 # the command gets exactly VM_ENV as its environment, and its own session (so process group),
 # so that a timeout can kill all of it
 (
-  while read -r v; do unset "$v"; done < <(compgen -e)
+  for v in $(compgen -e); do unset "$v"; done
   for kv in "${VM_ENV[@]}"; do export "${kv?}"; done
   exec setsid -- "${VM_CMD[@]}" </dev/null >>"$D/stdout" 2>>"$D/stderr"
 ) &
 CMD_PID=$!
 
 # watchdog: what is left of run.sh's budget, minus a margin to collect the logs and stop
+now=
 uptime_s now
-budget=$(( ${VM_TIMEOUT} - ${now%.*} - 15 ))
+budget=$((VM_TIMEOUT - ${now%.*} - 12))
 [ "$budget" -ge 5 ] || budget=5
 (
   sleep "$budget"
@@ -166,7 +167,7 @@ budget=$(( ${VM_TIMEOUT} - ${now%.*} - 15 ))
   for p in /proc/[0-9]*; do
     st=$(<"$p/stat") 2>/dev/null || continue
     read -r state _ pgrp _ <<<"${st##*) }"
-    [ "$pgrp" = "$CMD_PID" ] || continue
+    if [ "$pgrp" != "$CMD_PID" ] || [ "$state" = Z ]; then continue; fi
     { echo "pid ${p#/proc/} state $state: $(tr '\0' ' ' <"$p/cmdline")"; sed 's/^/    /' "$p/stack"; } >>"$D/blocked-tasks" 2>&1
   done
   uptime_s t

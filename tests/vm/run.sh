@@ -22,19 +22,19 @@ TIMEOUT=${ENVOY_SMC_VM_TIMEOUT:-600}
 MEM=${ENVOY_SMC_VM_MEM:-2048}
 SMP=${ENVOY_SMC_VM_SMP:-2}
 UEID=ENVOY-SMC-TEST
-SHARED=${ENVOY_SMC_VM_SHARED:-}
+SHARED=${ENVOY_SMC_VM_SHARED_DIR:-}
 QUIET=0
 CONSOLE=0
 PREPARE_ONLY=0
 EXTRA_ENV=()
 
-# Modules loaded at boot, in this order (their modules.dep dependencies are loaded first).
+# Modules loaded at boot (with their modules.dep dependencies), before the command runs.
 BOOT_MODULES=(
   crc32_generic                                   # rdma_rxe's ICRC; not autoloaded
   netfs 9pnet 9pnet_virtio 9p                      # host root + shared dir
   veth ib_core ib_uverbs ip6_udp_tunnel udp_tunnel rdma_rxe smc smc_diag
   libcrc32c crc32c_generic                         # nf_conntrack / nf_nat checksums
-  x_tables ip_tables iptable_filter iptable_raw iptable_nat
+  x_tables ip_tables ip6_tables iptable_filter iptable_raw iptable_nat
   nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack nf_nat xt_CT xt_nat xt_REDIRECT xt_tcpudp
 )
 # Modules put into the initramfs but only loaded on demand (the kernel's modprobe helper is
@@ -43,7 +43,7 @@ OPTIONAL_MODULES=(
   xt_conntrack xt_state xt_owner xt_mark xt_connmark xt_multiport xt_comment
   xt_MASQUERADE xt_tcpmss xt_TPROXY xt_socket xt_addrtype xt_LOG xt_limit xt_statistic
   ipt_REJECT nf_reject_ipv4
-  ip6_tables ip6table_filter ip6table_raw ip6table_nat ip6table_mangle iptable_mangle
+  ip6table_filter ip6table_raw ip6table_nat ip6table_mangle iptable_mangle
   ip6t_REJECT nf_reject_ipv6 nf_tproxy_ipv4 nf_tproxy_ipv6 nf_socket_ipv4 nf_socket_ipv6
   nfnetlink nf_tables nft_compat nft_chain_nat nft_ct nft_nat nft_redir nft_reject
   nft_reject_inet nft_masq nft_limit nft_numgen nft_fib nft_fib_inet nft_fib_ipv4
@@ -66,7 +66,7 @@ options:
                    env ENVOY_SMC_VM_TIMEOUT); exit 124 when it is hit
   --no-ueid        do not add the UEID (SMC-Rv2 then cannot be negotiated: fallback NOSMCDEV)
   --shared DIR     host directory mounted writable at /tmp in the VM (default: a new
-                   <cache>/runs/<timestamp>-<pid>, env ENVOY_SMC_VM_SHARED)
+                   <cache>/runs/<timestamp>-<pid>, env ENVOY_SMC_VM_SHARED_DIR)
   --env NAME[=VAL] pass one more environment variable into COMMAND (repeatable)
   --console        also stream the VM's serial console to stderr
   --quiet          no progress messages from the harness
@@ -108,7 +108,9 @@ while [ $# -gt 0 ]; do
 done
 CMD=("$@")
 [ "$PREPARE_ONLY" = 1 ] || [ ${#CMD[@]} -gt 0 ] || { usage >&2; die 2 "no command given"; }
-[[ $TIMEOUT =~ ^[0-9]+$ ]] && [ "$TIMEOUT" -ge 30 ] || die 2 "--timeout must be a whole number of seconds >= 30"
+if ! [[ $TIMEOUT =~ ^[0-9]+$ ]] || [ "$TIMEOUT" -lt 30 ]; then
+  die 2 "--timeout must be a whole number of seconds >= 30"
+fi
 [ "${ENVOY_SMC_VM:-}" != 1 ] || die 2 "already inside the envoy-smc VM (ENVOY_SMC_VM=1)"
 for e in "${EXTRA_ENV[@]}"; do
   [[ ${e%%=*} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die 2 "--env: bad variable name in '$e'"
@@ -142,8 +144,11 @@ ensure_host_packages() {
     done
     [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}" || warn "could not install: ${need[*]}"
   fi
-  command -v qemu-system-x86_64 >/dev/null ||
+  local q
+  q=$(command -v qemu-system-x86_64 || true)
+  if [ -z "$q" ] || [ ! -f "$q" ] || [ ! -x "$q" ]; then
     die 1 "qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+  fi
   [ -x /bin/busybox ] || die 1 "/bin/busybox not found (apt-get install busybox-static)"
   if LC_ALL=C readelf -l /bin/busybox 2>/dev/null | grep -q 'program interpreter'; then
     die 1 "/bin/busybox is not static (apt-get install busybox-static)"
@@ -187,10 +192,16 @@ fetch_kernel() {
       -o Dir::Etc::Preferences="$apt/etc/preferences" -o Dir::Etc::PreferencesParts="$apt/etc/preferences.d"
       -o Dir::State::Lists="$apt/lists" -o Dir::State::status="$apt/status" -o Dir::Cache="$apt/cache"
       -o APT::Architecture=amd64 -o APT::Architectures::=amd64 -o Acquire::Languages=none
-      -o APT::Sandbox::User=root -o Debug::NoLocking=1)
+      -o APT::Sandbox::User=root -o Debug::NoLocking=1
+      -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false)
     msg "fetching the package list of Debian trixie from $mirror"
-    apt-get "${aopts[@]}" -qq update >&2 ||
-      die 1 "cannot fetch the Debian trixie package list from $mirror (set ENVOY_SMC_VM_MIRROR?)"
+    rm -f "$apt"/lists/*Packages*
+    apt-get "${aopts[@]}" -qq update >&2 || true
+    compgen -G "$apt/lists/*_dists_trixie_main_binary-amd64_Packages*" >/dev/null ||
+      die 1 "cannot fetch the Debian trixie package list from $mirror (no network? set ENVOY_SMC_VM_MIRROR to a Debian mirror)"
     if [ -z "$pkg" ]; then
       pkg=$(apt-cache "${aopts[@]}" pkgnames linux-image-6.12. 2>/dev/null |
         grep -E '^linux-image-6\.12\.[0-9]+\+deb13-amd64-unsigned$' | sort -V | tail -1 || true)
@@ -201,6 +212,7 @@ fetch_kernel() {
       die 1 "kernel package $pkg could not be downloaded from $mirror"
     deb=$(find "$debs" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -1)
     [ -n "$deb" ] || die 1 "kernel package $pkg could not be downloaded from $mirror"
+    rm -rf "$apt/lists" "$apt/cache"   # only needed to find the package
   fi
   KPKG=$(basename "$deb" .deb)
   KDIR=$CACHE/kernel/$KPKG
@@ -240,10 +252,11 @@ build_initramfs() {
   is_builtin() { local alt; alt=$(tr '_-' '-_' <<<"$1"); grep -qE "/($1|$alt)\.ko$" "$md/modules.builtin"; }
   declare -A seen=()
   add() {  # add PATH: dependencies first
-    local p=$1 d
+    local p=$1 d deps=()
     [ -z "${seen[$p]:-}" ] || return 0
     seen[$p]=1
-    for d in $(grep -E "^$p:" "$md/modules.dep" | cut -d: -f2); do add "$d"; done
+    read -r -a deps <<<"$(grep -E "^$p:" "$md/modules.dep" | cut -d: -f2)"
+    for d in "${deps[@]}"; do add "$d"; done
     order+=("$p")
   }
   for m in "${BOOT_MODULES[@]}" "${EXTRA_MODULES[@]}"; do
@@ -286,8 +299,9 @@ build_initramfs() {
   (cd "$ir" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$INITRD.tmp"
   mv "$INITRD.tmp" "$INITRD"
   rm -rf "$ir"
-  # drop initramfs images of older inputs
-  find "$CACHE/initramfs" -maxdepth 1 -name '*.cpio.gz' ! -path "$INITRD" -delete
+  # keep the 4 newest images (other checkouts or module lists may be using theirs)
+  find "$CACHE/initramfs" -maxdepth 1 -name '*.cpio.gz' -printf '%T@ %p\n' | sort -rn | tail -n +5 |
+    cut -d' ' -f2- | while read -r old; do rm -f "$old"; done
 }
 
 prepare() {
@@ -333,6 +347,7 @@ VM_ENV=()
 while read -r name; do
   case $name in
     *TOKEN*|*SECRET*|*PASSWORD*|*CREDENTIAL*|*_KEY) continue ;;
+    ENVOY_SMC_VM*) continue ;;   # this script's own settings; the VM sets its ENVOY_SMC_VM_*
     CARGO*|RUST*|ENVOY_SMC_*|LD_LIBRARY_PATH|PATH|HOME|USER|LOGNAME|LANG|LANGUAGE|LC_*|TERM|TZ) ;;
     NO_COLOR|CLICOLOR|CLICOLOR_FORCE|CI|PYTHONPATH|PYTHONUNBUFFERED|PYTHONDONTWRITEBYTECODE) ;;
     *) continue ;;
@@ -378,6 +393,7 @@ done
 # boot
 PIDS=()
 QPID=
+# shellcheck disable=SC2317  # called from the traps
 cleanup() {
   local p
   [ -z "$QPID" ] || kill "$QPID" 2>/dev/null || true
@@ -391,7 +407,7 @@ APPEND="envoy_smc_vm=1 console=ttyS0 quiet loglevel=4 panic=-1 oops=panic mitiga
 QEMU=(qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp "$SMP" -nographic -no-reboot -nic none
   -kernel "$VMLINUZ" -initrd "$INITRD" -append "$APPEND"
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap
-  -virtfs "local,path=$SHARED,mount_tag=shared,security_model=none,multidevs=remap")
+  -virtfs "local,path=$SHARED,mount_tag=shared,security_model=none")
 
 msg "booting (timeout ${TIMEOUT} s); shared dir: $SHARED"
 T_BOOT=$(now)
@@ -416,7 +432,8 @@ T_END=$(now)
 # result
 console_tail() {
   echo "vm: last lines of the VM console ($CTL/console.log):" >&2
-  tr -d '\r' <"$CTL/console.log" | tail -n "${1:-40}" | sed 's/^/  | /' >&2
+  tr -d '\r' <"$CTL/console.log" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | grep -v '^$' |
+    tail -n "${1:-40}" | sed 's/^/  | /' >&2
 }
 kernel_warnings() {
   [ -s "$CTL/kernel-warnings" ] || return 0
@@ -430,7 +447,10 @@ if [ ! -f "$CTL/rc" ]; then
     console_tail 60
     exit 124
   fi
-  printf 'vm: error: the VM ended without running the command to the end (qemu exit status %s)\n' "$QRC" >&2
+  case $QRC in
+    125|126|127) printf 'vm: error: qemu-system-x86_64 could not be started (status %s)\n' "$QRC" >&2 ;;
+    *) printf 'vm: error: the VM ended without running the command to the end (qemu exit status %s)\n' "$QRC" >&2 ;;
+  esac
   [ ! -s "$CTL/setup.log" ] || { echo "vm: guest setup log:" >&2; sed 's/^/  | /' "$CTL/setup.log" >&2; }
   console_tail 40
   exit 125
