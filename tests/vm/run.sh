@@ -130,9 +130,10 @@ apt_install() {  # apt_install PKG...: install with the system apt, updating the
   command -v apt-get >/dev/null || return 1
   local opts=(-y -qq --no-install-recommends -o DPkg::Lock::Timeout=600)
   msg "installing host packages: $*"
-  if ! DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install "${opts[@]}" "$@" >/dev/null 2>&1; then
-    "${SUDO[@]}" apt-get -qq -o DPkg::Lock::Timeout=600 update >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install "${opts[@]}" "$@" >&2 || return 1
+  local aptcmd=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+  if ! "${aptcmd[@]}" install "${opts[@]}" "$@" >/dev/null 2>&1; then
+    "${aptcmd[@]}" -qq -o DPkg::Lock::Timeout=600 update >/dev/null 2>&1 || true
+    "${aptcmd[@]}" install "${opts[@]}" "$@" >&2 || return 1
   fi
 }
 
