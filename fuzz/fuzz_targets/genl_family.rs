@@ -1,0 +1,19 @@
+#![no_main]
+//! Fuzz target: genl family parsing never panics, whatever the bytes.
+
+use envoy_smc::diag::{genl, netlink};
+use libfuzzer_sys::fuzz_target;
+
+/// The parser on the raw bytes and on every message payload in them (seeds are whole datagrams).
+fn each(data: &[u8], mut f: impl FnMut(&[u8])) {
+    f(data);
+    for m in netlink::messages(data).take(256).flatten() {
+        f(m.payload);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    each(data, |p| {
+        let _ = genl::parse_family(p);
+    });
+});
