@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
     for m in netlink::messages(data).take(256).flatten() {
         if let Ok(s) = smc_diag::parse_smc_diag_msg(m.payload) {
             // what the CLI does with a parsed socket must not panic either
-            let _ = (s.flavour(), s.addresses_unknown(), s.fallback_reason().map(|r| r.to_string()));
+            let _ = (
+                s.flavour(),
+                s.addresses_unknown(),
+                s.fallback_reason().map(|r| r.to_string()),
+            );
             let _ = serde_json::to_string(&s);
         }
     }
