@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 /// `SO_COOKIE`: a socket's unique id, to notice an fd number that was closed and reused.
 const SO_COOKIE: libc::c_int = 57;
 const TCP_ESTABLISHED: u8 = 1;
-const TCP_SYN_SENT: u8 = 2;
+/// `tcpi_state` of a socket sending SYNs.
+pub const TCP_SYN_SENT: u8 = 2;
 const TCP_CLOSE: u8 = 7;
 
 /// Where a watched connect stands, from `TCP_INFO`.
@@ -30,9 +31,9 @@ pub enum ConnectState {
     Other,
 }
 
-/// Reads `TCP_INFO` (works on both SMC flavours while they connect: it is answered by the
-/// internal TCP socket).
-pub fn connect_state(fd: RawFd) -> io::Result<ConnectState> {
+/// `tcpi_state` and `tcpi_retransmits` from `TCP_INFO` (works on both SMC flavours while they
+/// connect: it is answered by the internal TCP socket).
+pub fn tcp_info_state(fd: RawFd) -> io::Result<(u8, u8)> {
     // tcpi_state is byte 0 and tcpi_retransmits byte 2 of struct tcp_info.
     let mut info = [0u8; 104];
     let mut len = info.len() as libc::socklen_t;
@@ -50,16 +51,33 @@ pub fn connect_state(fd: RawFd) -> io::Result<ConnectState> {
         return Err(io::Error::last_os_error());
     }
     if len < 3 {
-        return Ok(ConnectState::Other);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "short TCP_INFO"));
     }
-    Ok(match info[0] {
+    Ok((info[0], info[2]))
+}
+
+/// Where a connecting socket stands.
+pub fn connect_state(fd: RawFd) -> io::Result<ConnectState> {
+    let (state, retransmits) = tcp_info_state(fd)?;
+    Ok(match state {
         TCP_ESTABLISHED => ConnectState::Established,
-        TCP_SYN_SENT => ConnectState::SynSent {
-            retransmits: info[2],
-        },
+        TCP_SYN_SENT => ConnectState::SynSent { retransmits },
         TCP_CLOSE => ConnectState::Closed,
         _ => ConnectState::Other,
     })
+}
+
+/// The black-hole signature shared by the watchdog and `envoy-smc check`: after `detect_after`,
+/// the connect is still in SYN_SENT and at least one SYN was retried (the first retry comes after
+/// the 1 s initial RTO; a healthy SMC-R connect finishes well before). It is only a suspicion
+/// until a plain TCP connect to the same destination succeeds.
+pub fn syn_stalled(
+    tcp_state: u8,
+    retransmits: u8,
+    elapsed: Duration,
+    detect_after: Duration,
+) -> bool {
+    tcp_state == TCP_SYN_SENT && retransmits >= 1 && elapsed >= detect_after
 }
 
 /// The socket's cookie, or `None` if `fd` is not an open socket.

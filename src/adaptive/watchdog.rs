@@ -13,7 +13,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::breaker::Breaker;
-use super::detect::{connect_state, socket_cookie, tcp_probe, ConnectState, ProbeOutcome};
+use super::detect::{
+    connect_state, socket_cookie, syn_stalled, tcp_probe, ConnectState, ProbeOutcome, TCP_SYN_SENT,
+};
 use crate::stats::{Counter, Stats};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -155,7 +157,12 @@ fn run(shared: &Shared) {
                     Next::Done
                 }
                 (true, Ok(ConnectState::SynSent { retransmits }))
-                    if retransmits >= 1 && w.started.elapsed() >= detect_after =>
+                    if syn_stalled(
+                        TCP_SYN_SENT,
+                        retransmits,
+                        w.started.elapsed(),
+                        detect_after,
+                    ) =>
                 {
                     Next::Probe
                 }

@@ -19,8 +19,7 @@ use super::DiagError;
 use crate::smc::sys::syscall;
 use crate::smc::{self, SocketKind};
 
-/// `TCP_SYN_SENT` in `tcpi_state`.
-const TCP_SYN_SENT: u8 = 2;
+use crate::adaptive::detect::{self, TCP_SYN_SENT};
 
 /// How a check runs.
 #[derive(Debug, Clone)]
@@ -182,24 +181,6 @@ fn wait_connect(fd: BorrowedFd<'_>, wait: Duration) -> Option<io::Result<()>> {
     }
 }
 
-/// `tcpi_state` and `tcpi_retransmits` of a (connecting) socket.
-pub fn tcp_syn_state(fd: BorrowedFd<'_>) -> io::Result<(u8, u8)> {
-    let mut buf = [0u8; 256];
-    let mut len = buf.len() as libc::socklen_t;
-    syscall!(getsockopt(
-        fd.as_raw_fd(),
-        libc::IPPROTO_TCP,
-        libc::TCP_INFO,
-        buf.as_mut_ptr().cast(),
-        &mut len
-    ))?;
-    if len < 3 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "short TCP_INFO"));
-    }
-    // struct tcp_info { u8 tcpi_state; u8 tcpi_ca_state; u8 tcpi_retransmits; ... }
-    Ok((buf[0], buf[2]))
-}
-
 /// The socket's inode (the key smc_diag reports for both flavours).
 pub fn socket_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: stat is plain data, filled in by fstat.
@@ -351,13 +332,14 @@ pub fn check(target: SocketAddr, opts: &CheckOptions) -> CheckReport {
             Duration::from_millis(50).min(opts.timeout - elapsed),
         );
         if outcome.is_none() && t0.elapsed() >= opts.syn_grace {
-            if let Ok((state, retrans)) = tcp_syn_state(fd.as_fd()) {
+            if let Ok((state, retrans)) = detect::tcp_info_state(fd.as_raw_fd()) {
                 r.syn_state = Some(SynState {
                     tcp_state: state,
                     retransmits: retrans,
                     after_millis: t0.elapsed().as_millis() as u64,
                 });
-                if state == TCP_SYN_SENT && retrans >= 1 {
+                // The same signature the adaptive-fallback watchdog acts on.
+                if detect::syn_stalled(state, retrans, t0.elapsed(), opts.syn_grace) {
                     stuck = true;
                     break;
                 }
@@ -400,7 +382,7 @@ pub fn check(target: SocketAddr, opts: &CheckOptions) -> CheckReport {
         None => {
             // Still connecting: stuck with retransmitted SYNs, or simply slow.
             let tcp = tcp_attempt(&target, opts.source, compare_timeout);
-            let still = tcp_syn_state(fd.as_fd()).ok();
+            let still = detect::tcp_info_state(fd.as_raw_fd()).ok();
             if let Some((state, retrans)) = still {
                 r.syn_state = Some(SynState {
                     tcp_state: state,
