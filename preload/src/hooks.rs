@@ -137,7 +137,20 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
         let rt = &active.runtime;
         let verdict = rt.decide_connect(remote, t.facts);
-        let applied = rt.apply_connect(bfd, verdict);
+        let applied = match verdict {
+            // A tracked socket is the plain TCP socket the program opened (TCP first; the inode
+            // check above proves it is still that socket): for a TCP verdict there is nothing to
+            // carry out, only the count — this saves apply_connect's three getsockopt calls on
+            // every connection envoy-smc keeps on TCP.
+            Verdict::Tcp(reason) => {
+                rt.stats().inc_tcp(reason);
+                Applied {
+                    verdict,
+                    replaced: false,
+                }
+            }
+            Verdict::Smc { .. } => rt.apply_connect(bfd, verdict),
+        };
         let smc = after_decision(fd, &t, applied, "connect", Some(remote));
         // adaptive fallback: watch SMC connects for paths that drop SMC's SYNs (the watchdog
         // identifies the socket by its cookie and probes with raw system calls)

@@ -28,6 +28,7 @@ fn role_entry() {
         match role.as_str() {
             "hammer" => hammer_role(),
             "secure_probe" => secure_probe_role(),
+            "microbench" => microbench_role(),
             other => panic!("unknown role {other}"),
         }
     }
@@ -453,6 +454,62 @@ fn many_threads_at_once() {
     // the churn sockets that were duplicated: unbound, so settled as TCP at dup time
     assert_eq!(s.preload("dup_settled"), (threads * per / 2) as u64);
     srv.finish(T).assert_ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// per-call cost (preload/bench/hooks.sh runs this role with and without the library)
+
+/// Nanoseconds per call of the interposed functions, best of 5 batches of `MICRO_N` calls.
+fn microbench_role() {
+    let n: usize = std::env::var("MICRO_N").map_or(100_000, |v| v.parse().unwrap());
+    let best = |f: &mut dyn FnMut()| -> f64 {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..n {
+                    f();
+                }
+                t.elapsed().as_nanos() as f64 / n as f64
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    // SAFETY (all closures): plain syscalls on fds owned here.
+    let sock_close = best(&mut || unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        libc::close(fd);
+    });
+    let udp_close = best(&mut || unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        libc::close(fd);
+    });
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    // a socket the library decided about already (connected), like Envoy's established ones
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (ss, len) = sockaddr(l.local_addr().unwrap());
+    unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    let setsockopt = best(&mut || {
+        setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    });
+    let ep = Epoll::new();
+    let epoll = best(&mut || unsafe {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 1,
+        };
+        libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, fd, &mut ev);
+        libc::epoll_ctl(ep.0, libc::EPOLL_CTL_DEL, fd, &mut ev);
+    }) / 2.0;
+    let fcntl = best(&mut || unsafe {
+        libc::fcntl(fd, libc::F_GETFL);
+    });
+    let dup_close = best(&mut || unsafe {
+        libc::close(libc::dup(fd));
+    });
+    println!(
+        "RESULT socket_close_ns={sock_close:.0} udp_socket_close_ns={udp_close:.0} setsockopt_ns={setsockopt:.0} \
+         epoll_ctl_ns={epoll:.0} fcntl_ns={fcntl:.0} dup_close_ns={dup_close:.0}"
+    );
+    unsafe { libc::close(fd) };
 }
 
 // ---------------------------------------------------------------------------------------------
