@@ -66,16 +66,22 @@ pub fn render() -> String {
     out
 }
 
-static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// `ENVOY_SMC_STATS_FILE` as given (read once).
+static TEMPLATE: OnceLock<Option<String>> = OnceLock::new();
 
-fn path() -> Option<&'static PathBuf> {
-    PATH.get_or_init(|| {
-        let raw = std::env::var("ENVOY_SMC_STATS_FILE").ok()?;
-        let raw = raw.trim();
-        (!raw.is_empty())
-            .then(|| PathBuf::from(raw.replace("{pid}", &std::process::id().to_string())))
-    })
-    .as_ref()
+/// The stats file of this process: `{pid}` is expanded at every write, so a forked child that
+/// exits writes its own file, not its parent's.
+fn path() -> Option<PathBuf> {
+    let t = TEMPLATE
+        .get_or_init(|| {
+            let raw = std::env::var("ENVOY_SMC_STATS_FILE").ok()?;
+            let raw = raw.trim();
+            (!raw.is_empty()).then(|| raw.to_string())
+        })
+        .as_ref()?;
+    Some(PathBuf::from(
+        t.replace("{pid}", &std::process::id().to_string()),
+    ))
 }
 
 /// Writes the file atomically (temporary file + rename).
@@ -84,7 +90,7 @@ pub fn write_file() {
         return;
     };
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = std::fs::write(&tmp, render()).and_then(|()| std::fs::rename(&tmp, path));
+    let result = std::fs::write(&tmp, render()).and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = result {
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !WARNED.swap(true, Ordering::Relaxed) {

@@ -298,3 +298,58 @@ fn tcp_outcomes_keep_every_edge() {
     srv.assert_ok();
     assert_eq!(srv.stats().tcp("listener_not_selected"), 1);
 }
+
+/// Adaptive fallback through the library: a path that drops SYNs carrying SMC's TCP option
+/// (iptables `--tcp-option 254`, the middlebox problem) in front of a plain TCP server. The first
+/// SMC connect stalls; the watchdog sees it stuck in SYN_SENT, proves plain TCP works and holds
+/// the destination on TCP, so the next connections go out as plain TCP sockets and succeed.
+#[test]
+fn black_holed_path_falls_back_to_tcp() {
+    if !in_vm() {
+        return;
+    }
+    let port = 20200u16;
+    let rule = format!("INPUT -p tcp -d {SERVER_IP} --dport {port} --syn --tcp-option 254 -j DROP");
+    let ipt = |op: &str| {
+        std::process::Command::new("iptables-legacy")
+            .arg(op)
+            .args(rule.split_whitespace())
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(ipt("-A"), "iptables-legacy -A {rule} failed");
+    struct Undo<F: Fn(&str) -> bool>(F);
+    impl<F: Fn(&str) -> bool> Drop for Undo<F> {
+        fn drop(&mut self) {
+            (self.0)("-D");
+        }
+    }
+    let _undo = Undo(ipt);
+    let listen: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
+    let srv = server(None, listen, &[]);
+    let cfg = config(
+        "mode: IPPROTO_SMC\nopt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\n\
+         upstream: {allow_local: true}\nadaptive_fallback: {detect_after_ms: 1000, probe_timeout_ms: 1000}\n",
+    );
+    let out = client(
+        Some(&cfg),
+        listen,
+        3,
+        &[
+            ("ENVOY_SMC_TEST_SRC", CLIENT_IP),
+            ("ENVOY_SMC_TEST_CONNECT_TIMEOUT_MS", "5000"),
+        ],
+    );
+    out.assert_ok();
+    let c = conns(&out);
+    assert!(c[0].contains_key("error"), "the first SMC connect should stall: {:?}", c[0]);
+    for later in &c[1..] {
+        assert_eq!(later.get("kind_after").map(String::as_str), Some("TCP"), "{later:?}\n{}", out.describe());
+        assert_eq!(later.get("fin_edge").map(String::as_str), Some("true"), "{later:?}");
+    }
+    let s = out.stats();
+    assert_eq!(s.get("adaptive_black_hole_tripped"), 1, "{}", out.describe());
+    assert_eq!(s.tcp("black_hole_hold_down"), 2, "{}", out.describe());
+    srv.finish(T).assert_ok();
+}

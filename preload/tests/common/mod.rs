@@ -898,12 +898,12 @@ fn et_client_on(
     rep.fd_flags_kept = fl & libc::O_NONBLOCK != 0 && fdfl & libc::FD_CLOEXEC != 0;
     rep.inode = inode(fd);
 
-    let wait_for = |want: u32, what: &str| -> Result<u32, String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    let wait_for_within = |want: u32, what: &str, limit: Duration| -> Result<u32, String> {
+        let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("no {what} edge within 20 s"));
+                return Err(format!("no {what} edge within {limit:?}"));
             }
             for (ev, data) in ep.wait(left.as_millis().min(1000) as c_int) {
                 if data != tag {
@@ -916,7 +916,9 @@ fn et_client_on(
         }
     };
 
-    let ev = wait_for(libc::EPOLLOUT as u32, "connect (EPOLLOUT)")?;
+    let wait_for = |want: u32, what: &str| wait_for_within(want, what, Duration::from_secs(20));
+    let connect_limit = Duration::from_millis(env_or("ENVOY_SMC_TEST_CONNECT_TIMEOUT_MS", "20000").parse().unwrap());
+    let ev = wait_for_within(libc::EPOLLOUT as u32, "connect (EPOLLOUT)", connect_limit)?;
     let err = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR);
     if err != 0 || ev & libc::EPOLLERR as u32 != 0 {
         return Err(format!("connect failed: SO_ERROR {err}, events {ev:#x}"));
