@@ -79,23 +79,6 @@ fn body(f: impl FnOnce()) {
     unsafe { *libc::__errno_location() = errno };
 }
 
-#[cfg(test)]
-mod guard_tests {
-    use super::Reentry;
-
-    #[test]
-    fn the_guard_holds_until_dropped_and_nests_as_none() {
-        let outer = Reentry::enter().expect("first entry");
-        assert!(Reentry::enter().is_none());
-        assert!(
-            Reentry::enter().is_none(),
-            "a refused entry must not clear the guard"
-        );
-        drop(outer);
-        assert!(Reentry::enter().is_some());
-    }
-}
-
 fn is_ip_stream_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
     envoy_smc::smc::is_ip_stream(domain, ty, protocol)
 }
@@ -306,4 +289,21 @@ pub extern "C" fn envoy_smc_preload_state() -> c_int {
         return state::Off::InitFailed as c_int;
     }
     state::state_code()
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::Reentry;
+
+    #[test]
+    fn the_guard_holds_until_dropped_and_nests_as_none() {
+        let outer = Reentry::enter().expect("first entry");
+        assert!(Reentry::enter().is_none());
+        assert!(
+            Reentry::enter().is_none(),
+            "a refused entry must not clear the guard"
+        );
+        drop(outer);
+        assert!(Reentry::enter().is_some());
+    }
 }

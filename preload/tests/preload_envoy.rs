@@ -123,11 +123,14 @@ fn http_echo_role() {
     }
 }
 
+/// (start line, lower-cased headers, body).
+type HttpMessage = (String, Vec<(String, String)>, Vec<u8>);
+
 /// Reads one HTTP/1.1 message: (start line, lower-cased headers, body). `None` at EOF.
 fn read_http(
     r: &mut impl BufRead,
     _request: bool,
-) -> Option<(String, Vec<(String, String)>, Vec<u8>)> {
+) -> Option<HttpMessage> {
     let mut start = String::new();
     if r.read_line(&mut start).ok()? == 0 {
         return None;
