@@ -127,10 +127,7 @@ fn http_echo_role() {
 type HttpMessage = (String, Vec<(String, String)>, Vec<u8>);
 
 /// Reads one HTTP/1.1 message: (start line, lower-cased headers, body). `None` at EOF.
-fn read_http(
-    r: &mut impl BufRead,
-    _request: bool,
-) -> Option<HttpMessage> {
+fn read_http(r: &mut impl BufRead, _request: bool) -> Option<HttpMessage> {
     let mut start = String::new();
     if r.read_line(&mut start).ok()? == 0 {
         return None;
@@ -585,7 +582,11 @@ fn close_wait_among(of: Option<&[u64]>) -> usize {
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.get(3) == Some(&"08")
-                && of.is_none_or(|of| f.get(9).and_then(|i| i.parse().ok()).is_some_and(|i| of.contains(&i)))
+                && of.is_none_or(|of| {
+                    f.get(9)
+                        .and_then(|i| i.parse().ok())
+                        .is_some_and(|i| of.contains(&i))
+                })
         })
         .count()
 }
@@ -916,7 +917,8 @@ fn hundred_thousand_connections_through_the_client_envoy() {
         eprintln!("skipped: no Envoy binary");
         return;
     };
-    let n: usize = std::env::var("ENVOY_SMC_TEST_CONNECTIONS").map_or(100_000, |v| v.parse().unwrap());
+    let n: usize =
+        std::env::var("ENVOY_SMC_TEST_CONNECTIONS").map_or(100_000, |v| v.parse().unwrap());
     let ports = Ports::free();
     let cfg = smc_cfg("AUTO", ports.inbound);
     let dir = temp_path("envoy-100k");
@@ -961,7 +963,9 @@ fn hundred_thousand_connections_through_the_client_envoy() {
         back,
         "fds {fds0:?} -> {:?}; CLOSE-WAIT among Envoy's sockets: {}",
         (client.open_fds(), server.open_fds()),
-        close_wait_among(Some(&[client.socket_inodes(), server.socket_inodes()].concat()))
+        close_wait_among(Some(
+            &[client.socket_inodes(), server.socket_inodes()].concat()
+        ))
     );
     let cs = client.stop();
     let ss = server.stop();
@@ -976,7 +980,10 @@ fn hundred_thousand_connections_through_the_client_envoy() {
     assert!(cs.tcp("loopback") >= n as u64, "{cs:?}");
     assert_eq!(cs.tracked(), 0);
     assert_eq!(cs.preload("stale_fd") + ss.preload("stale_fd"), 0);
-    assert_eq!(cs.preload("internal_errors") + ss.preload("internal_errors"), 0);
+    assert_eq!(
+        cs.preload("internal_errors") + ss.preload("internal_errors"),
+        0
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -998,10 +1005,12 @@ fn rxe_packets() -> u64 {
     let mut total = 0;
     for dev in ["rxea", "rxeb"] {
         for c in ["sent_pkts", "rcvd_pkts"] {
-            total += std::fs::read_to_string(format!("/sys/class/infiniband/{dev}/ports/1/hw_counters/{c}"))
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
+            total += std::fs::read_to_string(format!(
+                "/sys/class/infiniband/{dev}/ports/1/hw_counters/{c}"
+            ))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
         }
     }
     total
@@ -1015,7 +1024,9 @@ fn rxe_packets() -> u64 {
 #[test]
 fn istio_shaped_inbound_redirect_over_smc_r() {
     if std::env::var("ENVOY_SMC_VM").as_deref() != Ok("1") {
-        eprintln!("skipped: needs the SMC-R test VM (ENVOY_SMC_VM=1); run preload/tests/vm.sh istio");
+        eprintln!(
+            "skipped: needs the SMC-R test VM (ENVOY_SMC_VM=1); run preload/tests/vm.sh istio"
+        );
         return;
     }
     let bin = envoy_bin().expect("no Envoy binary in the VM (set ENVOY_BIN)");
@@ -1034,7 +1045,9 @@ fn istio_shaped_inbound_redirect_over_smc_r() {
     impl Drop for Undo {
         fn drop(&mut self) {
             for r in &self.0 {
-                let _ = Command::new("iptables-legacy").args(r.replacen(" -A ", " -D ", 1).split_whitespace()).output();
+                let _ = Command::new("iptables-legacy")
+                    .args(r.replacen(" -A ", " -D ", 1).split_whitespace())
+                    .output();
             }
         }
     }
@@ -1070,19 +1083,31 @@ fn istio_shaped_inbound_redirect_over_smc_r() {
         let rxe0 = rxe_packets();
         let (ok, failed) = drive(ports.outbound, 50, 128, 4, false);
         let diag = smc_diag_dump().unwrap_or_default();
-        assert_eq!((ok, failed), (50, 0), "{what}\n{}\n{}", client.logs(), server.logs());
+        assert_eq!(
+            (ok, failed),
+            (50, 0),
+            "{what}\n{}\n{}",
+            client.logs(),
+            server.logs()
+        );
         let rq = server.stat(&format!("http.inbound_{app_port}.downstream_rq_2xx"));
-        assert_eq!(rq, 50, "{what}: requests through the {app_port} filter chain");
+        assert_eq!(
+            rq, 50,
+            "{what}: requests through the {app_port} filter chain"
+        );
         let inodes = client.socket_inodes();
         assert!(
-            diag.iter().any(|d| d.mode == 0 && d.state == 1 && inodes.contains(&d.inode)),
+            diag.iter()
+                .any(|d| d.mode == 0 && d.state == 1 && inodes.contains(&d.inode)),
             "{what}: no SMC-R connection held by the client Envoy: {diag:?}"
         );
         let rxe = rxe_packets() - rxe0;
         if rxe0 > 0 {
             assert!(rxe > 0, "{what}: the rxe devices carried nothing");
         }
-        eprintln!("ok: {what}: 50/50 requests via original_dst -> {app_port} chain, {rxe} RoCE packets");
+        eprintln!(
+            "ok: {what}: 50/50 requests via original_dst -> {app_port} chain, {rxe} RoCE packets"
+        );
         client.stop();
         server.stop();
         app.finish(T);

@@ -343,13 +343,31 @@ fn black_holed_path_falls_back_to_tcp() {
     );
     out.assert_ok();
     let c = conns(&out);
-    assert!(c[0].contains_key("error"), "the first SMC connect should stall: {:?}", c[0]);
+    assert!(
+        c[0].contains_key("error"),
+        "the first SMC connect should stall: {:?}",
+        c[0]
+    );
     for later in &c[1..] {
-        assert_eq!(later.get("kind_after").map(String::as_str), Some("TCP"), "{later:?}\n{}", out.describe());
-        assert_eq!(later.get("fin_edge").map(String::as_str), Some("true"), "{later:?}");
+        assert_eq!(
+            later.get("kind_after").map(String::as_str),
+            Some("TCP"),
+            "{later:?}\n{}",
+            out.describe()
+        );
+        assert_eq!(
+            later.get("fin_edge").map(String::as_str),
+            Some("true"),
+            "{later:?}"
+        );
     }
     let s = out.stats();
-    assert_eq!(s.get("adaptive_black_hole_tripped"), 1, "{}", out.describe());
+    assert_eq!(
+        s.get("adaptive_black_hole_tripped"),
+        1,
+        "{}",
+        out.describe()
+    );
     assert_eq!(s.tcp("black_hole_hold_down"), 2, "{}", out.describe());
     srv.finish(T).assert_ok();
 }

@@ -917,7 +917,11 @@ fn et_client_on(
     };
 
     let wait_for = |want: u32, what: &str| wait_for_within(want, what, Duration::from_secs(20));
-    let connect_limit = Duration::from_millis(env_or("ENVOY_SMC_TEST_CONNECT_TIMEOUT_MS", "20000").parse().unwrap());
+    let connect_limit = Duration::from_millis(
+        env_or("ENVOY_SMC_TEST_CONNECT_TIMEOUT_MS", "20000")
+            .parse()
+            .unwrap(),
+    );
     let ev = wait_for_within(libc::EPOLLOUT as u32, "connect (EPOLLOUT)", connect_limit)?;
     let err = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR);
     if err != 0 || ev & libc::EPOLLERR as u32 != 0 {
