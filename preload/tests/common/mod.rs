@@ -84,7 +84,7 @@ impl RoleCmd {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = self.cmd.spawn().expect("spawn role");
+        let child = spawn_retrying(&mut self.cmd);
         wait_output(child, timeout)
     }
 
@@ -94,7 +94,7 @@ impl RoleCmd {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = self.cmd.spawn().expect("spawn role");
+        let mut child = spawn_retrying(&mut self.cmd);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
@@ -1199,4 +1199,18 @@ pub fn run_common_role(role: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// Spawns `cmd`, retrying on ETXTBSY: a binary this test process just copied can still be open for
+/// writing in a child another test thread forked before that child's exec closed it.
+pub fn spawn_retrying(cmd: &mut Command) -> std::process::Child {
+    for _ in 0..100 {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("spawn role"),
+        }
+    }
+    cmd.spawn().expect("spawn role")
 }
