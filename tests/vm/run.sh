@@ -389,6 +389,11 @@ done
   printf 'VM_HOST_SHARED=%q\n' "$SHARED"
   printf 'VM_REPO=%q\n' "$REPO"
 } >"$CTL/config"
+# The shared directory is mounted on the VM's /tmp, over the host's /tmp: name the entries of the
+# host's /tmp the run needs (a checkout, cache or binary there), which the VM's init binds back.
+for p in "$REPO" "$PWD" "$CACHE" "$ENVOY_SMC_BIN"; do
+  case $p in /tmp/?*) r=${p#/tmp/}; echo "${r%%/*}" ;; esac
+done | sort -u >"$CTL/host-tmp"
 
 # ---------------------------------------------------------------------------------------------
 # boot
