@@ -51,6 +51,8 @@ step cargo-test cargo test --workspace --quiet
 step shim bash bazel/test/run.sh
 if [ "$run_vm" = 1 ]; then
   step vm bash tests/vm/suite.sh
+  # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
+  step demo bash scripts/demo.sh --check
 fi
 
 echo
