@@ -317,3 +317,41 @@ mod socket2_like {
         Pending { fd }
     }
 }
+
+/// A probe connection that connects and closes between two looks of the watchdog (100 ms) still
+/// counts as "the destination answers again" (found by the VM end-to-end test with HTTP/1.0
+/// backends, whose connections last ~50 ms).
+#[test]
+fn short_connections_to_a_held_destination_recover_it() {
+    let env = Environment {
+        kernel: Some(KernelSupport {
+            af_smc: true,
+            ipproto_smc: true,
+        }),
+        local_addrs: vec![],
+        annotations: vec![],
+    };
+    let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 1, max_hold_down_ms: 1000}";
+    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let d = server.local_addr().unwrap();
+    rt.hold_destination(d);
+    std::thread::sleep(Duration::from_millis(5));
+    for _ in 0..2 {
+        let c = socket2_like::connect_nonblocking(d);
+        rt.watch_connect(c.fd.as_fd(), d);
+        let (accepted, _) = server.accept().unwrap();
+        drop((accepted, c));
+    }
+    let t0 = Instant::now();
+    while rt.stats().get(Counter::BlackHoleRecovered) == 0 && t0.elapsed() < Duration::from_secs(3)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        rt.stats().get(Counter::BlackHoleRecovered),
+        1,
+        "recovered once, not per connection"
+    );
+    assert_eq!(rt.black_holes()[0].phase, Phase::Closed);
+}

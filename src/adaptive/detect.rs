@@ -20,11 +20,10 @@ const TCP_CLOSE: u8 = 7;
 /// Where a watched connect stands, from `TCP_INFO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectState {
+    /// Past the handshake: established, or already closing after it.
     Established,
     /// Still sending SYNs; `retransmits` of them were retried.
-    SynSent {
-        retransmits: u8,
-    },
+    SynSent { retransmits: u8 },
     /// Closed: not connecting yet (watched just before `connect()`), or failed.
     Closed,
     /// Anything else: nothing to learn.
@@ -60,7 +59,8 @@ pub fn tcp_info_state(fd: RawFd) -> io::Result<(u8, u8)> {
 pub fn connect_state(fd: RawFd) -> io::Result<ConnectState> {
     let (state, retransmits) = tcp_info_state(fd)?;
     Ok(match state {
-        TCP_ESTABLISHED => ConnectState::Established,
+        // ESTABLISHED, FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING: the connect got through.
+        TCP_ESTABLISHED | 4 | 5 | 6 | 8 | 9 | 11 => ConnectState::Established,
         TCP_SYN_SENT => ConnectState::SynSent { retransmits },
         TCP_CLOSE => ConnectState::Closed,
         _ => ConnectState::Other,

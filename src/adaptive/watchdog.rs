@@ -1,7 +1,8 @@
 //! The thread that watches SMC connects in flight and trips the breaker for black holes.
 //!
 //! Entry points register each SMC connect (fd, destination); every 100 ms the watchdog reads the
-//! socket's `TCP_INFO`. Established: a held destination has recovered. Still in SYN_SENT with
+//! socket's `TCP_INFO`. Past the handshake, or closed before a stall could show (a short
+//! connection between two looks): a held destination has recovered. Still in SYN_SENT with
 //! retried SYNs after `detect_after_ms`: a plain TCP connect to the same destination decides —
 //! it works, so SMC's SYNs are being dropped: trip; it fails too: the destination is down, and
 //! nothing trips. The fd is identified with its socket cookie, so a closed and reused fd number is
@@ -125,6 +126,14 @@ impl Drop for Watchdog {
     }
 }
 
+/// A watched connect to `dest` got through: if `dest` was held, it answers SMC again.
+fn recovered(shared: &Shared, dest: SocketAddr) {
+    if shared.breaker.recovered(dest, shared.breaker.now_ms()) {
+        shared.stats.inc(Counter::BlackHoleRecovered);
+        tracing::info!("envoy-smc: {dest} answers SMC again; back on SMC");
+    }
+}
+
 fn run(shared: &Shared) {
     let settings = *shared.breaker.settings();
     let detect_after = Duration::from_millis(u64::from(settings.detect_after_ms));
@@ -147,13 +156,17 @@ fn run(shared: &Shared) {
         };
         let mut done = Vec::new();
         for w in &batch {
-            let next = match (socket_cookie(w.fd) == Some(w.cookie), connect_state(w.fd)) {
+            let alive = socket_cookie(w.fd) == Some(w.cookie);
+            let next = match (alive, connect_state(w.fd)) {
+                // Closed between two looks and before a stall could show: a short connection
+                // that got through (a black-holed connect sits in SYN_SENT for seconds).
+                (false, _) if w.started.elapsed() < detect_after => {
+                    recovered(shared, w.dest);
+                    Next::Done
+                }
                 (false, _) | (_, Err(_)) => Next::Done,
                 (true, Ok(ConnectState::Established)) => {
-                    if shared.breaker.recovered(w.dest, shared.breaker.now_ms()) {
-                        shared.stats.inc(Counter::BlackHoleRecovered);
-                        tracing::info!("envoy-smc: {} answers SMC again; back on SMC", w.dest);
-                    }
+                    recovered(shared, w.dest);
                     Next::Done
                 }
                 (true, Ok(ConnectState::SynSent { retransmits }))
