@@ -173,12 +173,13 @@ ECHO_IN=$TMP/bench-echo.$$
 mkfifo "$ECHO_IN" || die "mkfifo"
 "$BENCH_ECHO" 127.0.0.1 "$BENCH_APP_PORT" <"$ECHO_IN" >"$D/echo.log" 2>&1 &
 PIDS+=("$!")
-exec {ECHO_FD}>"$ECHO_IN"   # the app exits when this script's end closes it
+# shellcheck disable=SC2034  # held open: the app exits when this script's end closes it
+exec {ECHO_FD}>"$ECHO_IN"
 
 # the Envoys: all servers first (in parallel), then all clients
 declare -A CLIENT_ADMIN SERVER_ADMIN OUTBOUND SMC
 for p in "${PAIRS[@]}"; do
-  CLIENT_ADMIN_PORT= SERVER_ADMIN_PORT= OUTBOUND_PORT= SMC_CONFIG=
+  CLIENT_ADMIN_PORT='' SERVER_ADMIN_PORT='' OUTBOUND_PORT='' SMC_CONFIG=
   # shellcheck disable=SC1090
   . "$CFG/$p.env"
   CLIENT_ADMIN[$p]=$CLIENT_ADMIN_PORT SERVER_ADMIN[$p]=$SERVER_ADMIN_PORT

@@ -518,20 +518,25 @@ def main():
                 "request" if phase == "keepalive" else "connection", agg["plain"]["envoy_cpu_us_per_request"],
                 agg["preload"]["envoy_cpu_us_per_request"], cpu_r, unit))
             if phase == "keepalive":
+                # judged on the median of the per-round (paired, interleaved) ratios: one round hit
+                # by a burst of other load moves the total, not the median
+                judged = block["qps_ratio_median_of_rounds"] if len(per_round) >= 3 else rq
                 block["target"] = QPS_TARGET
-                block["meets_target"] = rq is not None and rq >= QPS_TARGET
-                P("  QPS ratio %.3f (median of rounds %.3f): target >= %.2f %s" % (
-                    rq, block["qps_ratio_median_of_rounds"] or 0, QPS_TARGET, "met" if block["meets_target"] else "NOT met"))
+                block["target_judged_on"] = "median of per-round ratios" if len(per_round) >= 3 else "total"
+                block["meets_target"] = judged is not None and judged >= QPS_TARGET
+                P("  QPS ratio: median of rounds %.4f, total %.4f: target >= %.2f (on the %s) %s" % (
+                    block["qps_ratio_median_of_rounds"] or 0, rq, QPS_TARGET, block["target_judged_on"],
+                    "met" if block["meets_target"] else "NOT met"))
                 if not block["meets_target"]:
-                    misses.append("plain-kernel QPS ratio %.3f < %.2f" % (rq, QPS_TARGET))
+                    misses.append("plain-kernel QPS ratio %.4f < %.2f" % (judged, QPS_TARGET))
                 panels.append(("Plain kernel: stock Envoy vs preload (TCP)", [
                     ("stock Envoy: %.0f QPS" % agg["plain"]["qps"], "#1f77b4", agg["plain"]["distribution_ms"],
                      [(pc, agg["plain"]["latency_ms"][k]) for k, pc in PCTS]),
                     ("Envoy + preload: %.0f QPS" % agg["preload"]["qps"], "#2ca02c", agg["preload"]["distribution_ms"],
                      [(pc, agg["preload"]["latency_ms"][k]) for k, pc in PCTS]),
                 ]))
-                summary.append("host qps ratio %.3f (target %.2f %s), cpu/request ratio %s" % (
-                    rq, QPS_TARGET, "met" if block["meets_target"] else "NOT met", cpu_r))
+                summary.append("host qps ratio %.4f (median of %d rounds; total %.4f; target %.2f %s), cpu/request ratio %s" % (
+                    judged, len(per_round), rq, QPS_TARGET, "met" if block["meets_target"] else "NOT met", cpu_r))
             else:
                 cost = None
                 if agg["plain"]["qps"] and agg["preload"]["qps"]:

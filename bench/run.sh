@@ -308,9 +308,11 @@ echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta.txt"
 echo "elapsed_s=$(($(date +%s) - T0))" >>"$RUN/meta.txt"
 echo "vm_rc=$VM_RC" >>"$RUN/meta.txt"
 echo "host_rc=$HOST_RC" >>"$RUN/meta.txt"
+report_args=()
+[ "$STRICT" = 0 ] || report_args+=(--strict)
 set +e
 python3 "$REPO/bench/report.py" "$RUN" --json "$RESULTS/$STAMP.json" --svg "$RESULTS/$STAMP-latency.svg" \
-  $([ "$STRICT" = 1 ] && echo --strict)
+  "${report_args[@]}"
 RC=$?
 set -e
 ln -sfn "$STAMP.json" "$RESULTS/latest.json"
