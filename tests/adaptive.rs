@@ -239,37 +239,6 @@ fn watchdog_trips_when_the_stalled_path_answers_plain_tcp_full_queue_stands_in_f
         (proven, Phase::Open)
     );
     assert_eq!(rt.stats().get(Counter::ConnectsWatched), 1);
-    // The stalled connect itself is cut short: it fails at its next SYN retry (about 3 s after it
-    // began), not after the kernel's two minutes, so the application retries early.
-    let mut pfd = libc::pollfd {
-        fd: pending.fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, 4000) };
-    let failed_after = t0.elapsed();
-    assert_eq!(
-        n, 1,
-        "the stalled connect was not cut short within 4 s of the trip"
-    );
-    let mut err: libc::c_int = 0;
-    let mut len = 4 as libc::socklen_t;
-    // SAFETY: SO_ERROR into a valid int.
-    unsafe {
-        libc::getsockopt(
-            pending.fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(err, libc::ETIMEDOUT, "after {failed_after:?}");
-    assert!(
-        failed_after < Duration::from_secs(5),
-        "cut after {failed_after:?}"
-    );
 }
 
 #[test]

@@ -126,34 +126,6 @@ impl Drop for Watchdog {
     }
 }
 
-/// Makes the stalled SMC connect give up at its next SYN retry (about 3 s after it began)
-/// instead of at the application's connect timeout: the application then sees a connect failure
-/// early and retries, and its next connect is held on TCP. `TCP_SYNCNT` reaches the SMC socket's
-/// internal TCP socket. The cookie is checked just before, so a closed and reused fd number is
-/// left alone (the window between the two calls is a few instructions).
-fn cut_short(fd: RawFd, cookie: u64) {
-    if socket_cookie(fd) != Some(cookie) {
-        return;
-    }
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a valid int buffer on an fd just checked to be the watched socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_SYNCNT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(
-            "envoy-smc: TCP_SYNCNT on fd {fd}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// A watched connect to `dest` got through: if `dest` was held, it answers SMC again.
 fn recovered(shared: &Shared, dest: SocketAddr) {
     if shared.breaker.recovered(dest, shared.breaker.now_ms()) {
@@ -222,7 +194,6 @@ fn run(shared: &Shared) {
                     done.push((w.fd, w.cookie));
                     if tcp_probe(w.dest, probe_timeout) == ProbeOutcome::Connected {
                         let hold = shared.breaker.trip(w.dest, shared.breaker.now_ms());
-                        cut_short(w.fd, w.cookie);
                         shared.stats.inc(Counter::BlackHoleTripped);
                         tracing::warn!(
                             "envoy-smc: {} drops SYNs carrying SMC's TCP option while plain TCP works; TCP for {} s",
