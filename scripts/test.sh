@@ -53,7 +53,11 @@ if [ "$run_vm" = 1 ]; then
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
   step demo bash scripts/demo.sh --check
+  # The load comparison's short profile (SMC off/on through two Envoys in the VM, and the preload
+  # library's overhead on this kernel); the full profile is `bench/run.sh` by hand.
+  step bench bash bench/run.sh --short
 fi
+# By hand (about 1.5 min; not a gate, see docs/operations.md): tests/vm/adaptive-e2e.sh
 
 echo
 [ ${#steps_failed[@]} -gt 0 ] && echo "failed steps: ${steps_failed[*]}"
