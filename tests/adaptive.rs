@@ -1,6 +1,8 @@
 //! Adaptive fallback: the breaker's state machine, its behaviour under many threads, and the
 //! watchdog on real sockets.
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -284,9 +286,6 @@ mod socket2_like {
 
     /// A non-blocking TCP connect left in flight.
     pub fn connect_nonblocking(to: SocketAddr) -> Pending {
-        let SocketAddr::V4(v4) = to else {
-            panic!("v4 only")
-        };
         // SAFETY: socket(2) with constant arguments; the fd is owned at once.
         let fd = unsafe {
             OwnedFd::from_raw_fd(libc::socket(
@@ -295,14 +294,7 @@ mod socket2_like {
                 0,
             ))
         };
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
+        let sin = super::common::sockaddr_in(to);
         // SAFETY: valid fd and sockaddr_in.
         let rc = unsafe {
             libc::connect(

@@ -1,5 +1,7 @@
 //! Many threads deciding at once: counters exact, no fd left open.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,20 +20,6 @@ const PER_THREAD: usize = 10_000;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn sockaddr(addr: SocketAddr) -> libc::sockaddr_in {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("v4 only")
-    };
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    }
 }
 
 /// Through the C ABI, as Envoy's worker threads would call it: real sockets, decide + apply.
@@ -63,7 +51,7 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                 let rtp = Arc::as_ptr(&rt) as *const envoy_smc_runtime;
                 for i in 0..PER_THREAD {
                     let which = (i + t) % 4;
-                    let sin = sockaddr(dests[which]);
+                    let sin = common::sockaddr_in(dests[which]);
                     let mut state = envoy_smc_socket_state::default();
                     // SAFETY: valid runtime pointer (kept alive by `rt`), valid sockaddr and state.
                     let fd = unsafe {

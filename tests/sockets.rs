@@ -2,8 +2,10 @@
 //! /proc/net/protocols), so every socket is TCP with the reason "kernel lacks SMC" and data flows;
 //! the socket replacement is exercised TCP -> TCP, which needs no SMC.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use envoy_smc::policy::{SocketFacts, TcpReason, Verdict};
@@ -119,15 +121,7 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
     // The socket still connects and carries data.
     let mut stream = TcpStream::from(fd);
     let addr = server.local_addr().unwrap();
-    // SAFETY: sockaddr_in built from a valid IPv4 address.
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let sin = common::sockaddr_in(SocketAddr::from(([127, 0, 0, 1], addr.port())));
     // SAFETY: the fd is open and sin is a valid sockaddr_in.
     let rc = unsafe {
         libc::connect(
@@ -199,14 +193,7 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     setint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
     setint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
     let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let sin = common::sockaddr_in(bound);
     // SAFETY: fd is open, sin is a valid sockaddr_in.
     assert_eq!(
         unsafe {
