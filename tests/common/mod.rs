@@ -16,4 +16,3 @@ pub fn sockaddr_in(addr: SocketAddr) -> libc::sockaddr_in {
         sin_zero: [0; 8],
     }
 }
-
