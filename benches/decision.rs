@@ -25,10 +25,7 @@ fn runtime(rules: usize) -> Runtime {
         deny.join(",")
     );
     let env = Environment {
-        kernel: Some(KernelSupport {
-            af_smc: true,
-            ipproto_smc: true,
-        }),
+        kernel: Some(KernelSupport::BOTH),
         local_addrs: vec![IpAddr::V4(Ipv4Addr::new(10, 3, 3, 3))],
         annotations: vec![],
     };

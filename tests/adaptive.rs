@@ -165,14 +165,7 @@ fn concurrent_probes_admit_exactly_one() {
 }
 
 fn runtime() -> Runtime {
-    let env = Environment {
-        kernel: Some(KernelSupport {
-            af_smc: true,
-            ipproto_smc: true,
-        }),
-        local_addrs: vec![],
-        annotations: vec![],
-    };
+    let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 60000}";
     Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap()
 }
@@ -315,14 +308,7 @@ mod socket2_like {
 /// backends, whose connections last ~50 ms).
 #[test]
 fn short_connections_to_a_held_destination_recover_it() {
-    let env = Environment {
-        kernel: Some(KernelSupport {
-            af_smc: true,
-            ipproto_smc: true,
-        }),
-        local_addrs: vec![],
-        annotations: vec![],
-    };
+    let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 1, max_hold_down_ms: 1000}";
     let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap();
     let server = TcpListener::bind("127.0.0.1:0").unwrap();

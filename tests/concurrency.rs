@@ -27,14 +27,7 @@ fn open_fds() -> usize {
 fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
     // The kernel is claimed to have SMC so that every rule is exercised; where it really lacks SMC,
     // the SMC verdicts end as replace_failed (still counted exactly, still a working TCP socket).
-    let env = Environment {
-        kernel: Some(KernelSupport {
-            af_smc: true,
-            ipproto_smc: true,
-        }),
-        local_addrs: vec![],
-        annotations: vec![],
-    };
+    let env = Environment::assuming(KernelSupport::BOTH);
     let cfg = config::from_yaml("opt_in: {all_workloads: true}\nupstream: {allow: [\"10.0.0.0/8\"], deny: [\"10.96.0.0/12\"]}").unwrap();
     let rt = Arc::new(Runtime::new(&cfg, &env).unwrap());
     let before = open_fds();
@@ -121,14 +114,7 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
 /// Through the Rust API while the configuration is swapped underneath.
 #[test]
 fn decisions_stay_consistent_while_the_config_is_swapped() {
-    let env = Environment {
-        kernel: Some(KernelSupport {
-            af_smc: true,
-            ipproto_smc: true,
-        }),
-        local_addrs: vec![],
-        annotations: vec![],
-    };
+    let env = Environment::assuming(KernelSupport::BOTH);
     let on =
         config::from_yaml("opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}").unwrap();
     let off = config::from_yaml("mode: OFF").unwrap();

@@ -603,10 +603,7 @@ fn apply(sample: &mut Sample, patches: &[Json], node_metadata: &Json, what: &str
 
 fn policy_for(config: &envoy_smc::SmcConfig) -> Policy {
     let env = Environment {
-        kernel: Some(KernelSupport {
-            af_smc: true,
-            ipproto_smc: true,
-        }),
+        kernel: Some(KernelSupport::BOTH),
         local_addrs: vec!["10.1.2.3".parse().unwrap()],
         annotations: vec![("smc.asm.alibabacloud.com/enabled".into(), "true".into())],
     };
@@ -1466,10 +1463,7 @@ fn demo_configs_policy() {
         panic!("envoy-config/envoy/smc-preload.yaml");
     };
     let env = Environment {
-        kernel: Some(KernelSupport {
-            af_smc: true,
-            ipproto_smc: true,
-        }),
+        kernel: Some(KernelSupport::BOTH),
         local_addrs: vec!["10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap()],
         annotations: Vec::new(),
     };

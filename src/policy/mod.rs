@@ -90,6 +90,16 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// A host whose kernel is `kernel`, with no local addresses and no annotations (tests, and
+    /// asking the policy what it would decide on another kernel).
+    pub fn assuming(kernel: KernelSupport) -> Environment {
+        Environment {
+            kernel: Some(kernel),
+            local_addrs: Vec::new(),
+            annotations: Vec::new(),
+        }
+    }
+
     /// The running host: kernel probed once, local addresses read now.
     pub fn of_this_host() -> Environment {
         Environment {

@@ -14,6 +14,12 @@ pub struct KernelSupport {
 }
 
 impl KernelSupport {
+    /// A kernel with both flavours (Linux >= 6.11 with SMC), for tests and what-if policies.
+    pub const BOTH: KernelSupport = KernelSupport {
+        af_smc: true,
+        ipproto_smc: true,
+    };
+
     /// Probes the kernel once per process and remembers the answer.
     pub fn probe() -> KernelSupport {
         static PROBED: OnceLock<KernelSupport> = OnceLock::new();
