@@ -56,8 +56,9 @@ if [ "$run_vm" = 1 ]; then
   # The load comparison's short profile (SMC off/on through two Envoys in the VM, and the preload
   # library's overhead on this kernel); the full profile is `bench/run.sh` by hand.
   step bench bash bench/run.sh --short
+  # Adaptive fallback end to end: a stock Envoy pair, a path dropping SMC's SYNs (about 1 min).
+  step adaptive bash tests/vm/adaptive-e2e.sh
 fi
-# By hand (about 1.5 min; not a gate, see docs/operations.md): tests/vm/adaptive-e2e.sh
 
 echo
 [ ${#steps_failed[@]} -gt 0 ] && echo "failed steps: ${steps_failed[*]}"

@@ -5,11 +5,11 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
-use crate::adaptive::{Admission, Breaker, Entry, Watchdog};
+use crate::adaptive::{Admission, Breaker, Entry, Rescuer, Watchdog};
 use crate::config::{self, AdaptiveSettings, ConfigError, SmcConfig};
 use crate::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
 use crate::smc::{self, SocketKind};
@@ -32,13 +32,18 @@ struct Adaptive {
 }
 
 impl Adaptive {
-    fn new(settings: AdaptiveSettings, stats: &Arc<Stats>) -> Option<Arc<Adaptive>> {
+    fn new(
+        settings: AdaptiveSettings,
+        stats: &Arc<Stats>,
+        rescuer: Option<Arc<dyn Rescuer>>,
+    ) -> Option<Arc<Adaptive>> {
         settings.enabled.then(|| {
             let breaker = Arc::new(Breaker::new(settings));
-            Arc::new(Adaptive {
-                watchdog: Watchdog::new(Arc::clone(&breaker), Arc::clone(stats)),
-                breaker,
-            })
+            let watchdog = Watchdog::new(Arc::clone(&breaker), Arc::clone(stats));
+            if let Some(r) = rescuer {
+                watchdog.set_rescuer(r);
+            }
+            Arc::new(Adaptive { watchdog, breaker })
         })
     }
 }
@@ -47,6 +52,8 @@ impl Adaptive {
 pub struct Runtime {
     policy: ArcSwap<Policy>,
     adaptive: ArcSwapOption<Adaptive>,
+    /// The entry point's rescuer, kept for the watchdog of a later configuration.
+    rescuer: Mutex<Option<Arc<dyn Rescuer>>>,
     stats: Arc<Stats>,
     warned_reuse_port: AtomicBool,
     warned_replace: AtomicBool,
@@ -71,7 +78,9 @@ impl Runtime {
             adaptive: ArcSwapOption::new(Adaptive::new(
                 AdaptiveSettings::from_config(config),
                 &stats,
+                None,
             )),
+            rescuer: Mutex::new(None),
             stats,
             warned_reuse_port: AtomicBool::new(false),
             warned_replace: AtomicBool::new(false),
@@ -91,7 +100,9 @@ impl Runtime {
         let current = self.adaptive.load().as_ref().map(|a| *a.breaker.settings());
         // Remembered destinations survive a swap unless the adaptive settings changed.
         if current != Some(settings).filter(|s| s.enabled) {
-            self.adaptive.store(Adaptive::new(settings, &self.stats));
+            let rescuer = self.rescuer.lock().ok().and_then(|r| r.clone());
+            self.adaptive
+                .store(Adaptive::new(settings, &self.stats, rescuer));
         }
         self.policy.store(Arc::new(policy));
         Ok(())
@@ -183,7 +194,30 @@ impl Runtime {
     /// SYNs is noticed (adaptive fallback). Call it after an SMC verdict was carried out.
     pub fn watch_connect(&self, fd: BorrowedFd<'_>, remote: SocketAddr) {
         if let Some(adaptive) = self.adaptive.load().as_ref() {
-            adaptive.watchdog.watch(fd.as_raw_fd(), remote);
+            adaptive.watchdog.watch(fd.as_raw_fd(), remote, false);
+        }
+    }
+
+    /// Watches an SMC socket about to connect to `remote`, like [`Runtime::watch_connect`], for
+    /// an entry point that can rescue it in flight (it installed a rescuer with
+    /// [`Runtime::set_rescuer`]). Returns the socket's cookie when the connect is watched: the
+    /// entry point then keeps what a rescue needs until the rescuer's `rescue` or `release`.
+    pub fn watch_rescuable_connect(&self, fd: BorrowedFd<'_>, remote: SocketAddr) -> Option<u64> {
+        let adaptive = self.adaptive.load();
+        adaptive
+            .as_ref()?
+            .watchdog
+            .watch(fd.as_raw_fd(), remote, true)
+    }
+
+    /// Installs the entry point's rescuer: connects watched with
+    /// [`Runtime::watch_rescuable_connect`] that hit a proven black hole are handed to it.
+    pub fn set_rescuer(&self, rescuer: Arc<dyn Rescuer>) {
+        if let Ok(mut r) = self.rescuer.lock() {
+            *r = Some(Arc::clone(&rescuer));
+        }
+        if let Some(a) = self.adaptive.load().as_ref() {
+            a.watchdog.set_rescuer(rescuer);
         }
     }
 

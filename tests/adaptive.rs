@@ -3,15 +3,19 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use envoy_smc::adaptive::{Admission, Breaker, Phase};
+use envoy_smc::adaptive::detect::socket_cookie;
+use envoy_smc::adaptive::publish;
+use envoy_smc::adaptive::{Admission, Breaker, Phase, Rescuer, WatchedConnect};
 use envoy_smc::config::{self, AdaptiveSettings};
 use envoy_smc::policy::{Environment, TcpReason, Verdict};
-use envoy_smc::smc::KernelSupport;
+use envoy_smc::smc::{reconnect_tcp, KernelSupport};
 use envoy_smc::stats::Counter;
 use envoy_smc::Runtime;
 
@@ -80,6 +84,39 @@ fn hold_down_grows_on_repeat_offences_up_to_the_cap_and_resets_after_a_clean_per
     // Clean for longer than the longest hold-down: a new offence starts over.
     assert_eq!(b.trip(d, 13_000 + 5001), Duration::from_millis(1000));
     assert_eq!(b.held(), 1);
+}
+
+#[test]
+fn connects_that_stall_in_one_episode_are_one_offence() {
+    let b = Breaker::new(settings(1000, 8000, 64));
+    let d = dest(11);
+    assert_eq!(b.trip(d, 0), Duration::from_millis(1000));
+    // Other connects opened before the trip stall and are proven too: no new strike.
+    assert_eq!(b.trip(d, 300), Duration::from_millis(700));
+    assert_eq!(b.trip(d, 900), Duration::from_millis(100));
+    assert_eq!(b.entries()[0].strikes, 1);
+    assert_eq!(b.held(), 1);
+    assert_eq!(b.admit(d, 1000), Admission::Probe);
+    // The probe itself stalls: that is a repeat offence.
+    assert_eq!(b.trip(d, 1500), Duration::from_millis(2000));
+    assert_eq!(b.entries()[0].strikes, 2);
+}
+
+#[test]
+fn every_state_change_is_counted_for_the_publisher() {
+    let b = Breaker::new(settings(1000, 8000, 64));
+    let d = dest(12);
+    let c0 = b.changes();
+    b.trip(d, 0);
+    let c1 = b.changes();
+    assert!(c1 > c0);
+    assert_eq!(b.admit(d, 10), Admission::Hold);
+    assert_eq!(b.changes(), c1, "a held connect changes nothing");
+    assert_eq!(b.admit(d, 1000), Admission::Probe);
+    let c2 = b.changes();
+    assert!(c2 > c1);
+    assert!(b.recovered(d, 1100));
+    assert!(b.changes() > c2);
 }
 
 #[test]
@@ -234,6 +271,67 @@ fn watchdog_trips_when_the_stalled_path_answers_plain_tcp_full_queue_stands_in_f
         (proven, Phase::Open)
     );
     assert_eq!(rt.stats().get(Counter::ConnectsWatched), 1);
+    // The watchdog published the table for `envoy-smc status` (other tests of this process may
+    // have added their own destinations to the same file).
+    let t0 = Instant::now();
+    let mine = loop {
+        let tables = publish::read_tables(&publish::state_dir(), Path::new("/proc"));
+        let mine = tables.into_iter().find(|t| t.pid == std::process::id());
+        if mine
+            .as_ref()
+            .is_some_and(|t| t.destinations.iter().any(|d| d.destination == proven))
+            || t0.elapsed() > Duration::from_secs(2)
+        {
+            break mine;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mine = mine.expect("this process's table in the state dir");
+    let d = mine
+        .destinations
+        .iter()
+        .find(|d| d.destination == proven)
+        .expect("the tripped destination is published");
+    assert_eq!((d.state.as_str(), d.strikes), ("held", 1));
+    let hold = d.next_retry_unix_ms.unwrap() - d.since_unix_ms;
+    assert!((59_000..=60_100).contains(&hold), "hold-down {hold} ms");
+}
+
+#[test]
+fn published_tables_of_gone_processes_are_skipped() {
+    let dir = std::env::temp_dir().join(format!("envoy-smc-publish-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let b = Breaker::new(settings(1000, 8000, 64));
+    b.trip(dest(1), b.now_ms());
+    b.trip(dest(2), b.now_ms());
+    assert_eq!(b.admit(dest(2), b.now_ms() + 1000), Admission::Probe);
+    publish::write_table(&b, &dir).unwrap();
+    // A table left behind by a process that is gone (its pid now has another start time).
+    let mut stale = publish::read_tables(&dir, Path::new("/proc")).remove(0);
+    stale.start_time += 1;
+    stale.pid = 1;
+    std::fs::write(dir.join("1.json"), serde_json::to_vec(&stale).unwrap()).unwrap();
+    std::fs::write(dir.join("2.json"), b"not json").unwrap();
+    let tables = publish::read_tables(&dir, Path::new("/proc"));
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    let t = &tables[0];
+    assert_eq!(t.pid, std::process::id());
+    let states: Vec<_> = t
+        .destinations
+        .iter()
+        .map(|d| {
+            (
+                d.destination,
+                d.state.as_str(),
+                d.next_retry_unix_ms.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![(dest(1), "held", true), (dest(2), "probing", false)]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -267,6 +365,170 @@ fn watchdog_forgets_connects_that_complete_or_close() {
         "a closed fd is never probed"
     );
     assert_eq!(rt.stats().get(Counter::ConnectsWatched), 2);
+}
+
+/// The entry point's half, as the preload library does it (minus the bookkeeping): move the
+/// connect to TCP under the same fd and add it to the program's epoll instance again.
+struct EpollRescuer {
+    epfd: RawFd,
+    rescued: Mutex<Vec<WatchedConnect>>,
+    released: Mutex<Vec<WatchedConnect>>,
+}
+
+impl Rescuer for EpollRescuer {
+    fn rescue(&self, c: &WatchedConnect) -> bool {
+        // SAFETY: the test keeps the watched socket open until it has seen the rescue.
+        let fd = unsafe { BorrowedFd::borrow_raw(c.fd) };
+        if reconnect_tcp(fd, c.dest, None, |_| {}).is_err() {
+            return false;
+        }
+        epoll_add(self.epfd, c.fd);
+        self.rescued.lock().unwrap().push(*c);
+        true
+    }
+
+    fn release(&self, c: &WatchedConnect) {
+        self.released.lock().unwrap().push(*c);
+    }
+}
+
+fn epoll_add(epfd: RawFd, fd: RawFd) {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLOUT | libc::EPOLLET) as u32,
+        u64: fd as u64,
+    };
+    // SAFETY: valid epoll fd, socket fd and event.
+    assert_eq!(
+        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) },
+        0
+    );
+}
+
+/// fds that epoll reports writable within `timeout`.
+fn writable_within(epfd: RawFd, timeout: Duration) -> Vec<RawFd> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
+    // SAFETY: events has room for 8 entries.
+    let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), 8, timeout.as_millis() as i32) };
+    events[..n.max(0) as usize]
+        .iter()
+        .filter(|e| e.events & libc::EPOLLOUT as u32 != 0)
+        .map(|e| e.u64 as RawFd)
+        .collect()
+}
+
+fn so_error(fd: RawFd) -> i32 {
+    let mut err: i32 = -1;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: err is a writable int and len says so.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    err
+}
+
+/// Two connects stuck behind the same (stand-in) black hole: one trip, both moved to TCP under
+/// their fd numbers; the program's epoll sees each connect complete and data reaches the
+/// destination. A connect that gets through is released, never rescued.
+#[test]
+fn stuck_connects_are_rescued_under_the_same_fd_full_queue_stands_in_for_the_middlebox() {
+    let rt = runtime();
+    // SAFETY: epoll_create1 with a constant flag; closed at the end of the test.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epfd >= 0);
+    let rescuer = Arc::new(EpollRescuer {
+        epfd,
+        rescued: Mutex::new(Vec::new()),
+        released: Mutex::new(Vec::new()),
+    });
+    rt.set_rescuer(rescuer.clone());
+    let working = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proven = working.local_addr().unwrap();
+    let (_f1, _filler1, stuck1) = stalled_connect();
+    let (_f2, _filler2, stuck2) = stalled_connect();
+    let fine = socket2_like::connect_nonblocking(proven);
+    let mut cookies = Vec::new();
+    for p in [&stuck1, &stuck2, &fine] {
+        epoll_add(epfd, p.fd.as_raw_fd());
+        cookies.push(rt.watch_rescuable_connect(p.fd.as_fd(), proven).unwrap());
+    }
+    // `fine` connects at once; the stuck ones must not be writable before the rescue.
+    assert_eq!(
+        writable_within(epfd, Duration::from_millis(500)),
+        vec![fine.fd.as_raw_fd()]
+    );
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 2 && t0.elapsed() < Duration::from_secs(5) {
+        seen.extend(writable_within(epfd, Duration::from_millis(200)));
+    }
+    let took = t0.elapsed();
+    seen.sort();
+    let mut want = vec![stuck1.fd.as_raw_fd(), stuck2.fd.as_raw_fd()];
+    want.sort();
+    assert_eq!(seen, want, "both stuck connects complete after {took:?}");
+    assert!(took < Duration::from_secs(3), "rescued after {took:?}");
+    for (p, cookie) in [(&stuck1, cookies[0]), (&stuck2, cookies[1])] {
+        let fd = p.fd.as_raw_fd();
+        assert_eq!(so_error(fd), 0);
+        assert_ne!(
+            socket_cookie(fd),
+            Some(cookie),
+            "a new socket under fd {fd}"
+        );
+        let mut s = std::net::TcpStream::from(p.fd.try_clone().unwrap());
+        s.write_all(b"ping").unwrap();
+    }
+    // The listener got the working connect, the watchdog's probe and the two rescued ones; the
+    // data arrived on the rescued ones.
+    let mut got = 0;
+    for _ in 0..4 {
+        let (mut a, _) = working.accept().unwrap();
+        a.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        if a.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"ping");
+            got += 1;
+        }
+    }
+    assert_eq!(got, 2);
+    assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 1, "one episode");
+    assert_eq!(rt.stats().get(Counter::BlackHoleRescued), 2);
+    assert_eq!(rt.stats().get(Counter::BlackHoleRescueFailed), 0);
+    assert_eq!(rescuer.rescued.lock().unwrap().len(), 2);
+    let released = rescuer.released.lock().unwrap().clone();
+    assert_eq!(
+        released.iter().map(|c| c.cookie).collect::<Vec<_>>(),
+        vec![cookies[2]],
+        "the connect that got through is released"
+    );
+    // SAFETY: epfd is ours.
+    unsafe { libc::close(epfd) };
+}
+
+/// A stuck connect watched without a rescuer (the native extension's connects) is counted as
+/// not rescued; it ends at the program's connect timeout.
+#[test]
+fn a_stuck_connect_nobody_can_rescue_is_counted() {
+    let rt = runtime();
+    let working = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_full, _filler, stuck) = stalled_connect();
+    rt.watch_connect(stuck.fd.as_fd(), working.local_addr().unwrap());
+    let t0 = Instant::now();
+    while rt.stats().get(Counter::BlackHoleRescueFailed) == 0
+        && t0.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 1);
+    assert_eq!(rt.stats().get(Counter::BlackHoleRescueFailed), 1);
+    assert_eq!(rt.stats().get(Counter::BlackHoleRescued), 0);
 }
 
 mod socket2_like {

@@ -142,6 +142,63 @@ fn status_says_smc_diag_is_unavailable() {
     assert!(t.lines().any(|l| l == "envoy_smc_diag_up 0"), "{t}");
 }
 
+/// `status` lists the destinations a proxy holds on TCP (adaptive fallback) from the tables
+/// processes publish, also where smc_diag is missing. This test process publishes a table of its
+/// own (it is alive, so the table counts); a table of a process that is gone is left out.
+#[test]
+fn status_lists_destinations_held_on_tcp() {
+    use envoy_smc::adaptive::{publish, Breaker};
+    use envoy_smc::config::AdaptiveSettings;
+    let dir = std::env::temp_dir().join(format!("envoy-smc-status-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let b = Breaker::new(AdaptiveSettings {
+        enabled: true,
+        detect_after_ms: 1000,
+        probe_timeout_ms: 1000,
+        hold_down_ms: 30_000,
+        max_hold_down_ms: 600_000,
+        max_destinations: 16,
+    });
+    let held: std::net::SocketAddr = "10.9.0.2:9001".parse().unwrap();
+    b.trip(held, b.now_ms());
+    publish::write_table(&b, &dir).unwrap();
+    let mut gone = publish::read_tables(&dir, Path::new("/proc")).remove(0);
+    gone.pid = u32::MAX;
+    gone.destinations[0].destination = "10.9.9.9:1".parse().unwrap();
+    std::fs::write(dir.join("gone.json"), serde_json::to_vec(&gone).unwrap()).unwrap();
+    let d = dir.to_str().unwrap();
+
+    let out = run(&["status", "--state-dir", d]);
+    let t = text(&out);
+    let row = t
+        .lines()
+        .find(|l| l.contains("10.9.0.2:9001"))
+        .unwrap_or_else(|| panic!("no row for the held destination:\n{t}"));
+    assert!(row.contains("held") && row.contains("in 30 s"), "{row}");
+    assert!(row.contains(&format!("/{}", std::process::id())), "{row}");
+    assert!(
+        !t.contains("10.9.9.9:1"),
+        "a gone process's table is left out:\n{t}"
+    );
+
+    let v = json(&run(&["status", "--json", "--state-dir", d]));
+    let tables = v["black_holes"].as_array().unwrap();
+    assert_eq!(tables.len(), 1, "{v}");
+    assert_eq!(tables[0]["destinations"][0]["state"], "held");
+    assert_eq!(tables[0]["destinations"][0]["destination"], "10.9.0.2:9001");
+
+    let out = run(&["status", "--prometheus", "--state-dir", d]);
+    let p = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        p.contains("destination=\"10.9.0.2:9001\",state=\"held\"} 1"),
+        "{p}"
+    );
+    // --pid filters processes.
+    let v = json(&run(&["status", "--json", "--state-dir", d, "--pid", "1"]));
+    assert_eq!(v["black_holes"].as_array().unwrap().len(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn check_without_smc_still_compares_with_tcp() {
     if !host_without_smc() {

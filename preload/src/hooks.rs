@@ -13,7 +13,7 @@ use libc::{epoll_event, socklen_t};
 
 use crate::real;
 use crate::state::{self, inc, Active, COUNTERS};
-use crate::table::{self, Tracked, MAX_OPT_LEN};
+use crate::table::{self, Rescue, Tracked, MAX_OPT_LEN};
 
 /// The inode of the socket under `fd`.
 fn inode(fd: c_int) -> Option<u64> {
@@ -79,7 +79,10 @@ pub fn before_listen(fd: c_int) {
         table::forget(fd);
         return;
     };
-    table::settle(fd, |t| decide_listener(active, fd, t, "listen"));
+    table::settle(fd, |t| {
+        decide_listener(active, fd, t, "listen");
+        None
+    });
 }
 
 /// Before a tracked fd is duplicated: a bound socket gets its listener decision now (the
@@ -89,6 +92,8 @@ pub fn before_dup(fd: c_int) {
         table::forget(fd);
         return;
     };
+    // A duplicate would keep the old socket of a rescued connect: no rescue for this one.
+    table::release_rescuable(fd, None);
     table::settle(fd, |t| {
         inc(&COUNTERS.dup_settled);
         // SAFETY: fd is open (it is being duplicated) and only borrowed for this call.
@@ -99,6 +104,7 @@ pub fn before_dup(fd: c_int) {
         } else {
             tracing::debug!("envoy-smc: fd {fd} duplicated before bind/connect: stays TCP");
         }
+        None
     });
 }
 
@@ -127,12 +133,10 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
     table::settle(fd, |t| {
         if inode(fd) != Some(t.ino) {
             inc(&COUNTERS.stale_fd);
-            return;
+            return None;
         }
-        let Some(remote) = remote else {
-            // AF_UNSPEC (dissolve) or a bad address: the real call answers; stays TCP.
-            return;
-        };
+        // AF_UNSPEC (dissolve) or a bad address: the real call answers; stays TCP.
+        let remote = remote?;
         // SAFETY: fd is open (checked above) and only borrowed during this call.
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
         let rt = &active.runtime;
@@ -151,12 +155,18 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
             }
             Verdict::Smc { .. } => rt.apply_connect(bfd, verdict),
         };
-        let smc = after_decision(fd, &t, applied, "connect", Some(remote));
-        // adaptive fallback: watch SMC connects for paths that drop SMC's SYNs (the watchdog
-        // identifies the socket by its cookie and probes with raw system calls)
-        if smc {
-            rt.watch_connect(bfd, remote);
+        if !after_decision(fd, &t, applied, "connect", Some(remote)) {
+            return None;
         }
+        // Adaptive fallback: the watchdog watches SMC connects for paths that drop SMC's SYNs
+        // and hands a stuck one back to `rescue::PreloadRescuer`, which needs the options and
+        // epoll registrations recorded so far (and those made until then).
+        let source = local_address(bfd).ok().filter(|a| !a.ip().is_unspecified());
+        let cookie = rt.watch_rescuable_connect(bfd, remote)?;
+        Some(Tracked {
+            rescue: Some(Rescue { cookie, source }),
+            ..t
+        })
     });
 }
 
@@ -216,7 +226,7 @@ fn after_decision(
 /// the common integer options; this covers the rest, e.g. SO_LINGER, SO_BINDTODEVICE,
 /// TCP_CONGESTION). Fast-open options are never replayed on an SMC socket: any of them is the
 /// kernel's fallback switch there.
-fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
+pub(crate) fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
     for o in &t.opts {
         let fast_open = o.level == libc::IPPROTO_TCP
             && (o.name == TCP_FASTOPEN || o.name == TCP_FASTOPEN_CONNECT);
@@ -247,7 +257,7 @@ fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
 }
 
 /// Adds the new socket under `fd` to every epoll instance the old one was registered with.
-fn reregister(fd: c_int, t: &Tracked) -> std::io::Result<()> {
+pub(crate) fn reregister(fd: c_int, t: &Tracked) -> std::io::Result<()> {
     let mut result = Ok(());
     for reg in &t.regs {
         if !table::epoll_alive(reg) {

@@ -30,6 +30,7 @@ use libc::{epoll_event, sockaddr, socklen_t};
 
 mod hooks;
 mod real;
+mod rescue;
 pub mod state;
 pub mod stats;
 mod table;

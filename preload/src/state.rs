@@ -180,6 +180,7 @@ fn init_active() -> Lib {
             return Lib::Off(Off::InvalidConfig);
         }
     };
+    runtime.set_rescuer(std::sync::Arc::new(crate::rescue::PreloadRescuer));
     tracing::debug!(
         "envoy-smc preload: active in pid {} ({})",
         std::process::id(),

@@ -63,6 +63,13 @@ pub fn render() -> String {
          envoy_smc_preload_tracked_sockets {}",
         crate::table::tracked_now()
     );
+    let _ = writeln!(
+        out,
+        "# HELP envoy_smc_preload_rescuable_connects SMC connects in flight kept for a rescue.\n\
+         # TYPE envoy_smc_preload_rescuable_connects gauge\n\
+         envoy_smc_preload_rescuable_connects {}",
+        crate::table::rescuable_now()
+    );
     out
 }
 

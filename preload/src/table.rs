@@ -7,14 +7,15 @@
 //! pays in `close`, `setsockopt`, `epoll_ctl`, `connect`, `listen`.
 //!
 //! A slot holds:
-//! - `flags`: [`TRACKED`] (a socket envoy-smc may still make SMC) and [`EPOLL_SET`] (this fd is an
-//!   epoll instance in which a tracked socket is registered);
+//! - `flags`: [`TRACKED`] (a socket envoy-smc may still make SMC), [`RESCUABLE`] (an SMC connect
+//!   in flight that the adaptive-fallback watchdog may hand back for a rescue) and [`EPOLL_SET`]
+//!   (this fd is an epoll instance in which a tracked socket is registered);
 //! - `epoll_gen`: bumped when the fd, as an epoll instance, goes away, so that a registration
 //!   recorded against an epoll fd number is never replayed into a later epoll instance that
 //!   happens to get the same number;
 //! - the tracked socket's state behind a per-slot mutex. Envoy uses a socket from one thread at a
 //!   time, so the lock is uncontended; it also makes `close()` of an fd wait while envoy-smc is
-//!   replacing the socket under it.
+//!   replacing the socket under it (or rescuing a connect, from the watchdog thread).
 
 use std::ffi::c_int;
 use std::ptr;
@@ -27,6 +28,8 @@ use envoy_smc::policy::SocketFacts;
 pub const TRACKED: u32 = 1;
 /// The fd is an epoll instance a tracked socket is registered with.
 pub const EPOLL_SET: u32 = 2;
+/// The fd is an SMC connect in flight, kept for a rescue until the watchdog lets it go.
+pub const RESCUABLE: u32 = 4;
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 1 << 14;
@@ -74,8 +77,19 @@ pub struct Tracked {
     pub opts: Vec<RecordedOpt>,
     /// More options were set than `MAX_OPTS`, or one was too long to record.
     pub opts_overflow: bool,
+    /// Set once the socket is an SMC connect in flight kept for a rescue.
+    pub rescue: Option<Rescue>,
 }
 
+/// What a rescue of an SMC connect in flight needs beyond the recorded options and epoll
+/// registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rescue {
+    /// The watched socket's cookie (the fd is that socket only while its cookie says so).
+    pub cookie: u64,
+    /// The source address the program bound before connecting, if it chose an IP address.
+    pub source: Option<std::net::SocketAddr>,
+}
 impl Tracked {
     pub fn new(ino: u64) -> Tracked {
         Tracked {
@@ -84,6 +98,7 @@ impl Tracked {
             regs: Vec::new(),
             opts: Vec::new(),
             opts_overflow: false,
+            rescue: None,
         }
     }
 
@@ -163,6 +178,17 @@ impl Slot {
 
 static TABLE: [AtomicPtr<Slot>; CHUNKS] = [const { AtomicPtr::new(ptr::null_mut()) }; CHUNKS];
 static TRACKED_NOW: AtomicI64 = AtomicI64::new(0);
+static RESCUABLE_NOW: AtomicI64 = AtomicI64::new(0);
+
+/// Adjusts the gauges for a state leaving a slot.
+fn gone(t: &Tracked) {
+    let gauge = if t.rescue.is_some() {
+        &RESCUABLE_NOW
+    } else {
+        &TRACKED_NOW
+    };
+    gauge.fetch_sub(1, Ordering::Relaxed);
+}
 
 fn index(fd: c_int) -> Option<(usize, usize)> {
     let fd = usize::try_from(fd).ok()?;
@@ -212,9 +238,11 @@ pub fn track(fd: c_int, tracked: Tracked) {
     };
     let mut inner = slot.lock();
     retire_epoll(slot);
-    if inner.replace(Box::new(tracked)).is_none() {
-        TRACKED_NOW.fetch_add(1, Ordering::Relaxed);
+    if let Some(old) = inner.replace(Box::new(tracked)) {
+        gone(&old);
     }
+    TRACKED_NOW.fetch_add(1, Ordering::Relaxed);
+    slot.flags.fetch_and(!RESCUABLE, Ordering::Release);
     slot.flags.fetch_or(TRACKED, Ordering::Release);
 }
 
@@ -227,10 +255,11 @@ pub fn forget(fd: c_int) {
         return;
     }
     let mut inner = slot.lock();
-    if inner.take().is_some() {
-        TRACKED_NOW.fetch_sub(1, Ordering::Relaxed);
+    if let Some(old) = inner.take() {
+        gone(&old);
     }
-    slot.flags.fetch_and(!TRACKED, Ordering::Release);
+    slot.flags
+        .fetch_and(!(TRACKED | RESCUABLE), Ordering::Release);
     retire_epoll(slot);
 }
 
@@ -272,10 +301,10 @@ pub fn epoll_alive(reg: &Registration) -> bool {
     })
 }
 
-/// Runs `f` on the tracked state of `fd`, if there is one.
+/// Runs `f` on the state of `fd` (tracked or kept for a rescue), if there is one.
 pub fn with_tracked<R>(fd: c_int, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
     let slot = slot(fd)?;
-    if slot.flags.load(Ordering::Acquire) & TRACKED == 0 {
+    if slot.flags.load(Ordering::Acquire) & (TRACKED | RESCUABLE) == 0 {
         return None;
     }
     let mut inner = slot.lock();
@@ -283,25 +312,81 @@ pub fn with_tracked<R>(fd: c_int, f: impl FnOnce(&mut Tracked) -> R) -> Option<R
 }
 
 /// Takes the tracked state of `fd` to decide about it: `f` runs with the slot locked (a
-/// concurrent `close` of the fd waits), and afterwards the fd is no longer tracked.
-pub fn settle<R>(fd: c_int, f: impl FnOnce(Tracked) -> R) -> Option<R> {
-    let slot = slot(fd)?;
+/// concurrent `close` of the fd waits), and afterwards the fd is no longer tracked — unless `f`
+/// hands the state back with its `rescue` set, to be kept for the watchdog.
+pub fn settle(fd: c_int, f: impl FnOnce(Tracked) -> Option<Tracked>) {
+    let Some(slot) = slot(fd) else {
+        return;
+    };
     if slot.flags.load(Ordering::Acquire) & TRACKED == 0 {
-        return None;
+        return;
     }
     let mut inner = slot.lock();
-    let tracked = inner.take();
-    if tracked.is_some() {
-        TRACKED_NOW.fetch_sub(1, Ordering::Relaxed);
+    if inner.as_ref().is_none_or(|t| t.rescue.is_some()) {
+        return; // closed meanwhile, or an SMC connect in flight already
     }
-    let r = tracked.map(|t| f(*t));
+    let tracked = inner.take().map(|t| {
+        gone(&t);
+        *t
+    });
     slot.flags.fetch_and(!TRACKED, Ordering::Release);
-    r
+    let kept = tracked.and_then(f).filter(|t| t.rescue.is_some());
+    if let Some(kept) = kept {
+        RESCUABLE_NOW.fetch_add(1, Ordering::Relaxed);
+        *inner = Some(Box::new(kept));
+        slot.flags.fetch_or(RESCUABLE, Ordering::Release);
+    }
+}
+
+/// Takes the state kept for a rescue of the connect on `fd` whose socket cookie is `cookie`, and
+/// runs `f` on it with the slot locked (a concurrent `close` of the fd waits). `None` if nothing
+/// is kept for that connect (closed, duplicated, or another socket by now).
+pub fn take_rescuable<R>(fd: c_int, cookie: u64, f: impl FnOnce(Tracked) -> R) -> Option<R> {
+    let slot = slot(fd)?;
+    let mut inner = slot.lock();
+    if inner
+        .as_ref()
+        .and_then(|t| t.rescue)
+        .is_none_or(|r| r.cookie != cookie)
+    {
+        return None;
+    }
+    let t = inner.take()?;
+    gone(&t);
+    slot.flags.fetch_and(!RESCUABLE, Ordering::Release);
+    Some(f(*t))
+}
+
+/// Drops the state kept for a rescue of `fd`: for the connect with `cookie`, or (`None`) for
+/// whichever connect it is.
+pub fn release_rescuable(fd: c_int, cookie: Option<u64>) {
+    let Some(slot) = slot(fd) else {
+        return;
+    };
+    if slot.flags.load(Ordering::Acquire) & RESCUABLE == 0 {
+        return;
+    }
+    let mut inner = slot.lock();
+    let matches = inner
+        .as_ref()
+        .and_then(|t| t.rescue)
+        .is_some_and(|r| cookie.is_none_or(|c| c == r.cookie));
+    if matches {
+        if let Some(t) = inner.take() {
+            gone(&t);
+        }
+        slot.flags.fetch_and(!RESCUABLE, Ordering::Release);
+    }
 }
 
 /// Sockets tracked right now (opened, not yet decided or closed).
 pub fn tracked_now() -> i64 {
     TRACKED_NOW.load(Ordering::Relaxed)
+}
+
+/// SMC connects in flight kept for a rescue right now.
+pub fn rescuable_now() -> i64 {
+    RESCUABLE_NOW.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -315,13 +400,75 @@ mod tests {
         track(fd, Tracked::new(7));
         assert!(!quiet(fd));
         with_tracked(fd, |t| t.facts = SocketFacts(3));
-        let got = settle(fd, |t| (t.ino, t.facts));
+        let mut got = None;
+        settle(fd, |t| {
+            got = Some((t.ino, t.facts));
+            None
+        });
         assert_eq!(got, Some((7, SocketFacts(3))));
         assert!(quiet(fd));
         track(fd, Tracked::new(8));
         forget(fd);
         assert!(quiet(fd));
-        assert!(settle(fd, |_| ()).is_none());
+        let mut ran = false;
+        settle(fd, |_| {
+            ran = true;
+            None
+        });
+        assert!(!ran);
+    }
+
+    #[test]
+    fn a_connect_kept_for_rescue_is_taken_once_by_its_cookie() {
+        let fd = 5100;
+        track(fd, Tracked::new(7));
+        settle(fd, |mut t| {
+            t.rescue = Some(Rescue {
+                cookie: 42,
+                source: None,
+            });
+            Some(t)
+        });
+        assert!(!quiet(fd), "kept for the watchdog");
+        // Later epoll_ctl/setsockopt calls still land in the kept state.
+        assert_eq!(with_tracked(fd, |t| t.ino), Some(7));
+        let mut ran = false;
+        settle(fd, |_| {
+            ran = true;
+            None
+        });
+        assert!(!ran, "a second connect() does not decide again");
+        assert_eq!(take_rescuable(fd, 41, |t| t.ino), None, "another socket");
+        assert_eq!(take_rescuable(fd, 42, |t| t.ino), Some(7));
+        assert!(quiet(fd));
+        assert_eq!(take_rescuable(fd, 42, |t| t.ino), None, "only once");
+    }
+
+    #[test]
+    fn release_and_close_drop_a_kept_connect() {
+        let keep = |fd| {
+            track(fd, Tracked::new(1));
+            settle(fd, |mut t| {
+                t.rescue = Some(Rescue {
+                    cookie: 9,
+                    source: None,
+                });
+                Some(t)
+            });
+        };
+        keep(5200);
+        release_rescuable(5200, Some(8));
+        assert!(!quiet(5200), "another connect's release");
+        release_rescuable(5200, Some(9));
+        assert!(quiet(5200));
+        keep(5201);
+        forget(5201);
+        assert!(quiet(5201));
+        assert_eq!(take_rescuable(5201, 9, |_| ()), None);
+        // A state handed back without a rescue is not kept.
+        track(5202, Tracked::new(1));
+        settle(5202, Some);
+        assert!(quiet(5202));
     }
 
     #[test]

@@ -301,14 +301,22 @@ fn tcp_outcomes_keep_every_edge() {
 
 /// Adaptive fallback through the library: a path that drops SYNs carrying SMC's TCP option
 /// (iptables `--tcp-option 254`, the middlebox problem) in front of a plain TCP server. The first
-/// SMC connect stalls; the watchdog sees it stuck in SYN_SENT, proves plain TCP works and holds
-/// the destination on TCP, so the next connections go out as plain TCP sockets and succeed.
+/// SMC connect stalls; the watchdog sees it stuck in SYN_SENT, proves plain TCP works, holds the
+/// destination on TCP and hands the stuck connect back to the library, which moves it to a TCP
+/// socket under the same fd with its epoll registration: the client's first connection succeeds
+/// too (its connect edge comes after about 2 s instead of never), and the next connections go out
+/// as plain TCP sockets at once. For both SMC flavours.
 #[test]
-fn black_holed_path_falls_back_to_tcp() {
+fn black_holed_path_falls_back_to_tcp_and_the_first_connect_is_rescued() {
     if !in_vm() {
         return;
     }
-    let port = 20200u16;
+    for (mode, port) in [("IPPROTO_SMC", 20200u16), ("AF_SMC", 20201)] {
+        black_holed_path(mode, port);
+    }
+}
+
+fn black_holed_path(mode: &str, port: u16) {
     let rule = format!("INPUT -p tcp -d {SERVER_IP} --dport {port} --syn --tcp-option 254 -j DROP");
     let ipt = |op: &str| {
         std::process::Command::new("iptables-legacy")
@@ -328,31 +336,47 @@ fn black_holed_path_falls_back_to_tcp() {
     let _undo = Undo(ipt);
     let listen: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
     let srv = server(None, listen, &[]);
-    let cfg = config(
-        "mode: IPPROTO_SMC\nopt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\n\
-         upstream: {allow_local: true}\nadaptive_fallback: {detect_after_ms: 1000, probe_timeout_ms: 1000}\n",
-    );
+    let cfg = config(&format!(
+        "mode: {mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
+         upstream: {{allow_local: true}}\nadaptive_fallback: {{detect_after_ms: 1000, probe_timeout_ms: 1000}}\n",
+    ));
     let out = client(
         Some(&cfg),
         listen,
         3,
         &[
             ("ENVOY_SMC_TEST_SRC", CLIENT_IP),
-            ("ENVOY_SMC_TEST_CONNECT_TIMEOUT_MS", "5000"),
+            ("ENVOY_SMC_TEST_CONNECT_TIMEOUT_MS", "8000"),
+            ("ENVOY_SMC_LOG", "info"),
         ],
     );
     out.assert_ok();
     let c = conns(&out);
-    assert!(
-        c[0].contains_key("error"),
-        "the first SMC connect should stall: {:?}",
-        c[0]
+    let first = &c[0];
+    let f = |k: &str| first.get(k).map(String::as_str).unwrap_or("-");
+    assert_eq!(
+        f("kind_after"),
+        kind_of(mode),
+        "{mode}: {first:?}\n{}",
+        out.describe()
     );
+    assert_eq!(
+        f("kind_connected"),
+        "TCP",
+        "{mode}: the stuck connect is moved to TCP: {first:?}\n{}",
+        out.describe()
+    );
+    let ms: u64 = f("connect_ms").parse().unwrap_or(u64::MAX);
+    assert!(
+        (900..4000).contains(&ms),
+        "{mode}: rescued after {ms} ms (detect 1 s + probe): {first:?}"
+    );
+    assert_eq!(f("fin_edge"), "true", "{mode}: {first:?}");
     for later in &c[1..] {
         assert_eq!(
             later.get("kind_after").map(String::as_str),
             Some("TCP"),
-            "{later:?}\n{}",
+            "{mode}: {later:?}\n{}",
             out.describe()
         );
         assert_eq!(
@@ -368,6 +392,9 @@ fn black_holed_path_falls_back_to_tcp() {
         "{}",
         out.describe()
     );
+    assert_eq!(s.get("adaptive_rescued"), 1, "{}", out.describe());
+    assert_eq!(s.get("adaptive_rescue_failed"), 0, "{}", out.describe());
     assert_eq!(s.tcp("black_hole_hold_down"), 2, "{}", out.describe());
+    assert_eq!(s.rescuable(), 0, "nothing kept after the run");
     srv.finish(T).assert_ok();
 }

@@ -107,6 +107,8 @@ pub struct Breaker {
     mask: usize,
     /// Entries currently Open or Probing: zero makes every read a single load.
     held: AtomicUsize,
+    /// State changes so far (see [`Breaker::changes`]).
+    changes: AtomicU64,
     epoch: Instant,
     wall_epoch: SystemTime,
 }
@@ -142,6 +144,7 @@ impl Breaker {
             labels: (0..n).map(|_| Mutex::new(None)).collect(),
             mask: n - 1,
             held: AtomicUsize::new(0),
+            changes: AtomicU64::new(0),
             epoch: Instant::now(),
             wall_epoch: SystemTime::now(),
         }
@@ -200,7 +203,11 @@ impl Breaker {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 ) {
-                    Ok(_) => Admission::Probe,
+                    Ok(_) => {
+                        // Counted without the label lock: this is the connect path.
+                        self.changes.fetch_add(1, Ordering::AcqRel);
+                        Admission::Probe
+                    }
                     Err(_) => Admission::Hold,
                 }
             }
@@ -220,6 +227,12 @@ impl Breaker {
             let word = self.slots[i].state.load(Ordering::Acquire);
             let (old_check, old) = State::unpack(word);
             let mine = old_check == check && word != 0;
+            // Held already (other connects that stalled in the same episode): one offence, not
+            // several — only a failed probe or a new episode adds a strike.
+            if mine && old.phase == Phase::Open && now_ms < old.until {
+                self.label(i, dest, None);
+                return Duration::from_millis(old.until - now_ms);
+            }
             // A destination clean for longer than the longest hold-down starts over.
             let strikes = if mine
                 && now_ms.saturating_sub(old.until) < u64::from(self.settings.max_hold_down_ms)
@@ -243,9 +256,7 @@ impl Breaker {
                 if !(mine && old.phase != Phase::Closed) {
                     self.held.fetch_add(1, Ordering::AcqRel);
                 }
-                if let Ok(mut label) = self.labels[i].lock() {
-                    *label = Some((dest, now_ms));
-                }
+                self.label(i, dest, Some(now_ms));
                 return Duration::from_millis(hold);
             }
         }
@@ -283,12 +294,26 @@ impl Breaker {
             .is_ok()
         {
             self.held.fetch_sub(1, Ordering::AcqRel);
-            if let Ok(mut label) = self.labels[i].lock() {
-                *label = Some((dest, now_ms));
-            }
+            self.label(i, dest, Some(now_ms));
             return true;
         }
         false
+    }
+
+    /// Names slot `i` for status output; `since` starts a new phase (`None` keeps the current
+    /// start). Counts a change for [`Breaker::changes`].
+    fn label(&self, i: usize, dest: SocketAddr, since: Option<u64>) {
+        if let Ok(mut label) = self.labels[i].lock() {
+            let since = since.or(label.filter(|l| l.0 == dest).map(|l| l.1));
+            *label = Some((dest, since.unwrap_or_else(|| self.now_ms())));
+        }
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A number that grows whenever a destination changes state (tells a publisher when to
+    /// write the table again). A probe admitted on the connect path changes it too.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Takes a slot for `key`: an empty one in its window, else the one whose state ends first.

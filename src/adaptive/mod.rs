@@ -4,10 +4,15 @@
 //! - [`breaker`]: the per-destination memory (lock-free reads, bounded).
 //! - [`detect`]: `TCP_INFO` of a connecting socket and the plain TCP probe.
 //! - [`watchdog`]: the thread that watches SMC connects in flight and trips the breaker.
+//! - [`rescue`]: what an entry point does to save a connect already stuck behind a black hole.
+//! - [`publish`]: the table as a file per process, for `envoy-smc status`.
 
 pub mod breaker;
 pub mod detect;
+pub mod publish;
+pub mod rescue;
 pub mod watchdog;
 
 pub use breaker::{Admission, Breaker, Entry, Phase};
+pub use rescue::{Rescuer, WatchedConnect};
 pub use watchdog::Watchdog;

@@ -7,6 +7,10 @@
 //! it works, so SMC's SYNs are being dropped: trip; it fails too: the destination is down, and
 //! nothing trips. The fd is identified with its socket cookie, so a closed and reused fd number is
 //! never mistaken for the watched socket.
+//!
+//! On a trip, every watched connect to that destination still sending SYNs is handed to the
+//! entry point's [`Rescuer`] (when it watched the connect as rescuable), which replaces it with a
+//! TCP connection under the same fd.
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -17,6 +21,8 @@ use super::breaker::Breaker;
 use super::detect::{
     connect_state, socket_cookie, syn_stalled, tcp_probe, ConnectState, ProbeOutcome, TCP_SYN_SENT,
 };
+use super::publish::Publisher;
+use super::rescue::{Rescuer, WatchedConnect};
 use crate::stats::{Counter, Stats};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -34,6 +40,18 @@ struct Watched {
     cookie: u64,
     dest: SocketAddr,
     started: Instant,
+    /// The entry point keeps what a rescue needs and waits for `rescue` or `release`.
+    rescuable: bool,
+}
+
+impl Watched {
+    fn connect(&self) -> WatchedConnect {
+        WatchedConnect {
+            fd: self.fd,
+            cookie: self.cookie,
+            dest: self.dest,
+        }
+    }
 }
 
 struct Shared {
@@ -42,6 +60,8 @@ struct Shared {
     stop: std::sync::atomic::AtomicBool,
     breaker: Arc<Breaker>,
     stats: Arc<Stats>,
+    rescuer: Mutex<Option<Arc<dyn Rescuer>>>,
+    publisher: Publisher,
 }
 
 /// Watches SMC connects of one runtime. Dropping it stops the thread.
@@ -65,32 +85,41 @@ impl Watchdog {
                 stop: std::sync::atomic::AtomicBool::new(false),
                 breaker,
                 stats,
+                rescuer: Mutex::new(None),
+                publisher: Publisher::default(),
             }),
             thread: Mutex::new(None),
         }
     }
 
-    /// Starts watching an SMC socket that is about to connect to `dest`.
-    pub fn watch(&self, fd: RawFd, dest: SocketAddr) {
-        let Some(cookie) = socket_cookie(fd) else {
-            return;
-        };
-        let Ok(mut list) = self.shared.list.lock() else {
-            return;
-        };
+    /// Starts watching an SMC socket that is about to connect to `dest`. `rescuable`: the entry
+    /// point has installed a [`Rescuer`] and keeps what rescuing this connect needs. Returns the
+    /// socket's cookie when the connect is watched (`None`: not watched, keep nothing).
+    pub fn watch(&self, fd: RawFd, dest: SocketAddr, rescuable: bool) -> Option<u64> {
+        let cookie = socket_cookie(fd)?;
+        let mut list = self.shared.list.lock().ok()?;
         if list.len() >= MAX_WATCHED {
-            return;
+            return None;
         }
         list.push(Watched {
             fd,
             cookie,
             dest,
             started: Instant::now(),
+            rescuable,
         });
         drop(list);
         self.shared.stats.inc(Counter::ConnectsWatched);
         self.ensure_thread();
         self.shared.wake.notify_one();
+        Some(cookie)
+    }
+
+    /// Installs the entry point's rescuer (replacing any earlier one).
+    pub fn set_rescuer(&self, rescuer: Arc<dyn Rescuer>) {
+        if let Ok(mut r) = self.shared.rescuer.lock() {
+            *r = Some(rescuer);
+        }
     }
 
     fn ensure_thread(&self) {
@@ -134,6 +163,52 @@ fn recovered(shared: &Shared, dest: SocketAddr) {
     }
 }
 
+/// `w` is the watched socket still, and still in SYN_SENT.
+fn still_sending_syns(w: &Watched) -> bool {
+    socket_cookie(w.fd) == Some(w.cookie)
+        && matches!(connect_state(w.fd), Ok(ConnectState::SynSent { .. }))
+}
+
+/// The watchdog is done with `w` without rescuing it.
+fn release(rescuer: Option<&Arc<dyn Rescuer>>, w: &Watched) {
+    if let (true, Some(r)) = (w.rescuable, rescuer) {
+        r.release(&w.connect());
+    }
+}
+
+/// `dest` was just proven black-holed: hands every watched connect to it that is still sending
+/// SYNs to the rescuer. Returns the connects finished here.
+fn rescue_all(
+    shared: &Shared,
+    rescuer: Option<&Arc<dyn Rescuer>>,
+    batch: &[Watched],
+    dest: SocketAddr,
+) -> Vec<(RawFd, u64)> {
+    let mut finished = Vec::new();
+    for w in batch.iter().filter(|w| w.dest == dest) {
+        if !still_sending_syns(w) {
+            continue; // got through or closed: its own look decides
+        }
+        finished.push((w.fd, w.cookie));
+        match (w.rescuable, rescuer) {
+            (true, Some(r)) => {
+                if r.rescue(&w.connect()) {
+                    shared.stats.inc(Counter::BlackHoleRescued);
+                    tracing::info!(
+                        "envoy-smc: connect on fd {} to {dest} moved to TCP in flight",
+                        w.fd
+                    );
+                } else {
+                    shared.stats.inc(Counter::BlackHoleRescueFailed);
+                }
+            }
+            // Nobody can rescue it: it fails at the program's connect timeout, like before.
+            _ => shared.stats.inc(Counter::BlackHoleRescueFailed),
+        }
+    }
+    finished
+}
+
 fn run(shared: &Shared) {
     let settings = *shared.breaker.settings();
     let detect_after = Duration::from_millis(u64::from(settings.detect_after_ms));
@@ -154,8 +229,13 @@ fn run(shared: &Shared) {
             }
             list.clone()
         };
-        let mut done = Vec::new();
+        let rescuer = shared.rescuer.lock().ok().and_then(|r| r.clone());
+        let rescuer = rescuer.as_ref();
+        let mut done: Vec<(RawFd, u64)> = Vec::new();
         for w in &batch {
+            if done.contains(&(w.fd, w.cookie)) {
+                continue; // rescued with another connect to the same destination
+            }
             let alive = socket_cookie(w.fd) == Some(w.cookie);
             let next = match (alive, connect_state(w.fd)) {
                 // Closed between two looks and before a stall could show: a short connection
@@ -189,10 +269,15 @@ fn run(shared: &Shared) {
             };
             match next {
                 Next::Keep => {}
-                Next::Done => done.push((w.fd, w.cookie)),
-                Next::Probe => {
+                Next::Done => {
+                    release(rescuer, w);
                     done.push((w.fd, w.cookie));
-                    if tcp_probe(w.dest, probe_timeout) == ProbeOutcome::Connected {
+                }
+                Next::Probe => {
+                    let tcp_works = tcp_probe(w.dest, probe_timeout) == ProbeOutcome::Connected;
+                    // Looked at again after the probe: a connect that got through meanwhile was
+                    // a slow path, not a black hole.
+                    if tcp_works && still_sending_syns(w) {
                         let hold = shared.breaker.trip(w.dest, shared.breaker.now_ms());
                         shared.stats.inc(Counter::BlackHoleTripped);
                         tracing::warn!(
@@ -200,12 +285,21 @@ fn run(shared: &Shared) {
                             w.dest,
                             hold.as_secs()
                         );
+                        let rescued = rescue_all(shared, rescuer, &batch, w.dest);
+                        if !rescued.contains(&(w.fd, w.cookie)) {
+                            release(rescuer, w);
+                            done.push((w.fd, w.cookie));
+                        }
+                        done.extend(rescued);
                     } else {
                         shared.stats.inc(Counter::BlackHoleNotProven);
+                        release(rescuer, w);
+                        done.push((w.fd, w.cookie));
                     }
                 }
             }
         }
+        shared.publisher.publish_if_changed(&shared.breaker);
         let Ok(mut list) = shared.list.lock() else {
             return;
         };

@@ -11,7 +11,7 @@ pub(crate) mod sys;
 
 pub use host::local_addresses;
 pub use probe::KernelSupport;
-pub use replace::{replace_socket, SockOpt};
+pub use replace::{reconnect_tcp, replace_socket, SockOpt};
 pub use socket::{
     apply_fallback_switch, is_ip_stream, open_socket, set_limit_handshake, socket_kind, SocketKind,
 };

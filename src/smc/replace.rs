@@ -205,3 +205,69 @@ fn bound_address(
     };
     Ok(bound.then_some((storage, len)))
 }
+
+/// Replaces the connecting socket under `fd` with a plain TCP socket that is already connecting
+/// to `dest`: same fd number and flags, the options the old socket visibly carries, bound to the
+/// IP address of `source` when the program bound one before connecting (not its port: the stuck
+/// socket still holds that port, and a port chosen by `bind(ip, 0)` cannot be told from one the
+/// program asked for). `prepare` runs on the new socket before it connects (an entry point sets
+/// the options it recorded).
+///
+/// Only a non-blocking socket is replaced (a thread blocked in `connect()` on the old socket
+/// would wait on it regardless). Nothing changes unless the new connect is under way or done:
+/// any error before the switch-over leaves the old socket in place. The caller re-registers the
+/// fd with epoll afterwards.
+pub fn reconnect_tcp(
+    fd: BorrowedFd<'_>,
+    dest: std::net::SocketAddr,
+    source: Option<std::net::SocketAddr>,
+    prepare: impl FnOnce(RawFd),
+) -> io::Result<()> {
+    let mut snap = Snapshot::take(fd)?;
+    if !snap.nonblock {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a blocking connect is not replaced",
+        ));
+    }
+    let dest = match dest {
+        // An IPv6 socket reaches an IPv4 destination through its mapped address.
+        std::net::SocketAddr::V4(v4) if snap.ipv6 => {
+            std::net::SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        }
+        std::net::SocketAddr::V6(_) if !snap.ipv6 => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an IPv6 destination for an IPv4 socket",
+            ))
+        }
+        _ => dest,
+    };
+    // A connecting socket reports the ephemeral address the kernel picked for it: never bind
+    // that (it is still in use); bind only what the program chose.
+    snap.bound = None;
+    let new = snap.build(SocketKind::Tcp, &[])?;
+    prepare(new.as_raw_fd());
+    if let Some(source) = source.filter(|s| !s.ip().is_unspecified()) {
+        let (addr, len) =
+            crate::ffi::sockaddr::from_socket_addr(std::net::SocketAddr::new(source.ip(), 0));
+        syscall!(bind(
+            new.as_raw_fd(),
+            (&addr as *const libc::sockaddr_storage).cast(),
+            len
+        ))?;
+    }
+    let (addr, len) = crate::ffi::sockaddr::from_socket_addr(dest);
+    if let Err(e) = syscall!(connect(
+        new.as_raw_fd(),
+        (&addr as *const libc::sockaddr_storage).cast(),
+        len
+    )) {
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    let flags = if snap.cloexec { libc::O_CLOEXEC } else { 0 };
+    syscall!(dup3(new.as_raw_fd(), fd.as_raw_fd(), flags))?;
+    Ok(())
+}

@@ -38,12 +38,18 @@ pub enum Counter {
     BlackHoleProbes = 29,
     /// Held destinations whose probe connect succeeded over SMC again.
     BlackHoleRecovered = 30,
+    /// Connects stuck behind a black hole that the entry point moved to TCP in flight.
+    BlackHoleRescued = 31,
+    /// Connects stuck behind a black hole that could not be moved (not rescuable where they
+    /// were made, closed meanwhile, or the TCP socket could not be set up): they end at the
+    /// program's connect timeout.
+    BlackHoleRescueFailed = 32,
 }
 
 /// Index of the first per-reason counter, minus one (reason numbers start at 1).
 const REASON_BASE: usize = 8;
 /// Number of counters.
-pub const COUNTERS: usize = 31;
+pub const COUNTERS: usize = 33;
 
 const FIXED: [&str; 9] = [
     "sockets_seen",
@@ -75,12 +81,14 @@ const REASONS: [&str; 17] = [
     "tcp.replace_failed",
     "tcp.black_hole_hold_down",
 ];
-const ADAPTIVE: [&str; 5] = [
+const ADAPTIVE: [&str; 7] = [
     "adaptive.connects_watched",
     "adaptive.black_hole_tripped",
     "adaptive.black_hole_not_proven",
     "adaptive.probes",
     "adaptive.recovered",
+    "adaptive.rescued",
+    "adaptive.rescue_failed",
 ];
 
 /// The name of counter `i`, as exported (`smc.<name>` in Envoy).
@@ -178,6 +186,11 @@ mod tests {
             names[Counter::BlackHoleRecovered as usize],
             "adaptive.recovered"
         );
+        assert_eq!(
+            names[Counter::BlackHoleRescueFailed as usize],
+            "adaptive.rescue_failed"
+        );
+        assert_eq!(names.len(), COUNTERS);
         assert_eq!(counter_name(COUNTERS), None);
         for r in TcpReason::ALL {
             assert_eq!(names[REASON_BASE + r as usize], format!("tcp.{}", r.name()));

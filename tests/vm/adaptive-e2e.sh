@@ -19,11 +19,13 @@
 #     reset reason as the TCP-kept cluster), nothing trips (adaptive.black_hole_tripped stays 0),
 #     the drop-all stalls are counted black_hole_not_proven;
 #   - the breaker trips within 2 s of the first connect (tracing's warn line vs. the request's send
-#     time; the 0.2 s stats file as a cross-check); of 200 requests to 10.9.0.2:9001 all but at
-#     most the first succeed (the first one rides on the first TCP connection opened after the
-#     trip: Envoy hands a pending request to whichever connection is ready first); a lone first
-#     request (9004) waits out its 10 s SMC connect timeout, then Istio's retry goes TCP and
-#     succeeds; every later connection is held on TCP (tcp_total{reason="black_hole_hold_down"});
+#     time; the 0.2 s stats file as a cross-check); the SMC connect stuck behind the black hole is
+#     moved to TCP in flight under the same fd (adaptive.rescued), so all 200 requests to
+#     10.9.0.2:9001 succeed, the first included, and a lone first request (9004) succeeds on its
+#     first attempt in about 2 s instead of waiting out its 10 s connect timeout; every later
+#     connection is held on TCP (tcp_total{reason="black_hole_hold_down"});
+#   - envoy-smc status lists both destinations as held (since when, next SMC retry), later as
+#     recovered, and never the healthy one;
 #   - the healthy upstream stays SMC-R throughout (envoy-smc status --json: the client Envoy's
 #     connections to :8080 all SMCR, before, during and after);
 #   - the rules are removed while both destinations are held: SMC comes back when the hold-down
@@ -76,7 +78,7 @@ command -v $ipt >/dev/null || ipt=iptables
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  mkdir -p /tmp/adaptive-e2e && cp -f "$work"/*.log "$work"/*.prom "$work"/*.yaml /tmp/adaptive-e2e/ 2>/dev/null || true
+  mkdir -p /tmp/adaptive-e2e && cp -f "$work"/*.log "$work"/*.prom "$work"/*.yaml "$work"/*.txt /tmp/adaptive-e2e/ 2>/dev/null || true
   echo "adaptive-e2e: logs in ${ENVOY_SMC_VM_HOST_SHARED:-/tmp}/adaptive-e2e/"
 }
 trap cleanup EXIT
@@ -237,6 +239,7 @@ pids+=($!)
 start_envoy() { # name config base-id smc-config log-filter
   ENVOY_SMC_CONFIG=$4 ENVOY_SMC_LOG=$5 \
   ENVOY_SMC_STATS_FILE=$work/$1.prom ENVOY_SMC_STATS_INTERVAL=0.2 \
+  ENVOY_SMC_STATE_DIR=$work/state \
   LD_PRELOAD=$preload "$ENVOY_BIN" -c "$2" --disable-hot-restart \
     --base-id "$3" --concurrency 2 --log-level warn >"$work/$1.log" 2>&1 &
   echo $!
@@ -322,16 +325,26 @@ NOT_PROVEN = "envoy_smc_adaptive_black_hole_not_proven_total"
 RECOVERED = "envoy_smc_adaptive_recovered_total"
 PROBES = "envoy_smc_adaptive_probes_total"
 WATCHED = "envoy_smc_adaptive_connects_watched_total"
+RESCUED = "envoy_smc_adaptive_rescued_total"
+RESCUE_FAILED = "envoy_smc_adaptive_rescue_failed_total"
 HOLD = 'envoy_smc_tcp_total{reason="black_hole_hold_down"}'
 
-def status():
-    r = subprocess.run([CLI, "status", "--json", "--pid", str(CLIENT_PID), "--no-listen"],
-                       capture_output=True, text=True)
+def status_json():
+    r = subprocess.run([CLI, "status", "--json", "--pid", str(CLIENT_PID), "--no-listen",
+                        "--state-dir", f"{W}/state"], capture_output=True, text=True)
     try:
-        return json.loads(r.stdout)["connections"]
+        return json.loads(r.stdout)
     except Exception:  # noqa: BLE001
         print(r.stdout, r.stderr)
-        return []
+        return {}
+
+def status():
+    return status_json().get("connections", [])
+
+def held_in_status():
+    """destination -> its row in `envoy-smc status` (adaptive fallback), for the client Envoy."""
+    return {d["destination"]: d for t in status_json().get("black_holes", [])
+            for d in t["destinations"]}
 
 def conns_to(conns, port):
     return [c for c in conns if str(c["peer"]).endswith(f":{port}")]
@@ -436,8 +449,8 @@ first, lone = {}, {}
 def timed(into, path):
     into["t0"] = time.time()
     into["res"] = get(path)
-# 10.9.0.2:9004 gets one lone request and nothing else: its SMC connect stalls until Envoy's
-# 10 s connect timeout, then Istio's retry (connect-failure) connects again, held on TCP.
+# 10.9.0.2:9004 gets one lone request and nothing else: its SMC connect stalls until the trip,
+# then it is moved to TCP in flight and the request goes through on its first attempt.
 # 10.9.0.2:9001 gets 200 requests: the first one starts alone, the other 199 once it has tripped.
 th_lone = threading.Thread(target=timed, args=(lone, "/lone/1"))
 th_lone.start()
@@ -463,8 +476,18 @@ for dest, started in (("10.9.0.2:9001", first["t0"]), ("10.9.0.2:9004", lone["t0
 if t_seen is not None:
     note(f"stats file showed both trips {t_seen - first['t0']:.2f} s after the first request (0.2 s writes, 0.05 s polls)")
 healthy_smcr("while 10.9.0.2:9001 and :9004 are black-holed")
+rows = held_in_status()
+for dest, started in (("10.9.0.2:9001", first["t0"]), ("10.9.0.2:9004", lone["t0"])):
+    d = rows.get(dest, {})
+    retry_in = (d.get("next_retry_unix_ms") or 0) / 1000 - time.time()
+    since = (d.get("since_unix_ms") or 0) / 1000 - started
+    check(d.get("state") == "held" and d.get("strikes") == 1 and 0 < since <= 2.5
+          and HOLD_S - 10 < retry_in <= HOLD_S,
+          f"envoy-smc status shows {dest} held on TCP: since when and when SMC is tried next",
+          f"state {d.get('state')}, strikes {d.get('strikes')}, since +{since:.2f} s after the first request, "
+          f"next SMC retry in {retry_in:.1f} s")
 
-# Requests 2..200 to 10.9.0.2:9001 while its first connection still waits out its connect.
+# Requests 2..200 to 10.9.0.2:9001 once it has tripped.
 t_rest = time.time()
 with ThreadPoolExecutor(8) as ex:
     rest = list(ex.map(get, [f"/bh/{i}" for i in range(2, 201)]))
@@ -477,31 +500,37 @@ number("requests 2-200", f"{rest_ok}/199 ok in {rest_s:.1f} s, median {sorted(r[
        f"max {max(r[2] for r in rest):.2f} s, upstream attempts >1: {sum(1 for r in rest if r[3] not in ('1', None))}")
 total_ok = rest_ok + ok(r1)
 number("successes of 200", total_ok)
-check(rest_ok == 199, "of 200 requests to the black-holed upstream all but at most the first succeed",
-      f"{total_ok}/200 ok; the first: HTTP {r1[0]} in {r1[2]:.2f} s")
+check(total_ok == 200 and r1[3] == "1",
+      "all 200 requests to the black-holed upstream succeed, the first one on its rescued connection",
+      f"{total_ok}/200 ok; the first: HTTP {r1[0]} in {r1[2]:.2f} s, attempts {r1[3]}")
 for r in [r for r in rest if not ok(r)][:5]:
     note(f"failed: HTTP {r[0]} in {r[2]:.2f} s: {r[1][:120]}")
 th_lone.join()
 rl = lone["res"]
 number("lone first request to 10.9.0.2:9004", f"HTTP {rl[0]} after {rl[2]:.2f} s, upstream attempts {rl[3]}")
-check(ok(rl) and rl[3] == "2" and 9.5 <= rl[2] <= 13,
-      "a lone first request waits out the 10 s connect timeout, then Istio's retry goes TCP and succeeds",
-      f"HTTP {rl[0]} in {rl[2]:.2f} s, attempts {rl[3]}")
+check(ok(rl) and rl[3] == "1" and rl[2] <= 4,
+      "a lone first request succeeds on its first attempt: its stuck SMC connect is moved to TCP in flight",
+      f"HTTP {rl[0]} in {rl[2]:.2f} s, attempts {rl[3]} (without the rescue: the 10 s connect timeout, then a retry)")
 after = fresh_stats()
 held = after.get(HOLD, 0) - before.get(HOLD, 0)
 tripped = after.get(TRIPPED, 0) - before.get(TRIPPED, 0)
 probed = after.get(PROBES, 0) - before.get(PROBES, 0)
 # A hold-down that ran out during the requests (slow host) lets one probe try SMC: the rule is
 # still there, so each probe trips again (with a doubled hold-down).
-check(tripped == 2 + probed and held >= 200,
+check(tripped == 2 + probed and held >= 199,
       "every later connection to a black-holed destination was held on TCP (tcp_total{reason=black_hole_hold_down})",
-      f"hold_down +{held} (199 to 9001 + the retry to 9004 at least); tripped +{tripped} = 9001, 9004 + {probed} probe(s) "
+      f"hold_down +{held} (199 to 9001 at least); tripped +{tripped} = 9001, 9004 + {probed} probe(s) "
       "that met the black hole again")
+rescued = after.get(RESCUED, 0) - before.get(RESCUED, 0)
+rescue_failed = after.get(RESCUE_FAILED, 0) - before.get(RESCUE_FAILED, 0)
+number("connects moved to TCP in flight", f"{rescued} (rescue failed: {rescue_failed})")
+check(rescued == tripped and rescue_failed == 0,
+      "every connect stuck behind the black hole was moved to TCP in flight (adaptive.rescued)",
+      f"rescued +{rescued}, rescue_failed +{rescue_failed}, trips +{tripped}")
 healthy_smcr("after the black-hole traffic")
-# Remove both rules once the first SMC connects have timed out (a SYN retried after the removal
-# would otherwise complete them), while both destinations are still held.
+# Remove both rules while both destinations are still held (no SMC connect is left in flight:
+# the stuck ones were moved to TCP).
 removed = {}
-time.sleep(max(0.0, max(first["t0"], lone["t0"]) + 10.3 - time.time()))
 for dest in ("10.9.0.2:9001", "10.9.0.2:9004"):
     ipt("-D", "INPUT", "-i", "vb", "-p", "tcp", "--syn", "--dport", dest.split(":")[1],
         "-m", "tcp", "--tcp-option", "254", "-j", "DROP")
@@ -579,9 +608,16 @@ for dest, port, p in (("10.9.0.2:9004", 9004, "lone"), ("10.9.0.2:9001", 9001, "
           f"a new connection to {dest} is SMC-R again (envoy-smc status)",
           f"client connections to :{port}: {modes(c)}; request HTTP {res[p][0]}")
 healthy_smcr("at the end")
+rows = held_in_status()
+check(all(rows.get(d, {}).get("state") == "recovered" for d in ("10.9.0.2:9001", "10.9.0.2:9004"))
+      and "10.9.0.2:8080" not in rows,
+      "envoy-smc status shows both destinations recovered, the healthy one never listed",
+      ", ".join(f"{k}: {v['state']}" for k, v in sorted(rows.items())))
+subprocess.run(f"{CLI} status --pid {CLIENT_PID} --no-listen --state-dir {W}/state > {W}/status-at-end.txt 2>&1",
+               shell=True)
 final = fresh_stats()
 note("client counters: " + ", ".join(f"{k.replace('envoy_smc_', '')}={final.get(k, 0)}" for k in
-     (WATCHED, TRIPPED, NOT_PROVEN, PROBES, RECOVERED, HOLD)))
+     (WATCHED, TRIPPED, NOT_PROVEN, PROBES, RECOVERED, RESCUED, RESCUE_FAILED, HOLD)))
 check(not any(e[2].endswith(":8080") for e in log_events() if e[1] == "WARN"),
       "nothing tripped or warned for the healthy upstream")
 

@@ -439,6 +439,14 @@ impl Stats {
             .unwrap_or(u64::MAX)
     }
 
+    /// SMC connects still kept for a rescue when the stats were written.
+    pub fn rescuable(&self) -> u64 {
+        self.0
+            .get("envoy_smc_preload_rescuable_connects")
+            .copied()
+            .unwrap_or(u64::MAX)
+    }
+
     pub fn state(&self) -> String {
         self.0
             .keys()
@@ -805,6 +813,11 @@ pub fn serve_echo(lfd: c_int, stop: &dyn Fn() -> bool) -> ServerReport {
 pub struct ClientReport {
     pub kind_before: &'static str,
     pub kind_after: &'static str,
+    /// The socket's kind once the connect edge came (differs from `kind_after` when envoy-smc
+    /// moved a connect stuck behind a black hole to TCP).
+    pub kind_connected: &'static str,
+    /// Milliseconds from connect() to the connect edge.
+    pub connect_ms: u128,
     pub fd_flags_kept: bool,
     pub connect_edge: bool,
     pub data_edges: usize,
@@ -922,7 +935,10 @@ fn et_client_on(
             .parse()
             .unwrap(),
     );
+    let connect_start = Instant::now();
     let ev = wait_for_within(libc::EPOLLOUT as u32, "connect (EPOLLOUT)", connect_limit)?;
+    rep.connect_ms = connect_start.elapsed().as_millis();
+    rep.kind_connected = kind(fd);
     let err = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR);
     if err != 0 || ev & libc::EPOLLERR as u32 != 0 {
         return Err(format!("connect failed: SO_ERROR {err}, events {ev:#x}"));
@@ -1180,8 +1196,8 @@ pub fn run_common_role(role: &str) -> bool {
                         ok += 1;
                         let d = r.diag.as_ref();
                         println!(
-                            "RESULT conn={i} kind_before={} kind_after={} fd_flags_kept={} connect_edge={} data_edges={} rounds_ok={} fin_edge={} diag_mode={} diag_state={} diag_reason={} diag_dev={}",
-                            r.kind_before, r.kind_after, r.fd_flags_kept, r.connect_edge, r.data_edges, r.rounds_ok, r.fin_edge,
+                            "RESULT conn={i} kind_before={} kind_after={} kind_connected={} connect_ms={} fd_flags_kept={} connect_edge={} data_edges={} rounds_ok={} fin_edge={} diag_mode={} diag_state={} diag_reason={} diag_dev={}",
+                            r.kind_before, r.kind_after, r.kind_connected, r.connect_ms, r.fd_flags_kept, r.connect_edge, r.data_edges, r.rounds_ok, r.fin_edge,
                             d.map_or("none", |d| d.mode_name()),
                             d.map_or(0, |d| d.state),
                             d.and_then(|d| d.fallback_reason).map_or("none".to_string(), |r| format!("{r:#010x}")),

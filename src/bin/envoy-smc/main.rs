@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod check;
 mod config_cmd;
 mod doctor;
+mod held;
 mod render;
 mod status;
 mod ueid;

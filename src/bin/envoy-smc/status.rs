@@ -1,6 +1,7 @@
 //! `envoy-smc status`: the live SMC sockets of this network namespace (like smcss, with process
-//! names and fallback reasons in words), a summary by mode and reason, and the kernel's fallback
-//! counters; as a table, JSON, or Prometheus text. Exit 0, or 3 when smc_diag is unavailable.
+//! names and fallback reasons in words), a summary by mode and reason, the kernel's fallback
+//! counters, and the destinations proxies hold on TCP because they dropped SMC's SYNs (adaptive
+//! fallback); as a table, JSON, or Prometheus text. Exit 0, or 3 when smc_diag is unavailable.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,7 +11,9 @@ use envoy_smc::diag::procs::{self, Owner};
 use envoy_smc::diag::{inet_diag, smc_diag, DiagError, Mode, SmcGenl, SmcSocket};
 use serde::Serialize;
 
-use crate::exit;
+use envoy_smc::adaptive::publish::ProcessTable;
+
+use crate::{exit, held};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,6 +35,10 @@ pub struct Args {
     /// Leave out listening sockets.
     #[arg(long)]
     no_listen: bool,
+    /// Where proxies publish their adaptive-fallback tables (default: $ENVOY_SMC_STATE_DIR, else
+    /// /tmp/envoy-smc).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +65,8 @@ struct Report {
     kernel_fallbacks: Option<FallbackStats>,
     kernel_stats: Option<SmcStats>,
     kernel_counters_error: Option<String>,
+    /// Per process: destinations held on TCP, probing or recovered (adaptive fallback).
+    black_holes: Vec<ProcessTable>,
 }
 
 fn keep(args: &Args, c: &Conn) -> bool {
@@ -89,6 +98,10 @@ fn kernel_counters() -> Result<(FallbackStats, Option<SmcStats>), DiagError> {
     let f = g.fallback_stats()?;
     let s = g.stats().ok().flatten();
     Ok((f, s))
+}
+
+fn black_holes(args: &Args) -> Vec<ProcessTable> {
+    held::load(args.state_dir.as_deref(), args.pid, args.comm.as_deref())
 }
 
 pub fn run(args: Args) -> u8 {
@@ -138,6 +151,7 @@ pub fn run(args: Args) -> u8 {
         kernel_fallbacks,
         kernel_stats,
         kernel_counters_error,
+        black_holes: black_holes(&args),
     };
     if args.json {
         println!(
@@ -163,17 +177,20 @@ fn unavailable(args: &Args, e: &DiagError) -> u8 {
             kernel_fallbacks: None,
             kernel_stats: None,
             kernel_counters_error: None,
+            black_holes: black_holes(args),
         };
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
     } else if args.prometheus {
         // Scrapers get a well-formed page that says "down" rather than an error.
         print!(
             "# HELP envoy_smc_diag_up Whether smc_diag answered (1) or not (0).\n\
-             # TYPE envoy_smc_diag_up gauge\nenvoy_smc_diag_up 0\n"
+             # TYPE envoy_smc_diag_up gauge\nenvoy_smc_diag_up 0\n{}",
+            held::prometheus(&black_holes(args))
         );
     } else {
         eprintln!("envoy-smc status: {msg}");
         eprintln!("(run `envoy-smc doctor` to see what this node lacks)");
+        print!("{}", held::table(&black_holes(args)));
     }
     exit::UNAVAILABLE
 }
@@ -300,6 +317,7 @@ fn table(r: &Report) -> String {
             s.smcr.tx_bytes
         );
     }
+    o.push_str(&held::table(&r.black_holes));
     o
 }
 
@@ -423,5 +441,6 @@ fn prometheus(r: &Report) -> String {
             );
         }
     }
+    o.push_str(&held::prometheus(&r.black_holes));
     o
 }
