@@ -211,6 +211,16 @@ typedef struct {
   bool replaced;
 } envoy_smc_verdict;
 
+/*
+ Called on the library's watchdog thread, exactly once for each connect watched with
+ `envoy_smc_watch_connect_rescuable`, with the caller's `token`. `rescue` true: the
+ destination drops SMC's SYNs and this connect is still stuck — call
+ `envoy_smc_rescue_connect` for it on the thread that owns the fd. false: the watchdog is done
+ with it (it connected, was closed, or the destination is down); only forget the token. Must
+ not block and must not call back into the library on this thread.
+ */
+typedef void (*envoy_smc_rescue_fn)(void *ctx, uint64_t token, bool rescue);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -421,6 +431,56 @@ const char *envoy_smc_counter_name(size_t index);
  The name of a TCP reason code (e.g. 6 → "loopback"), a static string; NULL for unknown codes.
  */
 const char *envoy_smc_reason_name(uint32_t reason);
+
+/*
+ Installs the function the watchdog calls for connects watched with
+ `envoy_smc_watch_connect_rescuable` (replacing any earlier one). `callback` must stay callable,
+ and `ctx` valid, for as long as the runtime lives.
+
+ # Safety
+ `callback` must be safe to call from any thread with `ctx`.
+ */
+envoy_smc_result envoy_smc_runtime_set_rescuer(const envoy_smc_runtime *rt,
+                                               envoy_smc_rescue_fn callback,
+                                               void *ctx);
+
+/*
+ Like `envoy_smc_watch_connect`, for a caller that installed a rescuer: true when the connect
+ is watched — the rescuer is then called exactly once with `token` — and `*cookie` (if not
+ NULL) holds the socket's cookie for `envoy_smc_rescue_connect`. false (not watched: adaptive
+ fallback disabled, NULL arguments, a non-IP address, a panic): the rescuer is never called
+ for it.
+
+ # Safety
+ `addr` must be NULL or point at `addrlen` readable bytes; `cookie` NULL or writable; `fd` open.
+ */
+bool envoy_smc_watch_connect_rescuable(const envoy_smc_runtime *rt,
+                                       int fd,
+                                       const struct sockaddr *addr,
+                                       socklen_t addrlen,
+                                       uint64_t token,
+                                       uint64_t *cookie);
+
+/*
+ Moves a connect the rescuer was called for (`rescue` true) to TCP: on the thread that owns
+ `fd`, after dropping the fd's epoll registration. `fd` must still be the socket with `cookie`
+ and still connecting to `addr`; `source` (NULL: none) is the address the caller bound before
+ connecting. `ENVOY_SMC_OK`: a TCP socket connecting to `addr` is under `fd` now — register it
+ with the event loop again, as for a replaced socket; otherwise nothing changed (not that
+ socket any more, no longer connecting, or the TCP socket could not be set up:
+ `ENVOY_SMC_INVALID_ARGUMENT`). Counted as `adaptive.rescued` / `adaptive.rescue_failed`.
+
+ # Safety
+ `addr` must point at `addrlen` readable bytes, `source` be NULL or point at `source_len`
+ readable bytes; `fd` must be open.
+ */
+envoy_smc_result envoy_smc_rescue_connect(const envoy_smc_runtime *rt,
+                                          int fd,
+                                          uint64_t cookie,
+                                          const struct sockaddr *addr,
+                                          socklen_t addrlen,
+                                          const struct sockaddr *source,
+                                          socklen_t source_len);
 
 #ifdef __cplusplus
 }  // extern "C"

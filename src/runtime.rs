@@ -194,7 +194,7 @@ impl Runtime {
     /// SYNs is noticed (adaptive fallback). Call it after an SMC verdict was carried out.
     pub fn watch_connect(&self, fd: BorrowedFd<'_>, remote: SocketAddr) {
         if let Some(adaptive) = self.adaptive.load().as_ref() {
-            adaptive.watchdog.watch(fd.as_raw_fd(), remote, false);
+            adaptive.watchdog.watch(fd.as_raw_fd(), remote, None);
         }
     }
 
@@ -202,12 +202,62 @@ impl Runtime {
     /// an entry point that can rescue it in flight (it installed a rescuer with
     /// [`Runtime::set_rescuer`]). Returns the socket's cookie when the connect is watched: the
     /// entry point then keeps what a rescue needs until the rescuer's `rescue` or `release`.
-    pub fn watch_rescuable_connect(&self, fd: BorrowedFd<'_>, remote: SocketAddr) -> Option<u64> {
+    /// `token` is the entry point's tag for the connect, handed back to its rescuer.
+    pub fn watch_rescuable_connect(
+        &self,
+        fd: BorrowedFd<'_>,
+        remote: SocketAddr,
+        token: u64,
+    ) -> Option<u64> {
         let adaptive = self.adaptive.load();
         adaptive
             .as_ref()?
             .watchdog
-            .watch(fd.as_raw_fd(), remote, true)
+            .watch(fd.as_raw_fd(), remote, Some(token))
+    }
+
+    /// Moves a connect stuck behind a proven black hole to TCP, on the thread that owns the fd
+    /// (for a rescuer that answered [`RescueOutcome::Handed`]): `fd` must still be the socket
+    /// with `cookie` and still sending SYNs; `source` is the address the program bound before
+    /// connecting, if any. Counts the outcome. On error nothing changed; on success the caller
+    /// registers the fd with its event loop again.
+    ///
+    /// [`RescueOutcome::Handed`]: crate::adaptive::RescueOutcome::Handed
+    pub fn rescue_connect(
+        &self,
+        fd: BorrowedFd<'_>,
+        cookie: u64,
+        dest: SocketAddr,
+        source: Option<SocketAddr>,
+    ) -> io::Result<()> {
+        use crate::adaptive::detect::{connect_state, socket_cookie, ConnectState};
+        let raw = fd.as_raw_fd();
+        let result = if socket_cookie(raw) != Some(cookie) {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the fd holds another socket by now",
+            ))
+        } else if !matches!(connect_state(raw), Ok(ConnectState::SynSent { .. })) {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the connect is no longer in progress",
+            ))
+        } else {
+            smc::reconnect_tcp(fd, dest, source, |_| {})
+        };
+        match &result {
+            Ok(()) => {
+                self.stats.inc(Counter::BlackHoleRescued);
+                tracing::info!("envoy-smc: connect on fd {raw} to {dest} moved to TCP in flight");
+            }
+            Err(e) => {
+                self.stats.inc(Counter::BlackHoleRescueFailed);
+                tracing::warn!(
+                    "envoy-smc: fd {raw}: the connect to {dest} stays stuck ({e}); it ends at the connect timeout"
+                );
+            }
+        }
+        result
     }
 
     /// Installs the entry point's rescuer: connects watched with

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use envoy_smc::adaptive::detect::socket_cookie;
 use envoy_smc::adaptive::publish;
-use envoy_smc::adaptive::{Admission, Breaker, Phase, Rescuer, WatchedConnect};
+use envoy_smc::adaptive::{Admission, Breaker, Phase, RescueOutcome, Rescuer, WatchedConnect};
 use envoy_smc::config::{self, AdaptiveSettings};
 use envoy_smc::policy::{Environment, TcpReason, Verdict};
 use envoy_smc::smc::{reconnect_tcp, KernelSupport};
@@ -376,15 +376,15 @@ struct EpollRescuer {
 }
 
 impl Rescuer for EpollRescuer {
-    fn rescue(&self, c: &WatchedConnect) -> bool {
+    fn rescue(&self, c: &WatchedConnect) -> RescueOutcome {
         // SAFETY: the test keeps the watched socket open until it has seen the rescue.
         let fd = unsafe { BorrowedFd::borrow_raw(c.fd) };
         if reconnect_tcp(fd, c.dest, None, |_| {}).is_err() {
-            return false;
+            return RescueOutcome::Failed;
         }
         epoll_add(self.epfd, c.fd);
         self.rescued.lock().unwrap().push(*c);
-        true
+        RescueOutcome::Moved
     }
 
     fn release(&self, c: &WatchedConnect) {
@@ -455,7 +455,7 @@ fn stuck_connects_are_rescued_under_the_same_fd_full_queue_stands_in_for_the_mid
     let mut cookies = Vec::new();
     for p in [&stuck1, &stuck2, &fine] {
         epoll_add(epfd, p.fd.as_raw_fd());
-        cookies.push(rt.watch_rescuable_connect(p.fd.as_fd(), proven).unwrap());
+        cookies.push(rt.watch_rescuable_connect(p.fd.as_fd(), proven, 7).unwrap());
     }
     // `fine` connects at once; the stuck ones must not be writable before the rescue.
     assert_eq!(
@@ -510,6 +510,28 @@ fn stuck_connects_are_rescued_under_the_same_fd_full_queue_stands_in_for_the_mid
     );
     // SAFETY: epfd is ours.
     unsafe { libc::close(epfd) };
+}
+
+/// Every rescuable connect gets exactly one call: a runtime that goes away (a new configuration,
+/// shutdown) lets the connects it still watches go.
+#[test]
+fn dropping_the_runtime_releases_the_connects_it_watches() {
+    let rt = runtime();
+    let rescuer = Arc::new(EpollRescuer {
+        epfd: -1,
+        rescued: Mutex::new(Vec::new()),
+        released: Mutex::new(Vec::new()),
+    });
+    rt.set_rescuer(rescuer.clone());
+    let (full, _filler, stuck) = stalled_connect();
+    let cookie = rt
+        .watch_rescuable_connect(stuck.fd.as_fd(), full.local_addr().unwrap(), 99)
+        .unwrap();
+    drop(rt);
+    let released = rescuer.released.lock().unwrap().clone();
+    assert_eq!(released.len(), 1);
+    assert_eq!((released[0].cookie, released[0].token), (cookie, 99));
+    assert!(rescuer.rescued.lock().unwrap().is_empty());
 }
 
 /// A stuck connect watched without a rescuer (the native extension's connects) is counted as

@@ -8,9 +8,48 @@ namespace Envoy {
 namespace Network {
 namespace Smc {
 
+void ConnectRescue::rescue() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (handle_ != nullptr) {
+    // The handle is alive, so its worker's dispatcher is too.
+    dispatcher_->post([self = shared_from_this()]() { self->run(); });
+  }
+}
+
+void ConnectRescue::detach() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  handle_ = nullptr;
+}
+
+void ConnectRescue::run() {
+  SmcIoHandle* handle = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    handle = handle_;
+  }
+  // The handle is destroyed on this thread only, so it cannot go away from here on.
+  if (handle != nullptr) {
+    handle->rescueConnect();
+  }
+}
+
 SmcIoHandle::SmcIoHandle(RuntimeSharedPtr runtime, const envoy_smc_socket_state& state,
                          os_fd_t fd, bool socket_v6only, int domain)
     : IoSocketHandleImpl(fd, socket_v6only, domain), runtime_(std::move(runtime)), state_(state) {}
+
+SmcIoHandle::~SmcIoHandle() {
+  if (rescue_ != nullptr) {
+    rescue_->detach();
+  }
+}
+
+Api::SysCallIntResult SmcIoHandle::bind(Address::InstanceConstSharedPtr address) {
+  // A rescue connects from the same source address (not port).
+  if (!decided_) {
+    source_ = address;
+  }
+  return IoSocketHandleImpl::bind(std::move(address));
+}
 
 Api::SysCallIntResult SmcIoHandle::setOption(int level, int optname, const void* optval,
                                              socklen_t optlen) {
@@ -43,11 +82,52 @@ Api::SysCallIntResult SmcIoHandle::connect(Address::InstanceConstSharedPtr addre
         runtime_->decideConnect(state_, address->sockAddr(), address->sockAddrLen(), &verdict)) {
       carryOut(verdict, false);
       if (verdict_.kind != ENVOY_SMC_KIND_TCP) {
-        runtime_->watchConnect(fd_, address->sockAddr(), address->sockAddrLen());
+        watch(address);
       }
     }
   }
   return IoSocketHandleImpl::connect(std::move(address));
+}
+
+void SmcIoHandle::watch(const Address::InstanceConstSharedPtr& address) {
+  // Rescuable only with a file event to make again; without one, later connections are still
+  // kept on TCP once the destination is proven black-holed.
+  if (file_event_ == nullptr || dispatcher_ == nullptr || !cb_) {
+    runtime_->watchConnect(fd_, address->sockAddr(), address->sockAddrLen());
+    return;
+  }
+  auto rescue = std::make_shared<ConnectRescue>(*dispatcher_, *this);
+  cookie_ = runtime_->watchRescuableConnect(fd_, address->sockAddr(), address->sockAddrLen(),
+                                            rescue);
+  if (cookie_ != 0) {
+    rescue_ = std::move(rescue);
+    remote_ = address;
+  }
+}
+
+void SmcIoHandle::rescueConnect() {
+  if (rescue_ == nullptr) {
+    return;
+  }
+  rescue_->detach();
+  rescue_.reset();
+  // Closed meanwhile, or Envoy dropped the file event: nothing to carry over.
+  if (!isOpen() || file_event_ == nullptr || dispatcher_ == nullptr || !cb_) {
+    return;
+  }
+  // Drop the registration while the stuck socket still exists (as for a replacement).
+  file_event_.reset();
+  const sockaddr* source = source_ != nullptr ? source_->sockAddr() : nullptr;
+  const socklen_t source_len = source_ != nullptr ? source_->sockAddrLen() : 0;
+  const bool moved = runtime_->rescueConnect(fd_, cookie_, remote_->sockAddr(),
+                                             remote_->sockAddrLen(), source, source_len);
+  // Moved: a TCP connect is under way on the fd; not moved: the stuck socket is still there.
+  // Either way the connection keeps its events.
+  IoSocketHandleImpl::initializeFileEvent(*dispatcher_, cb_, trigger_, events_);
+  cb_ = nullptr;
+  if (moved) {
+    ENVOY_LOG_MISC(info, "envoy-smc: connect on fd {} moved to TCP in flight", fd_);
+  }
 }
 
 void SmcIoHandle::decideListener() {
@@ -76,7 +156,10 @@ void SmcIoHandle::carryOut(envoy_smc_verdict verdict, bool listener) {
     IoSocketHandleImpl::initializeFileEvent(*dispatcher_, cb_, trigger_, events_);
   }
   verdict_ = verdict;
-  cb_ = nullptr;
+  // An SMC client keeps the callback until its connect is known not to need a rescue.
+  if (listener || verdict.kind == ENVOY_SMC_KIND_TCP) {
+    cb_ = nullptr;
+  }
   if (!applied) {
     ENVOY_LOG_MISC(warn, "envoy-smc: could not carry out the {} verdict on fd {}; it stays TCP",
                    listener ? "listener" : "client", fd_);
@@ -102,7 +185,7 @@ void SmcIoHandle::activateFileEvents(uint32_t events) {
 }
 
 void SmcIoHandle::enableFileEvents(uint32_t events) {
-  if (!decided_) {
+  if (!decided_ || rescue_ != nullptr) {
     events_ = events;
   }
   IoSocketHandleImpl::enableFileEvents(events);

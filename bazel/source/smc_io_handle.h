@@ -1,6 +1,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 
 #include "envoy/event/dispatcher.h"
 #include "envoy/network/io_handle.h"
@@ -12,6 +14,27 @@
 namespace Envoy {
 namespace Network {
 namespace Smc {
+
+class SmcIoHandle;
+
+// Connects a rescue (adaptive fallback) to its handle across threads: the library's watchdog
+// thread calls rescue(), which posts the work to the handle's dispatcher; the handle detaches
+// itself when it goes away, so a late post finds nothing to do. Envoy destroys a connection's
+// handle on its worker thread, before that worker's dispatcher.
+class ConnectRescue : public RescueTicket, public std::enable_shared_from_this<ConnectRescue> {
+public:
+  ConnectRescue(Event::Dispatcher& dispatcher, SmcIoHandle& handle)
+      : dispatcher_(&dispatcher), handle_(&handle) {}
+  void rescue() override; // the watchdog thread
+  void detach();          // the worker thread
+
+private:
+  void run(); // the worker thread
+
+  std::mutex mutex_;
+  Event::Dispatcher* dispatcher_;
+  SmcIoHandle* handle_;
+};
 
 // The handle of an IP stream socket that envoy-smc may still turn into an SMC socket. Every
 // such socket starts as plain TCP; the decision waits until Envoy has said all it will say
@@ -25,10 +48,12 @@ public:
   // Takes over `fd`, which Runtime::socket() opened and described in `state`.
   SmcIoHandle(RuntimeSharedPtr runtime, const envoy_smc_socket_state& state, os_fd_t fd,
               bool socket_v6only, int domain);
+  ~SmcIoHandle() override;
 
   // IoHandle
   Api::SysCallIntResult setOption(int level, int optname, const void* optval,
                                   socklen_t optlen) override;
+  Api::SysCallIntResult bind(Address::InstanceConstSharedPtr address) override;
   Api::SysCallIntResult listen(int backlog) override;
   Api::SysCallIntResult connect(Address::InstanceConstSharedPtr address) override;
   IoHandlePtr duplicate() override;
@@ -40,10 +65,18 @@ public:
   // The verdict carried out, once the socket is decided (for logs and tests).
   bool decided() const { return decided_; }
   const envoy_smc_verdict& verdict() const { return verdict_; }
+  // An SMC connect in flight that the library may still hand back for a rescue.
+  bool rescuable() const { return rescue_ != nullptr; }
+
+  // Adaptive fallback, on the worker thread: the destination drops SMC's SYNs and this connect
+  // is stuck; the library moves it to a TCP socket under the same fd and the file event is made
+  // again, so the connection sees its connect complete.
+  void rescueConnect();
 
 private:
   void decideListener();
   void carryOut(envoy_smc_verdict verdict, bool listener);
+  void watch(const Address::InstanceConstSharedPtr& address);
 
   const RuntimeSharedPtr runtime_;
   envoy_smc_socket_state state_;
@@ -59,6 +92,12 @@ private:
   // Envoy activates the write event by hand to close a connection out of band (bind or socket
   // option failure) and still calls connect(); an activation does not survive a new file event.
   bool activated_{false};
+
+  // An SMC connect in flight that can be rescued: where it goes, where it was bound, its cookie.
+  std::shared_ptr<ConnectRescue> rescue_;
+  uint64_t cookie_{0};
+  Address::InstanceConstSharedPtr remote_;
+  Address::InstanceConstSharedPtr source_;
 };
 
 } // namespace Smc

@@ -43,6 +43,7 @@ std::shared_ptr<const Runtime> Runtime::adopt(envoy_smc_result result, envoy_smc
                                               char* message, std::string* error) {
   if (result == ENVOY_SMC_OK && runtime != nullptr) {
     envoy_smc_string_free(message);
+    envoy_smc_runtime_set_rescuer(runtime, &Runtime::onRescue, nullptr);
     return std::shared_ptr<const Runtime>(new Runtime(runtime));
   }
   *error = message != nullptr ? std::string(message) : resultName(result);
@@ -115,6 +116,37 @@ bool Runtime::applyConnect(int fd, const envoy_smc_socket_state& state,
 
 void Runtime::watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const {
   envoy_smc_watch_connect(runtime_, fd, addr, addrlen);
+}
+
+uint64_t Runtime::watchRescuableConnect(int fd, const sockaddr* addr, socklen_t addrlen,
+                                        RescueTicketSharedPtr ticket) const {
+  // The token is a heap copy of the ticket, owned by the library until onRescue takes it back.
+  auto* held = new RescueTicketSharedPtr(std::move(ticket));
+  uint64_t cookie = 0;
+  if (!envoy_smc_watch_connect_rescuable(runtime_, fd, addr, addrlen,
+                                         reinterpret_cast<uintptr_t>(held), &cookie)) {
+    delete held;
+    return 0;
+  }
+  return cookie;
+}
+
+bool Runtime::rescueConnect(int fd, uint64_t cookie, const sockaddr* addr, socklen_t addrlen,
+                            const sockaddr* source, socklen_t source_len) const {
+  return envoy_smc_rescue_connect(runtime_, fd, cookie, addr, addrlen, source, source_len) ==
+         ENVOY_SMC_OK;
+}
+
+void Runtime::onRescue(void*, uint64_t token, bool rescue) noexcept {
+  std::unique_ptr<RescueTicketSharedPtr> held(reinterpret_cast<RescueTicketSharedPtr*>(token));
+  if (!rescue || held == nullptr || *held == nullptr) {
+    return;
+  }
+  // Called from Rust: nothing may unwind out of here.
+  try {
+    (*held)->rescue();
+  } catch (...) {
+  }
 }
 
 std::vector<uint64_t> Runtime::counters() const {

@@ -17,6 +17,17 @@ namespace Envoy {
 namespace Network {
 namespace Smc {
 
+// A connect the library may hand back for a rescue (adaptive fallback): when its destination is
+// proven to drop SMC's SYNs while the connect is still stuck, the library's watchdog thread calls
+// rescue() once; otherwise the ticket is just dropped. rescue() must not block and must not call
+// back into the library: it passes the work to the thread that owns the fd.
+class RescueTicket {
+public:
+  virtual ~RescueTicket() = default;
+  virtual void rescue() = 0;
+};
+using RescueTicketSharedPtr = std::shared_ptr<RescueTicket>;
+
 // One envoy-smc runtime (compiled config, kernel capabilities, counters). The library makes a
 // runtime safe to share between threads; the extension shares it with every socket handle it
 // creates, so a handle that outlives the extension at shutdown still holds a live runtime.
@@ -53,6 +64,14 @@ public:
   // Adaptive fallback: watch an SMC socket about to connect, so a path that drops SMC's SYNs is
   // detected and later connections to it stay TCP.
   void watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const;
+  // The same, for a connect that can be rescued in flight: returns the socket's cookie (for
+  // rescueConnect), or 0 when the connect is not watched (the ticket is then never called).
+  uint64_t watchRescuableConnect(int fd, const sockaddr* addr, socklen_t addrlen,
+                                 RescueTicketSharedPtr ticket) const;
+  // On the thread that owns fd, after its file event was dropped: puts a TCP socket connecting
+  // to addr (from source's IP when given) under fd. False: nothing changed.
+  bool rescueConnect(int fd, uint64_t cookie, const sockaddr* addr, socklen_t addrlen,
+                     const sockaddr* source, socklen_t source_len) const;
 
   // The library's counters, index-aligned with counterNames().
   std::vector<uint64_t> counters() const;
@@ -63,6 +82,8 @@ public:
 private:
   explicit Runtime(envoy_smc_runtime* runtime) : runtime_(runtime) {}
   static bool abiMatches(std::string* error);
+  // The library's watchdog thread calls this for every connect watched as rescuable.
+  static void onRescue(void* ctx, uint64_t token, bool rescue) noexcept;
   static std::shared_ptr<const Runtime> adopt(envoy_smc_result result, envoy_smc_runtime* runtime,
                                               char* message, std::string* error);
 

@@ -8,10 +8,16 @@
 // decides, replaces sockets under their fd numbers and reads their kind back as it would on a
 // real SMC kernel, while the data still flows over TCP. Like the real kernel, AF_SMC sockets
 // refuse SO_REUSEPORT. Without the variable every call goes straight to the kernel.
+//
+// A black hole can be set (fakeBlackHole): an SMC socket's connect() to that destination goes to
+// a stand-in address instead (a listener whose accept queue is full, which drops the SYNs), while
+// plain TCP sockets reach the destination: what a middlebox dropping SMC's SYNs does.
 
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include <netinet/in.h>
 
 #include <atomic>
 #include <cerrno>
@@ -29,6 +35,11 @@ constexpr int kMaxFd = 1 << 16;
 enum Kind : uint8_t { None = 0, AfSmc4 = 1, AfSmc6 = 2, Ipproto = 3 };
 
 std::atomic<uint8_t> kinds[kMaxFd];
+
+// The black hole: SMC connects to black_hole_dest go to black_hole_stall instead (IPv4 only).
+sockaddr_in black_hole_dest{};
+sockaddr_in black_hole_stall{};
+std::atomic<bool> black_hole_set{false};
 
 bool active() {
   static const bool on = [] {
@@ -121,6 +132,18 @@ int dup3(int oldfd, int newfd, int flags) noexcept {
   return rc;
 }
 
+int connect(int fd, const sockaddr* addr, socklen_t len) {
+  if (active() && black_hole_set.load() && kindOf(fd) != None && addr != nullptr &&
+      len >= sizeof(sockaddr_in) && addr->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
+    if (in->sin_addr.s_addr == black_hole_dest.sin_addr.s_addr &&
+        in->sin_port == black_hole_dest.sin_port) {
+      addr = reinterpret_cast<const sockaddr*>(&black_hole_stall);
+    }
+  }
+  return static_cast<int>(::syscall(SYS_connect, fd, addr, len));
+}
+
 int close(int fd) {
   if (active()) {
     remember(fd, None);
@@ -132,4 +155,10 @@ int close(int fd) {
 
 namespace EnvoySmcTest {
 bool fakeKernelActive() { return active(); }
+
+void fakeBlackHole(const sockaddr_in& dest, const sockaddr_in& stall) {
+  black_hole_dest = dest;
+  black_hole_stall = stall;
+  black_hole_set.store(true);
+}
 } // namespace EnvoySmcTest

@@ -15,9 +15,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <iostream>
 #include <memory>
@@ -37,6 +39,7 @@
 
 namespace EnvoySmcTest {
 bool fakeKernelActive();
+void fakeBlackHole(const sockaddr_in& dest, const sockaddr_in& stall);
 } // namespace EnvoySmcTest
 
 namespace {
@@ -673,6 +676,96 @@ STAND_IN_TEST(stand_in_client_events_arrive_after_replacement) {
     bed.dispatcher().runOnce(10);
   }
   CHECK((seen & Event::FileReadyType::Read) != 0);
+}
+
+sockaddr_in ipv4(const std::string& ip, uint16_t port) {
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons(port);
+  CHECK_EQ(::inet_pton(AF_INET, ip.c_str(), &sin.sin_addr), 1);
+  return sin;
+}
+
+// Adaptive fallback's rescue in the extension. Fake kernel only: it stands in for the kernel's
+// SMC sockets and for the middlebox (an SMC connect to the server goes to a listener whose accept
+// queue is full, which drops its SYNs, while plain TCP reaches the server; the real middlebox is
+// an iptables rule in the SMC-R VM). The library's watchdog proves the black hole and hands the
+// connect back; the shim posts the rescue to the dispatcher, and on its thread the connect moves
+// to a TCP socket under the same fd whose write event then arrives through the same callback.
+STAND_IN_TEST(stand_in_stuck_connect_is_rescued_through_the_dispatcher) {
+  const std::optional<std::string> ip = localIpv4();
+  if (!fakeKernelActive() || !ip.has_value()) {
+    std::cout << "  (needs the fake SMC kernel and a non-loopback IPv4 address: skipped)\n";
+    return;
+  }
+  Network::SocketInterfaceImpl plain;
+  const uint16_t port = freePort();
+  const auto server_address = std::make_shared<Network::Address::Ipv4Instance>(*ip, port);
+  Network::IoHandlePtr server = plain.socket(Network::Socket::Type::Stream, server_address, {});
+  CHECK_EQ(server->bind(server_address).return_value_, 0);
+  CHECK_EQ(server->listen(16).return_value_, 0);
+  // The stall: backlog 0 holds one connection (the filler); later SYNs are dropped.
+  const uint16_t stall_port = freePort();
+  const int stall = ::socket(AF_INET, SOCK_STREAM, 0);
+  const sockaddr_in stall_addr = ipv4(*ip, stall_port);
+  CHECK_EQ(::bind(stall, reinterpret_cast<const sockaddr*>(&stall_addr), sizeof(stall_addr)), 0);
+  CHECK_EQ(::listen(stall, 0), 0);
+  const int filler = ::socket(AF_INET, SOCK_STREAM, 0);
+  CHECK_EQ(::connect(filler, reinterpret_cast<const sockaddr*>(&stall_addr), sizeof(stall_addr)),
+           0);
+  fakeBlackHole(ipv4(*ip, port), stall_addr);
+
+  SmcConfig config = meshConfig();
+  config.mutable_adaptive_fallback()->set_detect_after_ms(300);
+  Bed bed(config);
+  Network::IoHandlePtr client = bed.client(*ip, port);
+  uint32_t seen = 0;
+  client->initializeFileEvent(
+      bed.dispatcher(),
+      [&seen](uint32_t events) {
+        seen |= events;
+        return absl::OkStatus();
+      },
+      Event::FileTriggerType::Edge, Event::FileReadyType::Read | Event::FileReadyType::Write);
+  setEnableSwitch(*client);
+  connectTo(*client, *ip, port);
+  const int fd = client->fdDoNotUse();
+  CHECK(asSmc(client) != nullptr && asSmc(client)->verdict().kind != ENVOY_SMC_KIND_TCP);
+  CHECK(asSmc(client)->rescuable());
+  const auto start = std::chrono::steady_clock::now();
+  while ((seen & Event::FileReadyType::Write) == 0 &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(6)) {
+    bed.dispatcher().runOnce(10);
+  }
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - start)
+                        .count();
+  std::cout << "  (write event " << took << " ms after connect)\n";
+  CHECK((seen & Event::FileReadyType::Write) != 0);
+  CHECK_EQ(client->fdDoNotUse(), fd);
+  CHECK_EQ(intOption(fd, SOL_SOCKET, SO_ERROR), 0);
+  CHECK_EQ(intOption(fd, SOL_SOCKET, SO_PROTOCOL), IPPROTO_TCP);
+  CHECK(!asSmc(client)->rescuable());
+  CHECK_EQ(bed.stat("adaptive.black_hole_tripped"), uint64_t(1));
+  CHECK_EQ(bed.stat("adaptive.rescued"), uint64_t(1));
+  CHECK_EQ(bed.stat("adaptive.rescue_failed"), uint64_t(0));
+  // The server got the watchdog's plain TCP probe and the rescued connection; data flows on it.
+  CHECK_EQ(::send(fd, "rescued", 7, MSG_NOSIGNAL), ssize_t(7));
+  bool got = false;
+  for (int i = 0; i < 2 && !got; ++i) {
+    Network::IoHandlePtr accepted = acceptOne(*server);
+    if (accepted == nullptr) {
+      break;
+    }
+    timeval tv{0, 300 * 1000};
+    ::setsockopt(accepted->fdDoNotUse(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char buf[8] = {};
+    got = ::recv(accepted->fdDoNotUse(), buf, 7, MSG_WAITALL) == 7 &&
+          std::string(buf, 7) == "rescued";
+  }
+  CHECK(got);
+  ::close(filler);
+  ::close(stall);
 }
 
 STAND_IN_TEST(stand_in_pending_activation_keeps_tcp) {

@@ -92,8 +92,22 @@ void EpollDispatcher::forget(EpollFileEvent* event) {
   live_.erase(std::remove(live_.begin(), live_.end(), event), live_.end());
 }
 
+void EpollDispatcher::post(Envoy::Event::PostCb callback) {
+  std::lock_guard<std::mutex> lock(posted_mutex_);
+  posted_.push_back(std::move(callback));
+}
+
 int EpollDispatcher::runOnce(int timeout_ms) {
   int ran = 0;
+  std::vector<Envoy::Event::PostCb> posted;
+  {
+    std::lock_guard<std::mutex> lock(posted_mutex_);
+    posted.swap(posted_);
+  }
+  for (auto& callback : posted) {
+    callback();
+    ++ran;
+  }
   for (EpollFileEvent* event : std::vector<EpollFileEvent*>(live_)) {
     if (const uint32_t injected = event->takeInjected(); injected != 0) {
       event->fire(injected);

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <mutex>
 #include <vector>
 
 #include "envoy/event/dispatcher.h"
@@ -136,8 +137,10 @@ public:
                                              Envoy::Event::FileTriggerType trigger,
                                              uint32_t events) override;
   Envoy::Event::TimerPtr createTimer(Envoy::Event::TimerCb cb) override;
+  void post(Envoy::Event::PostCb callback) override;
 
-  // One epoll_wait (injected activations first); returns how many callbacks ran.
+  // Posted callbacks first, then one epoll_wait (injected activations first); returns how many
+  // callbacks ran.
   int runOnce(int timeout_ms);
 
   int epollFd() const { return epoll_fd_; }
@@ -153,6 +156,8 @@ private:
   int file_events_created_{0};
   int removal_errors_{0};
   ManualTimer* last_timer_{nullptr};
+  std::mutex posted_mutex_;
+  std::vector<Envoy::Event::PostCb> posted_;
 };
 
 // ---- stats, node, context --------------------------------------------------------------------

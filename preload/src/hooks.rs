@@ -162,7 +162,7 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
         // and hands a stuck one back to `rescue::PreloadRescuer`, which needs the options and
         // epoll registrations recorded so far (and those made until then).
         let source = local_address(bfd).ok().filter(|a| !a.ip().is_unspecified());
-        let cookie = rt.watch_rescuable_connect(bfd, remote)?;
+        let cookie = rt.watch_rescuable_connect(bfd, remote, 0)?;
         Some(Tracked {
             rescue: Some(Rescue { cookie, source }),
             ..t

@@ -10,7 +10,7 @@
 
 use std::os::fd::BorrowedFd;
 
-use envoy_smc::adaptive::{detect::socket_cookie, Rescuer, WatchedConnect};
+use envoy_smc::adaptive::{detect::socket_cookie, RescueOutcome, Rescuer, WatchedConnect};
 use envoy_smc::smc::{reconnect_tcp, SocketKind};
 
 use crate::hooks::{replay_options, reregister};
@@ -20,14 +20,20 @@ use crate::{table, Reentry};
 pub struct PreloadRescuer;
 
 impl Rescuer for PreloadRescuer {
-    fn rescue(&self, c: &WatchedConnect) -> bool {
+    fn rescue(&self, c: &WatchedConnect) -> RescueOutcome {
         let Some(_guard) = Reentry::enter() else {
-            return false;
+            return RescueOutcome::Failed;
         };
-        std::panic::catch_unwind(|| table::take_rescuable(c.fd, c.cookie, |t| rescue(c, &t)))
-            .ok()
-            .flatten()
-            .unwrap_or(false)
+        let moved =
+            std::panic::catch_unwind(|| table::take_rescuable(c.fd, c.cookie, |t| rescue(c, &t)))
+                .ok()
+                .flatten()
+                .unwrap_or(false);
+        if moved {
+            RescueOutcome::Moved
+        } else {
+            RescueOutcome::Failed
+        }
     }
 
     fn release(&self, c: &WatchedConnect) {

@@ -14,5 +14,5 @@ pub mod rescue;
 pub mod watchdog;
 
 pub use breaker::{Admission, Breaker, Entry, Phase};
-pub use rescue::{Rescuer, WatchedConnect};
+pub use rescue::{RescueOutcome, Rescuer, WatchedConnect};
 pub use watchdog::Watchdog;

@@ -17,6 +17,20 @@ pub struct WatchedConnect {
     /// `SO_COOKIE` still says this.
     pub cookie: u64,
     pub dest: SocketAddr,
+    /// The entry point's own tag for the connect, given when it was watched.
+    pub token: u64,
+}
+
+/// What became of a connect handed to [`Rescuer::rescue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RescueOutcome {
+    /// Moved to TCP (counted `adaptive.rescued`).
+    Moved,
+    /// Could not be moved (counted `adaptive.rescue_failed`).
+    Failed,
+    /// Handed to the thread that owns the fd, which moves it later and counts the outcome
+    /// itself (see [`crate::runtime::Runtime::rescue_connect`]).
+    Handed,
 }
 
 /// The entry point's half of a rescue. Called on the watchdog thread; for every connect watched
@@ -24,8 +38,7 @@ pub struct WatchedConnect {
 pub trait Rescuer: Send + Sync {
     /// The connect is stuck behind a proven black hole: replace it with a TCP connection to the
     /// same destination under the same fd (the program's event loop must see the new socket).
-    /// Returns whether it did.
-    fn rescue(&self, connect: &WatchedConnect) -> bool;
+    fn rescue(&self, connect: &WatchedConnect) -> RescueOutcome;
 
     /// The watchdog is done with the connect without a rescue (it got through, was closed,
     /// the destination is down, or it is no longer watched): forget what was kept for it.

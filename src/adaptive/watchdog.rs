@@ -22,7 +22,7 @@ use super::detect::{
     connect_state, socket_cookie, syn_stalled, tcp_probe, ConnectState, ProbeOutcome, TCP_SYN_SENT,
 };
 use super::publish::Publisher;
-use super::rescue::{Rescuer, WatchedConnect};
+use super::rescue::{RescueOutcome, Rescuer, WatchedConnect};
 use crate::stats::{Counter, Stats};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -42,6 +42,7 @@ struct Watched {
     started: Instant,
     /// The entry point keeps what a rescue needs and waits for `rescue` or `release`.
     rescuable: bool,
+    token: u64,
 }
 
 impl Watched {
@@ -50,6 +51,7 @@ impl Watched {
             fd: self.fd,
             cookie: self.cookie,
             dest: self.dest,
+            token: self.token,
         }
     }
 }
@@ -93,9 +95,10 @@ impl Watchdog {
     }
 
     /// Starts watching an SMC socket that is about to connect to `dest`. `rescuable`: the entry
-    /// point has installed a [`Rescuer`] and keeps what rescuing this connect needs. Returns the
-    /// socket's cookie when the connect is watched (`None`: not watched, keep nothing).
-    pub fn watch(&self, fd: RawFd, dest: SocketAddr, rescuable: bool) -> Option<u64> {
+    /// point has installed a [`Rescuer`] and keeps what rescuing this connect needs (`token` is
+    /// its tag, handed back with it). Returns the socket's cookie when the connect is watched
+    /// (`None`: not watched, keep nothing).
+    pub fn watch(&self, fd: RawFd, dest: SocketAddr, rescuable: Option<u64>) -> Option<u64> {
         let cookie = socket_cookie(fd)?;
         let mut list = self.shared.list.lock().ok()?;
         if list.len() >= MAX_WATCHED {
@@ -106,7 +109,8 @@ impl Watchdog {
             cookie,
             dest,
             started: Instant::now(),
-            rescuable,
+            rescuable: rescuable.is_some(),
+            token: rescuable.unwrap_or(0),
         });
         drop(list);
         self.shared.stats.inc(Counter::ConnectsWatched);
@@ -152,6 +156,17 @@ impl Drop for Watchdog {
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
         }
+        // Every rescuable connect gets its one call: the ones still watched are let go.
+        let rescuer = self.shared.rescuer.lock().ok().and_then(|r| r.clone());
+        let left = self
+            .shared
+            .list
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
+        for w in &left {
+            release(rescuer.as_ref(), w);
+        }
     }
 }
 
@@ -191,17 +206,17 @@ fn rescue_all(
         }
         finished.push((w.fd, w.cookie));
         match (w.rescuable, rescuer) {
-            (true, Some(r)) => {
-                if r.rescue(&w.connect()) {
+            (true, Some(r)) => match r.rescue(&w.connect()) {
+                RescueOutcome::Moved => {
                     shared.stats.inc(Counter::BlackHoleRescued);
                     tracing::info!(
                         "envoy-smc: connect on fd {} to {dest} moved to TCP in flight",
                         w.fd
                     );
-                } else {
-                    shared.stats.inc(Counter::BlackHoleRescueFailed);
                 }
-            }
+                RescueOutcome::Failed => shared.stats.inc(Counter::BlackHoleRescueFailed),
+                RescueOutcome::Handed => {}
+            },
             // Nobody can rescue it: it fails at the program's connect timeout, like before.
             _ => shared.stats.inc(Counter::BlackHoleRescueFailed),
         }

@@ -11,7 +11,10 @@
 #![allow(non_camel_case_types)]
 
 mod panic;
+mod rescue;
 pub mod sockaddr;
+
+pub use rescue::*;
 
 use std::ffi::{c_char, c_int, CStr};
 use std::os::fd::BorrowedFd;

@@ -4,6 +4,9 @@
  * socket is TCP with reason kernel_lacks_smc; data still flows. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <sys/epoll.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,6 +235,95 @@ static void test_argument_errors(envoy_smc_runtime *rt) {
   close(pfd);
 }
 
+/* What the rescuer was told, from the watchdog thread. */
+static _Atomic uint64_t told_token;
+static _Atomic int told_rescue = -1;
+
+static void on_rescue(void *ctx, uint64_t token, bool rescue) {
+  CHECK(ctx == (void *)&told_token);
+  atomic_store(&told_token, token);
+  atomic_store(&told_rescue, rescue ? 1 : 0);
+}
+
+static int listener_on_loopback(int backlog, struct sockaddr_in *addr) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+  CHECK(listen(fd, backlog) == 0);
+  CHECK(getsockname(fd, (struct sockaddr *)addr, &len) == 0);
+  return fd;
+}
+
+/* Adaptive fallback's rescue through the C ABI, the way the Envoy extension drives it. A listener
+ * with a full accept queue drops SYNs, standing in for the middlebox (the real one is an iptables
+ * rule in the SMC-R VM): the connect to it stalls; it is watched as if it went to `good`, whose
+ * plain TCP works, so the watchdog trips and tells the rescuer; this thread then moves the connect
+ * with envoy_smc_rescue_connect and the new socket connects to `good`. */
+static void test_rescue(void) {
+  envoy_smc_runtime *rt = new_runtime("adaptive_fallback: {detect_after_ms: 300, probe_timeout_ms: 1000}\n");
+  if (!rt) return;
+  CHECK(envoy_smc_runtime_set_rescuer(NULL, on_rescue, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_runtime_set_rescuer(rt, NULL, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_runtime_set_rescuer(rt, on_rescue, &told_token) == ENVOY_SMC_OK);
+  struct sockaddr_in full_addr, good_addr;
+  int full = listener_on_loopback(0, &full_addr);
+  int good = listener_on_loopback(8, &good_addr);
+  int filler = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(connect(filler, (struct sockaddr *)&full_addr, sizeof full_addr) == 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  CHECK(connect(fd, (struct sockaddr *)&full_addr, sizeof full_addr) == -1 && errno == EINPROGRESS);
+
+  uint64_t cookie = 0;
+  CHECK(!envoy_smc_watch_connect_rescuable(NULL, fd, (struct sockaddr *)&good_addr, sizeof good_addr, 1, &cookie));
+  CHECK(!envoy_smc_watch_connect_rescuable(rt, fd, NULL, 0, 1, &cookie));
+  CHECK(!envoy_smc_watch_connect_rescuable(rt, -1, (struct sockaddr *)&good_addr, sizeof good_addr, 1, &cookie));
+  CHECK(cookie == 0); /* untouched when not watched */
+  CHECK(envoy_smc_watch_connect_rescuable(rt, fd, (struct sockaddr *)&good_addr, sizeof good_addr, 4242, &cookie));
+  CHECK(cookie != 0);
+
+  for (int i = 0; i < 100 && atomic_load(&told_rescue) < 0; i++) usleep(50 * 1000);
+  CHECK(atomic_load(&told_rescue) == 1);
+  CHECK(atomic_load(&told_token) == 4242);
+
+  CHECK(envoy_smc_rescue_connect(NULL, fd, cookie, (struct sockaddr *)&good_addr, sizeof good_addr, NULL, 0) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_rescue_connect(rt, fd, cookie, NULL, 0, NULL, 0) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_rescue_connect(rt, fd, cookie + 1, (struct sockaddr *)&good_addr, sizeof good_addr, NULL, 0) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_rescue_connect(rt, fd, cookie, (struct sockaddr *)&good_addr, sizeof good_addr, NULL, 0) == ENVOY_SMC_OK);
+  CHECK(counter(rt, "adaptive.rescued") == 1);
+  CHECK(counter(rt, "adaptive.rescue_failed") == 1); /* the wrong cookie */
+  CHECK((fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+
+  /* The same fd now connects to `good`: writable, no error, and the data arrives there. */
+  int ep = epoll_create1(0);
+  struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+  CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+  CHECK(epoll_wait(ep, &ev, 1, 3000) == 1);
+  int err = -1;
+  socklen_t len = sizeof err;
+  CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0);
+  CHECK(write(fd, "rescued", 7) == 7);
+  /* The watchdog's plain TCP probe came first; the rescued connection carries the data. */
+  char buf[8] = {0};
+  int got = 0;
+  for (int i = 0; i < 2 && !got; i++) {
+    int a = accept(good, NULL, NULL);
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 300 * 1000};
+    setsockopt(a, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    got = read(a, buf, 7) == 7 && memcmp(buf, "rescued", 7) == 0;
+    close(a);
+  }
+  CHECK(got);
+  /* A second rescue of the connected socket: no longer connecting, nothing changes. */
+  CHECK(envoy_smc_rescue_connect(rt, fd, cookie, (struct sockaddr *)&good_addr, sizeof good_addr, NULL, 0) == ENVOY_SMC_INVALID_ARGUMENT);
+  close(ep);
+  close(fd);
+  close(filler);
+  close(full);
+  close(good);
+  envoy_smc_runtime_free(rt);
+}
+
 int main(void) {
   test_version();
   test_runtime_errors();
@@ -241,6 +333,7 @@ int main(void) {
   test_round_trip(rt);
   test_argument_errors(rt);
   envoy_smc_runtime_free(rt);
+  test_rescue();
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
