@@ -241,6 +241,28 @@ void connectTo(Network::IoHandle& handle, const std::string& ip, uint32_t port) 
 absl::Status ignoreEvents(uint32_t) { return absl::OkStatus(); }
 
 // Accepts one pending connection on a listening handle, waiting up to a second.
+// A plain TCP listener on ip:port (a peer without SMC: an SMC client falls back to TCP).
+Network::IoHandlePtr plainListener(const std::string& ip, uint16_t port) {
+  Network::SocketInterfaceImpl plain;
+  const auto address = std::make_shared<Network::Address::Ipv4Instance>(ip, port);
+  Network::IoHandlePtr server = plain.socket(Network::Socket::Type::Stream, address, {});
+  CHECK_EQ(server->bind(address).return_value_, 0);
+  CHECK_EQ(server->listen(16).return_value_, 0);
+  return server;
+}
+
+// Envoy's client file event (edge-triggered read|write); every event that fires is OR-ed into
+// `seen`.
+void recordEvents(Network::IoHandle& handle, Event::Dispatcher& dispatcher, uint32_t& seen) {
+  handle.initializeFileEvent(
+      dispatcher,
+      [&seen](uint32_t events) {
+        seen |= events;
+        return absl::OkStatus();
+      },
+      Event::FileTriggerType::Edge, Event::FileReadyType::Read | Event::FileReadyType::Write);
+}
+
 Network::IoHandlePtr acceptOne(Network::IoHandle& listener) {
   for (int i = 0; i < 100; ++i) {
     sockaddr_storage peer{};
@@ -636,26 +658,13 @@ STAND_IN_TEST(stand_in_client_events_arrive_after_replacement) {
     std::cout << "  (no non-loopback IPv4 address: connection part skipped)\n";
     return;
   }
-  // The server: a plain TCP listener (a peer without SMC; an SMC client falls back to TCP).
-  Network::SocketInterfaceImpl plain;
   const uint16_t port = freePort();
-  Network::IoHandlePtr server = plain.socket(
-      Network::Socket::Type::Stream, std::make_shared<Network::Address::Ipv4Instance>(*ip, port),
-      {});
-  CHECK_EQ(server->bind(std::make_shared<Network::Address::Ipv4Instance>(*ip, port)).return_value_,
-           0);
-  CHECK_EQ(server->listen(16).return_value_, 0);
+  Network::IoHandlePtr server = plainListener(*ip, port);
 
   Bed bed(meshConfig());
   Network::IoHandlePtr client = bed.client(*ip, port);
   uint32_t seen = 0;
-  client->initializeFileEvent(
-      bed.dispatcher(),
-      [&seen](uint32_t events) {
-        seen |= events;
-        return absl::OkStatus();
-      },
-      Event::FileTriggerType::Edge, Event::FileReadyType::Read | Event::FileReadyType::Write);
+  recordEvents(*client, bed.dispatcher(), seen);
   setEnableSwitch(*client);
   connectTo(*client, *ip, port);
   if (kernel().any()) {
@@ -698,12 +707,8 @@ STAND_IN_TEST(stand_in_stuck_connect_is_rescued_through_the_dispatcher) {
     std::cout << "  (needs the fake SMC kernel and a non-loopback IPv4 address: skipped)\n";
     return;
   }
-  Network::SocketInterfaceImpl plain;
   const uint16_t port = freePort();
-  const auto server_address = std::make_shared<Network::Address::Ipv4Instance>(*ip, port);
-  Network::IoHandlePtr server = plain.socket(Network::Socket::Type::Stream, server_address, {});
-  CHECK_EQ(server->bind(server_address).return_value_, 0);
-  CHECK_EQ(server->listen(16).return_value_, 0);
+  Network::IoHandlePtr server = plainListener(*ip, port);
   // The stall: backlog 0 holds one connection (the filler); later SYNs are dropped.
   const uint16_t stall_port = freePort();
   const int stall = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -720,13 +725,7 @@ STAND_IN_TEST(stand_in_stuck_connect_is_rescued_through_the_dispatcher) {
   Bed bed(config);
   Network::IoHandlePtr client = bed.client(*ip, port);
   uint32_t seen = 0;
-  client->initializeFileEvent(
-      bed.dispatcher(),
-      [&seen](uint32_t events) {
-        seen |= events;
-        return absl::OkStatus();
-      },
-      Event::FileTriggerType::Edge, Event::FileReadyType::Read | Event::FileReadyType::Write);
+  recordEvents(*client, bed.dispatcher(), seen);
   setEnableSwitch(*client);
   connectTo(*client, *ip, port);
   const int fd = client->fdDoNotUse();
