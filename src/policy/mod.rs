@@ -72,6 +72,9 @@ impl SocketFacts {
     pub const REUSE_PORT: u32 = 1 << 2;
     /// A TCP fast-open option was set to a non-zero value (SMC cannot carry it).
     pub const FAST_OPEN: u32 = 1 << 3;
+    /// An option was set that a replacement socket cannot be given (it holds a pointer or an
+    /// fd, or the entry point could not record it): the socket must stay as it is.
+    pub const OPTIONS_NOT_CARRIED: u32 = 1 << 4;
 
     pub fn has(&self, bit: u32) -> bool {
         self.0 & bit != 0
@@ -279,6 +282,8 @@ impl Policy {
             TcpReason::MeshSwitchAbsent
         } else if facts.has(SocketFacts::FAST_OPEN) {
             TcpReason::FastOpen
+        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) && current != kind {
+            TcpReason::OptionsNotCarried
         } else if kind == SocketKind::AfSmc
             && facts.has(SocketFacts::REUSE_PORT)
             && current != SocketKind::IpprotoSmc
@@ -319,6 +324,8 @@ impl Policy {
             TcpReason::PortNotAllowed
         } else if facts.has(SocketFacts::FAST_OPEN) {
             TcpReason::FastOpen
+        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) {
+            TcpReason::OptionsNotCarried
         } else {
             return Verdict::Smc {
                 kind,
@@ -351,10 +358,17 @@ fn opted_in(config: &SmcConfig, env: &Environment) -> bool {
         return is_true(v);
     }
     if !opt_in.annotations_file.is_empty() {
-        if let Ok(text) = std::fs::read_to_string(&opt_in.annotations_file) {
-            if let Some(v) = downward_api_value(&text, key) {
-                return is_true(&v);
+        let path = std::path::Path::new(&opt_in.annotations_file);
+        let cap = crate::config::limits::MAX_ANNOTATIONS_FILE_BYTES;
+        match crate::config::limits::read_regular_file(path, cap, "annotations file") {
+            Ok(bytes) => {
+                if let Some(v) = downward_api_value(&String::from_utf8_lossy(&bytes), key) {
+                    return is_true(&v);
+                }
             }
+            // Missing is "no annotations"; anything else is worth a line.
+            Err(e) if path.exists() => tracing::warn!("envoy-smc: opt_in.annotations_file: {e}"),
+            Err(_) => {}
         }
     }
     annotation_true(key, env)
