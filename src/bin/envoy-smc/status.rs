@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long)]
     no_listen: bool,
     /// Where proxies publish their adaptive-fallback tables (default: $ENVOY_SMC_STATE_DIR, else
-    /// /tmp/envoy-smc).
+    /// /run/envoy-smc for root, /tmp/envoy-smc-<uid> for other users). Only a directory nobody
+    /// but its owner can write is read, and in it only that owner's regular files.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
 }
@@ -218,7 +219,7 @@ fn table(r: &Report) -> String {
         } else {
             c.processes
                 .iter()
-                .map(|p| format!("{}/{}", p.comm, p.pid))
+                .map(|p| format!("{}/{}", envoy_smc::owned_dir::printable(&p.comm), p.pid))
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -321,11 +322,13 @@ fn table(r: &Report) -> String {
     o
 }
 
-/// Escapes a Prometheus label value.
+/// Escapes a Prometheus label value (control characters as `\xNN`).
 fn lv(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    envoy_smc::owned_dir::printable(
+        &s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
 }
 
 fn prometheus(r: &Report) -> String {
