@@ -145,7 +145,9 @@ impl Runtime {
     }
 
     /// Records a socket option set on a watched socket. `value` is the option's bytes as passed to
-    /// setsockopt; only `int`-sized values can be a switch.
+    /// setsockopt; only `int`-sized values can be a switch. An option that holds a pointer or an
+    /// fd ([`smc::option_holds_reference`]) cannot be given to a replacement socket: the socket
+    /// then stays as it is (`options_not_carried`).
     pub fn note_sockopt(
         &self,
         facts: SocketFacts,
@@ -153,6 +155,9 @@ impl Runtime {
         name: i32,
         value: &[u8],
     ) -> SocketFacts {
+        if smc::option_holds_reference(level, name) {
+            return SocketFacts(facts.0 | SocketFacts::OPTIONS_NOT_CARRIED);
+        }
         let Ok(bytes) = <[u8; 4]>::try_from(value) else {
             return facts;
         };

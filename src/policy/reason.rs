@@ -42,11 +42,15 @@ pub enum TcpReason {
     /// The destination dropped SMC's SYNs (TCP option 254) while plain TCP worked: it is held on
     /// TCP for a while (adaptive fallback).
     BlackHoleHoldDown = 17,
+    /// The socket carries options a replacement socket cannot be given (one holding a pointer
+    /// or an fd, like `SO_ATTACH_FILTER`/`SO_ATTACH_BPF`/`SO_ATTACH_REUSEPORT_*`; or, in the
+    /// preload library, more or longer options than it records): it stays as it is.
+    OptionsNotCarried = 18,
 }
 
 impl TcpReason {
     /// Every reason, in number order.
-    pub const ALL: [TcpReason; 17] = [
+    pub const ALL: [TcpReason; 18] = [
         TcpReason::Disabled,
         TcpReason::NotOptedIn,
         TcpReason::KernelLacksSmc,
@@ -64,6 +68,7 @@ impl TcpReason {
         TcpReason::NotIpStream,
         TcpReason::ReplaceFailed,
         TcpReason::BlackHoleHoldDown,
+        TcpReason::OptionsNotCarried,
     ];
 
     /// A short snake_case name, used in counters, logs and JSON.
@@ -86,6 +91,7 @@ impl TcpReason {
             TcpReason::NotIpStream => "not_ip_stream",
             TcpReason::ReplaceFailed => "replace_failed",
             TcpReason::BlackHoleHoldDown => "black_hole_hold_down",
+            TcpReason::OptionsNotCarried => "options_not_carried",
         }
     }
 
@@ -113,6 +119,9 @@ impl TcpReason {
             TcpReason::BlackHoleHoldDown => {
                 "the destination drops SYNs carrying SMC's TCP option while plain TCP works; held on TCP for a while"
             }
+            TcpReason::OptionsNotCarried => {
+                "the socket carries options a replacement socket cannot be given (a filter or BPF program, or too many or too long options); it stays as it is"
+            }
         }
     }
 
@@ -132,7 +141,7 @@ mod tests {
             assert_eq!(TcpReason::from_u32(*r as u32), Some(*r));
         }
         assert_eq!(TcpReason::from_u32(0), None);
-        assert_eq!(TcpReason::from_u32(18), None);
+        assert_eq!(TcpReason::from_u32(19), None);
         let mut names: Vec<_> = TcpReason::ALL.iter().map(|r| r.name()).collect();
         names.dedup();
         assert_eq!(names.len(), TcpReason::ALL.len());

@@ -16,6 +16,6 @@ pub use socket::{
     apply_fallback_switch, is_ip_stream, open_socket, set_limit_handshake, socket_kind, SocketKind,
 };
 pub use sys::{
-    AF_SMC, IPPROTO_SMC, SMCPROTO_SMC, SMCPROTO_SMC6, SMC_LIMIT_HS, SOL_SMC, TCP_FASTOPEN,
-    TCP_FASTOPEN_CONNECT,
+    option_holds_reference, AF_SMC, IPPROTO_SMC, SMCPROTO_SMC, SMCPROTO_SMC6, SMC_LIMIT_HS,
+    SOL_SMC, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT,
 };
