@@ -401,3 +401,33 @@ fn custom_switch_options() {
         Verdict::Tcp(TcpReason::MeshSwitchAbsent)
     );
 }
+
+/// An option whose value holds a pointer or an fd (a socket filter, a BPF program) cannot be
+/// given to a replacement socket: a socket carrying one stays as it is (`options_not_carried`).
+#[test]
+fn a_socket_with_a_filter_attached_stays_as_it_is() {
+    let rt = envoy_smc::Runtime::new(
+        &envoy_smc::config::from_yaml(
+            "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}",
+        )
+        .unwrap(),
+        &envoy_smc::policy::Environment::assuming(envoy_smc::smc::KernelSupport::BOTH),
+    )
+    .unwrap();
+    let remote = "10.1.2.3:8080".parse().unwrap();
+    let plain = envoy_smc::policy::SocketFacts::default();
+    assert!(rt.decide_connect(remote, plain).is_smc());
+    for name in [
+        libc::SO_ATTACH_FILTER,
+        libc::SO_ATTACH_BPF,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        libc::SO_ATTACH_REUSEPORT_EBPF,
+    ] {
+        let facts = rt.note_sockopt(plain, libc::SOL_SOCKET, name, &[0; 16]);
+        assert_eq!(
+            rt.decide_connect(remote, facts),
+            envoy_smc::Verdict::Tcp(envoy_smc::TcpReason::OptionsNotCarried),
+            "option {name}"
+        );
+    }
+}
