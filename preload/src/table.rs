@@ -796,3 +796,86 @@ mod tests {
         assert!(quiet(7010));
     }
 }
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    /// A child forked while another thread holds a slot (a rescue in progress) can still close
+    /// that fd: the fork handler freed the slot, whose holder does not exist in the child.
+    #[test]
+    fn a_fork_child_can_close_an_fd_whose_slot_another_thread_held() {
+        let fd = 5600;
+        track(fd, Tracked::new(1));
+        settle(fd, |mut t| {
+            t.rescue = Some(Rescue {
+                cookie: 1,
+                source: None,
+            });
+            Some(t)
+        });
+        let inside = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (i, r) = (inside.clone(), release.clone());
+        let holder = std::thread::spawn(move || {
+            rescue_with(fd, 1, |_| {
+                i.wait();
+                while !r.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+            })
+        });
+        inside.wait();
+        // SAFETY: the child only calls the table and _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            forget(fd);
+            let code = if quiet(fd) { 0 } else { 1 };
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let t0 = std::time::Instant::now();
+        let mut status = 0;
+        let done = loop {
+            // SAFETY: polling our own child.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                break true;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                // SAFETY: killing and reaping our own stuck child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        release.store(true, Ordering::Release);
+        holder.join().unwrap();
+        assert!(
+            done,
+            "the fork child deadlocked on a slot its parent's thread held"
+        );
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+
+    /// `close_range(CLOSE_RANGE_UNSHARE)` closes the range in a private copy of the caller's fd
+    /// table: the other threads still have those fds, so their state stays.
+    #[test]
+    fn close_range_unshare_keeps_the_state_of_the_shared_fds() {
+        let fd = 5700;
+        track(fd, Tracked::new(1));
+        // A thread of its own: unsharing gives it a private fd table that ends with it.
+        std::thread::spawn(move || {
+            // SAFETY: closing a range in this thread's own (unshared) table.
+            unsafe { crate::close_range(fd as u32, fd as u32, libc::CLOSE_RANGE_UNSHARE as i32) };
+        })
+        .join()
+        .unwrap();
+        assert!(!quiet(fd), "UNSHARE closed nothing the others see");
+        // SAFETY: as above, without UNSHARE (fd 5700 is not open; close_range ignores that).
+        unsafe { crate::close_range(fd as u32, fd as u32, 0) };
+        assert!(quiet(fd));
+    }
+}
