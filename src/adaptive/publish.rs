@@ -153,16 +153,8 @@ impl Publisher {
     }
 }
 
-impl Drop for Publisher {
-    /// The table of a runtime that goes away is stale: remove it (if this process wrote one).
-    fn drop(&mut self) {
-        if self.written.load(Ordering::Acquire) != 0 {
-            remove_own_table();
-        }
-    }
-}
-
-/// Removes this process's table from [`state_dir`] (at exit; a runtime that goes away).
+/// Removes this process's table from [`state_dir`] (the preload library calls it at exit; tables
+/// of processes that are gone are also removed by the next process that publishes).
 pub fn remove_own_table() {
     if let Ok(d) = OwnedDir::private_existing(&state_dir()) {
         let _ = d.remove(&format!("{}.json", std::process::id()));
