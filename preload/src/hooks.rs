@@ -134,6 +134,41 @@ pub fn bind_in_use(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) -> bo
     joined
 }
 
+/// After `setsockopt(SO_REUSEPORT)` failed: true for an `AF_SMC` socket that is listening already
+/// -- a listener shared by its fds, which is what SO_REUSEPORT asked for (every worker accepts).
+/// Envoy sets the option again on the listen sockets a hot-restart parent passes to it (they
+/// never went through `socket()` here); failing it would stop the new Envoy.
+pub fn reuse_port_on_shared_listener(fd: c_int) -> bool {
+    if state::active_if_set_up().is_none() {
+        return false;
+    }
+    // SAFETY: fd is the caller's open fd, only borrowed during this call.
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let smc = matches!(
+        envoy_smc::smc::socket_kind(bfd),
+        Ok(Some((SocketKind::AfSmc, _)))
+    );
+    let mut listening: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: listening/len are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    let shared = smc && rc == 0 && listening != 0;
+    if shared {
+        tracing::debug!(
+            "envoy-smc: fd {fd}: SO_REUSEPORT on a shared AF_SMC listener: already shared"
+        );
+    }
+    shared
+}
+
 fn decide_listener(active: &Active, fd: c_int, t: Tracked, at: &str) {
     if inode(fd) != Some(t.ino) {
         inc(&COUNTERS.stale_fd);

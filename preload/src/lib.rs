@@ -118,6 +118,16 @@ pub unsafe extern "C" fn setsockopt(
     len: socklen_t,
 ) -> c_int {
     let rc = real::setsockopt()(fd, level, name, value, len);
+    if rc != 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT {
+        // Envoy after a hot restart sets it again on the listen sockets its parent passed over.
+        let mut done = false;
+        if let Some(_guard) = Reentry::enter() {
+            body(|| done = hooks::reuse_port_on_shared_listener(fd));
+        }
+        if done {
+            return 0;
+        }
+    }
     if rc == 0 && !table::quiet(fd) {
         if let Some(_guard) = Reentry::enter() {
             body(|| hooks::sockopt_set(fd, level, name, value, len));
