@@ -7,13 +7,14 @@
 # with the mesh switch off every client of it is a TCP client that the kernel serves by falling
 # back (PEERNOSMC) on each connection. This measures that cost side by side in the SMC-R VM: one
 # server Envoy (stock 1.40, preload library, MODE_AF_SMC, Envoy's default listener options) with
-# two inbound listeners in front of the same echo app -- 10.9.0.2:15006, selected (one AF_SMC
-# listener shared by the workers' fds), and 10.9.0.2:15008, not selected (plain TCP, reuse_port)
-# -- and wrk (plain TCP, no preload) against each in alternating rounds:
+# three inbound listeners in front of the same echo app -- 10.9.0.2:15006, selected (one AF_SMC
+# listener shared by the workers' fds), 10.9.0.2:15008, not selected (plain TCP, one socket per
+# worker: reuse_port), and 10.9.0.2:15009, not selected and shared like the SMC one
+# (enable_reuse_port: false) -- and wrk (plain TCP, no preload) against each in alternating rounds:
 #   keep-alive:        8 connections, requests back to back  -> the data path of fallback sockets
 #   connection: close: 8 connections, a new one per request  -> the accept path (smc_listen_work)
-# Prints requests/s and latency percentiles per listener and the ratios SMC-listener / TCP-listener
-# (medians over the rounds). Emulated machine (TCG, Soft-RoCE): ratios only. Not part of CI.
+# Prints requests/s and latency percentiles per listener and the ratios of the SMC listener to each
+# TCP one (medians over the rounds). Emulated machine (TCG, Soft-RoCE): ratios only. Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -62,6 +63,11 @@ EOF
   echo '  - name: tcp_listener'
   echo '    address: {socket_address: {address: 10.9.0.2, port_value: 15008}}'
   hcm tcp
+  # The SMC listener is one socket shared by the workers: compare with a TCP one shared the same way.
+  echo '  - name: tcp_shared_listener'
+  echo '    address: {socket_address: {address: 10.9.0.2, port_value: 15009}}'
+  echo '    enable_reuse_port: false'
+  hcm tcp_shared
   cat <<'EOF'
   clusters:
   - name: app
@@ -102,25 +108,29 @@ run() { # port mode -> "rps p50us p99us errors"
 declare -A res
 for mode in keepalive close; do
   for r in $(seq "$ROUNDS"); do
-    order="15006 15008"
-    [ $((r % 2)) = 0 ] && order="15008 15006"
+    order="15006 15008 15009"
+    [ $((r % 2)) = 0 ] && order="15009 15008 15006"
     for port in $order; do
       res[$mode,$port]+="$(run "$port" "$mode");"
     done
   done
 done
 echo
-echo "listener-cost: TCP clients (wrk, 8 connections) of an AF_SMC listener (:15006) vs a TCP listener (:15008), same Envoy, $ROUNDS rounds x ${SECS} s, medians:"
-python3 - "${res[keepalive,15006]}" "${res[keepalive,15008]}" "${res[close,15006]}" "${res[close,15008]}" <<'PY'
+echo "listener-cost: TCP clients (wrk, 8 connections) of an AF_SMC listener shared by the workers (:15006), a TCP"
+echo "listener per worker (reuse_port, :15008) and a TCP listener shared by the workers (reuse_port false, :15009),"
+echo "same Envoy, $ROUNDS rounds x ${SECS} s, medians:"
+python3 - "${res[keepalive,15006]}" "${res[keepalive,15008]}" "${res[keepalive,15009]}" \
+  "${res[close,15006]}" "${res[close,15008]}" "${res[close,15009]}" <<'PY'
 import statistics, sys
 def parse(s):
     rows = [list(map(float, r.split())) for r in s.strip(";").split(";") if r.strip()]
-    return {k: statistics.median(r[i] for r in rows) for i, k in enumerate(("rps", "p50", "p99", "err"))}, \
-        sum(r[3] for r in rows)
-for name, smc, tcp in (("keep-alive", sys.argv[1], sys.argv[2]), ("connection: close", sys.argv[3], sys.argv[4])):
-    (s, se), (t, te) = parse(smc), parse(tcp)
-    print(f"  {name:<18} SMC listener {s['rps']:8.1f} req/s p50 {s['p50']/1000:6.2f} ms p99 {s['p99']/1000:6.2f} ms | "
-          f"TCP listener {t['rps']:8.1f} req/s p50 {t['p50']/1000:6.2f} ms p99 {t['p99']/1000:6.2f} ms | "
-          f"ratio req/s {s['rps']/t['rps']:.3f}, p50 {s['p50']/t['p50']:.3f} | errors {int(se)} / {int(te)}")
+    return {k: statistics.median(r[i] for r in rows) for i, k in enumerate(("rps", "p50", "p99"))} | \
+        {"err": sum(r[3] for r in rows)}
+for name, args in (("keep-alive", sys.argv[1:4]), ("connection: close", sys.argv[4:7])):
+    smc, tcp, shared = map(parse, args)
+    for label, r in (("SMC (shared)", smc), ("TCP reuse_port", tcp), ("TCP shared", shared)):
+        print(f"  {name:<18} {label:<15} {r['rps']:8.1f} req/s  p50 {r['p50']/1000:6.2f} ms  p99 {r['p99']/1000:7.2f} ms  errors {int(r['err'])}")
+    print(f"  {name:<18} ratios SMC / TCP reuse_port: req/s {smc['rps']/tcp['rps']:.3f}, p50 {smc['p50']/tcp['p50']:.3f};"
+          f"  SMC / TCP shared: req/s {smc['rps']/shared['rps']:.3f}, p50 {smc['p50']/shared['p50']:.3f}")
 PY
 grep -E "listen_shared|smc_listen_af_smc|listener_not_selected" "$work/server.prom" | grep -v '^#' || true
