@@ -2,12 +2,12 @@
 
 // The bed the shim's unit tests (smc_shim_test.cc) run on: the extension created from an
 // envoy_smc.v1.SmcConfig the way Envoy creates it, a main-thread dispatcher that runs its file
-// events, timers and posted callbacks, and the Envoy stats the extension writes. Two
-// implementations, so that the same test file runs in both places:
+// events, timers and posted callbacks, and the Envoy stats the extension writes. The tests see
+// only this interface, so that the same gtest file can run against Envoy itself:
 // - test_support_stand_in.cc: on the Envoy stand-in (bazel/envoy_stand_in/), through the stand-in
 //   server's start-up sequence (bazel/test/run.sh, here);
-// - test_support_envoy.cc: on Envoy's own classes and mocks (bazel/envoy/test/BUILD, the real
-//   build; it cannot be compiled here).
+// - a real-build implementation on Envoy's dispatcher and MockServerFactoryContext is not written
+//   yet (bazel/README.md, "Tests"): it cannot be compiled here.
 
 #include <cstdint>
 #include <memory>
