@@ -47,21 +47,25 @@ staticlib="${ENVOY_SMC_STATICLIB:-$root/target/debug/libenvoy_smc.a}"
 passed=0
 failed=0
 skipped=0
-# Runs a runner that ends with "N passed, N failed"; prints the rest of its output.
+# Runs a runner that prints "N passed, N failed" (its last such line counts; a runner that prints
+# none, or exits non-zero without a failure, is one failure); prints the rest of its output.
 run() {
-  local out
+  local out rc summary p f
   set +e
   out="$("$@" 2>&1)"
+  rc=$?
   set -e
-  printf '%s\n' "$out" | sed '$d'
-  local last p f
-  last="$(printf '%s\n' "$out" | tail -n 1)"
-  if [[ "$last" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+  summary="$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)"
+  printf '%s\n' "$out" | grep -vE '^[0-9]+ passed, [0-9]+ failed$' || true
+  if [[ "$summary" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
     p="${BASH_REMATCH[1]}"
     f="${BASH_REMATCH[2]}"
   else
-    printf '%s\n' "$last"
     p=0
+    f=0
+  fi
+  if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+    echo "run.sh: $* exited with status $rc"
     f=1
   fi
   passed=$((passed + p))

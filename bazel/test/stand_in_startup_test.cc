@@ -231,6 +231,18 @@ TEST(StandInStartup, ValidateModeAcceptsTheShippedFragment) {
   EXPECT_EQ(Network::SocketInterfaceSingleton::getExisting(), before);
 }
 
+// Event::PostCb is absl::AnyInvocable<void()> in Envoy: post() takes move-only callables, and
+// they run only in the loop, on the dispatcher's thread.
+TEST(StandInDispatcher, PostTakesMoveOnlyCallablesAndRunsThemInTheLoop) {
+  Server::StandInServer server(smcBootstrap());
+  server.initialize();
+  int ran = 0;
+  auto owned = std::make_unique<int>(7);
+  server.dispatcher().post([&ran, owned = std::move(owned)]() { ran = *owned; });
+  EXPECT_EQ(ran, 0);
+  EXPECT_TRUE(server.runUntil([&] { return ran == 7; }, std::chrono::seconds(1)));
+}
+
 // io_uring: Envoy's default interface builds IoUringSocketHandleImpl when its own bootstrap
 // extension has io_uring_options and the worker thread registered. The control case first.
 TEST(StandInIoUring, DefaultInterfaceWithIoUringOptionsBuildsIoUringHandles) {
