@@ -17,7 +17,7 @@ def _envoy_smc_repository_impl(ctx):
     if not root.startswith("/"):
         root = "%s/%s" % (ctx.workspace_root, root)
     root = ctx.path(root)
-    for entry in ["api", "include", "bazel/source", "envoy-config/bootstrap"]:
+    for entry in ["api", "include", "bazel/source", "bazel/test", "envoy-config/bootstrap"]:
         source = root.get_child(entry)
         if not source.exists:
             fail("envoy-smc: %s is missing: is %s an envoy-smc checkout?" % (source, root))

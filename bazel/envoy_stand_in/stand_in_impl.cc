@@ -27,7 +27,8 @@ namespace Address {
 
 bool forceV6() { return false; }
 
-Ipv4Instance::Ipv4Instance(const std::string& address, uint32_t port) : address_(address) {
+Ipv4Instance::Ipv4Instance(const std::string& address, uint32_t port, const SocketInterface*)
+    : address_(address) {
   auto* sin = reinterpret_cast<sockaddr_in*>(&ss_);
   sin->sin_family = AF_INET;
   sin->sin_port = htons(port);
@@ -42,7 +43,8 @@ uint32_t Ipv4Instance::port() const {
   return ntohs(reinterpret_cast<const sockaddr_in*>(&ss_)->sin_port);
 }
 
-Ipv6Instance::Ipv6Instance(const std::string& address, uint32_t port, bool v6only)
+Ipv6Instance::Ipv6Instance(const std::string& address, uint32_t port, const SocketInterface*,
+                           bool v6only)
     : address_(address), v6only_(v6only) {
   auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss_);
   sin6->sin6_family = AF_INET6;

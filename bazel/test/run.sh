@@ -112,7 +112,7 @@ protos=(
 protoc -I"$stand_in/api" --cpp_out="$build" "${protos[@]}"
 
 flags=(-std=c++17 -Wall -Wextra -Werror -Wnon-virtual-dtor -Woverloaded-virtual -Wold-style-cast -Wformat -Wformat-security -Wvla -g -O0
-  -I"$stand_in" -I"$root/bazel/source" -I"$root/bazel/test" -I"$root/include" -I"$build")
+  -I"$stand_in" -I"$root" -I"$root/include" -I"$build")
 compile() {
   local src="$1" obj="$2"
   shift 2

@@ -29,9 +29,9 @@
 
 #include "source/common/network/address_impl.h"
 
-#include "smc_io_handle.h"
-#include "smc_socket_interface.h"
-#include "test_support.h"
+#include "bazel/source/smc_io_handle.h"
+#include "bazel/source/smc_socket_interface.h"
+#include "bazel/test/test_support.h"
 
 #include "gtest/gtest.h"
 
@@ -532,7 +532,7 @@ TEST(SmcShim, NonIpAndDatagramUntouched) {
 
   const std::string path = "/tmp/envoy-smc-stand-in-" + std::to_string(::getpid());
   Network::IoHandlePtr pipe = iface.socket(
-      Network::Socket::Type::Stream, std::make_shared<Network::Address::PipeInstance>(path), {});
+      Network::Socket::Type::Stream, pipeAddress(path), {});
   ASSERT_TRUE(pipe != nullptr && asSmc(pipe) == nullptr);
   ASSERT_EQ(intOption(pipe->fdDoNotUse(), SOL_SOCKET, SO_DOMAIN), AF_UNIX);
 
@@ -752,7 +752,7 @@ TEST(SmcShim, Ipv6V6onlyFollowsTheAddress) {
   for (const bool v6only : {true, false}) {
     Network::IoHandlePtr handle = bed.iface().socket(
         Network::Socket::Type::Stream,
-        std::make_shared<Network::Address::Ipv6Instance>("2001:db8::1", 443, v6only), {});
+        std::make_shared<Network::Address::Ipv6Instance>("2001:db8::1", 443, nullptr, v6only), {});
     if (handle == nullptr) {
       GTEST_SKIP() << "no IPv6 sockets here";
     }

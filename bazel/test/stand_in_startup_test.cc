@@ -20,8 +20,8 @@
 #include "source/common/network/socket_interface_impl.h"
 #include "source/server/server.h"
 
-#include "smc_io_handle.h"
-#include "smc_socket_interface.h"
+#include "bazel/source/smc_io_handle.h"
+#include "bazel/source/smc_socket_interface.h"
 
 #include "gtest/gtest.h"
 

@@ -6,8 +6,8 @@
 // only this interface, so that the same gtest file can run against Envoy itself:
 // - test_support_stand_in.cc: on the Envoy stand-in (bazel/envoy_stand_in/), through the stand-in
 //   server's start-up sequence (bazel/test/run.sh, here);
-// - a real-build implementation on Envoy's dispatcher and MockServerFactoryContext is not written
-//   yet (bazel/README.md, "Tests"): it cannot be compiled here.
+// - test_support_envoy.cc: on Envoy's dispatcher and MockServerFactoryContext, for the real
+//   build's @envoy_smc//:smc_shim_test; it cannot be compiled here and has not been.
 
 #include <cstdint>
 #include <memory>
@@ -16,8 +16,9 @@
 
 #include "envoy/event/dispatcher.h"
 #include "envoy/local_info/local_info.h"
+#include "envoy/network/address.h"
 
-#include "smc_socket_interface.h"
+#include "bazel/source/smc_socket_interface.h"
 
 #include "api/envoy_smc/v1/smc.pb.h"
 
@@ -61,6 +62,9 @@ public:
 private:
   std::unique_ptr<Impl> impl_;
 };
+
+// A Unix socket address (Envoy's PipeInstance is built differently across versions).
+Envoy::Network::Address::InstanceConstSharedPtr pipeAddress(const std::string& path);
 
 // A LocalInfo whose node() is `node`.
 std::unique_ptr<Envoy::LocalInfo::LocalInfo> makeLocalInfo(const envoy::config::core::v3::Node& node);

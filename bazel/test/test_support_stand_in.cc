@@ -4,9 +4,10 @@
 
 #include "envoy/registry/registry.h"
 
+#include "source/common/network/address_impl.h"
 #include "source/server/server.h"
 
-#include "test_support.h"
+#include "bazel/test/test_support.h"
 
 namespace EnvoySmcTest {
 
@@ -33,6 +34,10 @@ private:
   const envoy::config::core::v3::Node node_;
 };
 } // namespace
+
+Network::Address::InstanceConstSharedPtr pipeAddress(const std::string& path) {
+  return std::make_shared<Network::Address::PipeInstance>(path);
+}
 
 std::unique_ptr<LocalInfo::LocalInfo> makeLocalInfo(const envoy::config::core::v3::Node& node) {
   return std::make_unique<NodeLocalInfo>(node);
