@@ -102,14 +102,17 @@ run bash "$root/bazel/test/archive_test.sh" "$shipped"
 
 # 2. The shim, the stand-in and the tests.
 stand_in="$root/bazel/envoy_stand_in"
-protoc -I"$root" --cpp_out="$build" api/envoy_smc/v1/smc.proto
-protos=(
-  envoy/config/core/v3/base.proto
-  envoy/config/core/v3/extension.proto
-  envoy/config/bootstrap/v3/bootstrap.proto
-  envoy/extensions/network/socket_interface/v3/default_socket_interface.proto
-)
-protoc -I"$stand_in/api" --cpp_out="$build" "${protos[@]}"
+# protoc only when a .proto changed (it rewrites its outputs, which would recompile them).
+gen_proto() {
+  local include="$1" proto="$2"
+  [ "$build/${proto%.proto}.pb.cc" -nt "$include/$proto" ] || protoc -I"$include" --cpp_out="$build" "$proto"
+}
+gen_proto "$root" api/envoy_smc/v1/smc.proto
+for proto in envoy/config/core/v3/base.proto envoy/config/core/v3/extension.proto \
+  envoy/config/bootstrap/v3/bootstrap.proto \
+  envoy/extensions/network/socket_interface/v3/default_socket_interface.proto; do
+  gen_proto "$stand_in/api" "$proto"
+done
 
 flags=(-std=c++17 -Wall -Wextra -Werror -Wnon-virtual-dtor -Woverloaded-virtual -Wold-style-cast -Wformat -Wformat-security -Wvla -g -O0
   -I"$stand_in" -I"$root" -I"$root/include" -I"$build")
