@@ -49,6 +49,8 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 step cargo-test cargo test --workspace --quiet
 step shim bash bazel/test/run.sh
+step stock-envoy bash bazel/test/stock_envoy_test.sh
+step buildifier bash bazel/test/buildifier.sh
 if [ "$run_vm" = 1 ]; then
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
