@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 run_vm=1
 [ "${1:-}" = "--no-vm" ] && run_vm=0
 
+# A fresh machine gets what the suite needs first (idempotent: installs only what is missing).
+bash scripts/install-deps.sh
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 passed=0
