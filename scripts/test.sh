@@ -14,7 +14,7 @@ run_vm=1
 [ "${1:-}" = "--no-vm" ] && run_vm=0
 
 # A fresh machine gets what the suite needs first (idempotent: installs only what is missing).
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh || { echo "test.sh: installing the dependencies failed"; exit 1; }
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
