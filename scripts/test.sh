@@ -63,6 +63,9 @@ if [ "$run_vm" = 1 ]; then
   step bench bash bench/run.sh --short
   # Adaptive fallback end to end: a stock Envoy pair, a path dropping SMC's SYNs (about 1 min).
   step adaptive bash tests/vm/adaptive-e2e.sh
+  # The mesh switch live over xDS with traffic running: timeline, zero failed requests, no
+  # rejected listener update (about 1.5 min with the VM boot).
+  step live-switch bash tests/vm/live-switch.sh
 fi
 
 echo

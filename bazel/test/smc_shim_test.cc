@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "envoy/common/exception.h"
 
@@ -508,10 +510,11 @@ TEST(SmcShim, DefaultListenerOptionsAcceptedInEveryMode) {
       ASSERT_EQ(kindOfFd(fd), ENVOY_SMC_KIND_TCP);
       ASSERT_EQ(bed.stat("tcp.disabled"), uint64_t(1));
     } else if (mode == SmcConfig::MODE_AF_SMC && kernel().af_smc) {
-      // AF_SMC refuses the SO_REUSEPORT Envoy set: the listener stays TCP and keeps working.
-      ASSERT_EQ(kindOfFd(fd), ENVOY_SMC_KIND_TCP);
-      ASSERT_EQ(asSmc(listener)->verdict().reason, uint32_t(ENVOY_SMC_TCP_REASON_REUSE_PORT_UNSUPPORTED));
-      ASSERT_EQ(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 1);
+      // AF_SMC refuses the SO_REUSEPORT Envoy set: an AF_SMC listener without it, which the
+      // listener's other per-worker sockets would share.
+      ASSERT_EQ(kindOfFd(fd), ENVOY_SMC_KIND_AF_SMC);
+      ASSERT_EQ(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 0);
+      ASSERT_EQ(bed.stat("smc_listen_af_smc"), uint64_t(1));
     } else if (mode == SmcConfig::MODE_IPPROTO_SMC && kernel().ipproto_smc) {
       ASSERT_EQ(kindOfFd(fd), ENVOY_SMC_KIND_IPPROTO_SMC);
       ASSERT_EQ(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 1);
@@ -759,6 +762,86 @@ TEST(SmcShim, Ipv6V6onlyFollowsTheAddress) {
     ASSERT_EQ(intOption(handle->fdDoNotUse(), SOL_SOCKET, SO_DOMAIN), AF_INET6);
     ASSERT_EQ(intOption(handle->fdDoNotUse(), IPPROTO_IPV6, IPV6_V6ONLY), v6only ? 1 : 0);
   }
+}
+
+// ---- the workers' fds of an AF_SMC listener share it (issue 19) ----------------------------
+
+// Envoy's default listener in AF_SMC mode: one socket per worker, each with SO_REUSEPORT, all bound
+// to the address before the first listen(). The first becomes the AF_SMC listener, the second's
+// fd a duplicate of it: both fds accept from one queue.
+TEST(SmcShim, AfSmcReusePortSocketsShareOneListener) {
+  if (!kernel().af_smc || !localIpv4().has_value()) {
+    GTEST_SKIP() << "needs AF_SMC (real or the fake kernel) and a non-loopback IPv4 address";
+  }
+  const uint16_t port = freePort();
+  const std::string ip = listenerIp();
+  SmcConfig config = meshConfig();
+  config.set_mode(SmcConfig::MODE_AF_SMC);
+  config.mutable_listeners()->add_ports(port);
+  Bed bed(config);
+  const auto address = std::make_shared<Network::Address::Ipv4Instance>(ip, port);
+  std::vector<Network::IoHandlePtr> workers;
+  for (int i = 0; i < 2; ++i) {
+    workers.push_back(streamSocket(bed, ip, port));
+    setListenerDefaults(*workers.back());
+    ASSERT_EQ(workers.back()->bind(address).return_value_, 0);
+  }
+  for (auto& w : workers) {
+    ASSERT_EQ(w->listen(16).return_value_, 0);
+    ASSERT_EQ(kindOfFd(w->fdDoNotUse()), ENVOY_SMC_KIND_AF_SMC);
+  }
+  struct stat a {};
+  struct stat b {};
+  ASSERT_EQ(::fstat(workers[0]->fdDoNotUse(), &a), 0);
+  ASSERT_EQ(::fstat(workers[1]->fdDoNotUse(), &b), 0);
+  ASSERT_EQ(a.st_ino, b.st_ino);
+  ASSERT_EQ(bed.stat("smc_listen_af_smc"), uint64_t(1));
+  ASSERT_EQ(bed.stat("listen_shared"), uint64_t(1));
+  ASSERT_EQ(bed.stat("tcp.reuse_port_unsupported"), uint64_t(0));
+  checkServes(*workers[1], ip, port);
+  checkServes(*workers[0], ip, port);
+}
+
+// A listener update that opens new sockets on the address while the old listener drains (Envoy
+// does for a changed socket option with enable_reuse_port): their bind() meets EADDRINUSE beside
+// the listening AF_SMC socket and takes it over; the old fds close and the listener serves on.
+TEST(SmcShim, ListenerUpdateTakesTheSharedAfSmcListenerOver) {
+  if (!kernel().af_smc || !localIpv4().has_value()) {
+    GTEST_SKIP() << "needs AF_SMC (real or the fake kernel) and a non-loopback IPv4 address";
+  }
+  const uint16_t port = freePort();
+  const std::string ip = listenerIp();
+  SmcConfig config = meshConfig();
+  config.set_mode(SmcConfig::MODE_AF_SMC);
+  config.mutable_listeners()->add_ports(port);
+  Bed bed(config);
+  const auto address = std::make_shared<Network::Address::Ipv4Instance>(ip, port);
+  Network::IoHandlePtr old_listener = streamSocket(bed, ip, port);
+  setListenerDefaults(*old_listener);
+  ASSERT_EQ(old_listener->bind(address).return_value_, 0);
+  ASSERT_EQ(old_listener->listen(16).return_value_, 0);
+  // Envoy clones the old listener's fds for an update that keeps its sockets (dup), then closes
+  // the originals: the library finds the listener without the fd it first knew.
+  Network::IoHandlePtr clone = old_listener->duplicate();
+  old_listener->close();
+
+  Network::IoHandlePtr fresh = streamSocket(bed, ip, port);
+  setListenerDefaults(*fresh);
+  ASSERT_EQ(fresh->bind(address).return_value_, 0);
+  ASSERT_EQ(fresh->listen(16).return_value_, 0);
+  ASSERT_EQ(kindOfFd(fresh->fdDoNotUse()), ENVOY_SMC_KIND_AF_SMC);
+  ASSERT_TRUE(asSmc(fresh)->decided());
+  ASSERT_EQ(bed.stat("listen_shared"), uint64_t(1));
+  clone->close();
+  checkServes(*fresh, ip, port);
+
+  // A clash on an unselected port gets the kernel's answer unchanged.
+  const uint16_t other = freePort();
+  Network::IoHandlePtr plain = plainListener(ip, other);
+  Network::IoHandlePtr clash = streamSocket(bed, ip, other);
+  setListenerDefaults(*clash);
+  ASSERT_EQ(clash->bind(std::make_shared<Network::Address::Ipv4Instance>(ip, other)).errno_,
+           EADDRINUSE);
 }
 
 } // namespace

@@ -11,7 +11,7 @@
 //!   `connect()`; options the program set are carried over too.
 //!
 //! Interposed: `socket`, `setsockopt` (the mesh switch and per-cluster fallback options),
-//! `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
+//! `bind` (a new socket taking over a shared `AF_SMC` listener), `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
 //! `close_range`, `dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`). Accepted sockets are never touched.
 //! A tracked socket that is duplicated before `listen()`/`connect()` (Envoy duplicates a
 //! listener's socket for its workers when `enable_reuse_port` is false) gets its listener
@@ -118,12 +118,43 @@ pub unsafe extern "C" fn setsockopt(
     len: socklen_t,
 ) -> c_int {
     let rc = real::setsockopt()(fd, level, name, value, len);
+    if rc != 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT {
+        // Envoy after a hot restart sets it again on the listen sockets its parent passed over.
+        let mut done = false;
+        if let Some(_guard) = Reentry::enter() {
+            body(|| done = hooks::reuse_port_on_shared_listener(fd));
+        }
+        if done {
+            return 0;
+        }
+    }
     if rc == 0 && !table::quiet(fd) {
         if let Some(_guard) = Reentry::enter() {
             body(|| hooks::sockopt_set(fd, level, name, value, len));
         }
     }
     rc
+}
+
+/// # Safety
+/// The C `bind(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let rc = real::bind()(fd, addr, len);
+    // SAFETY: __errno_location returns this thread's errno slot.
+    if rc == 0 || unsafe { *libc::__errno_location() } != libc::EADDRINUSE || table::quiet(fd) {
+        return rc;
+    }
+    // A listener update's new socket on the address of a shared AF_SMC listener: take it over.
+    let mut joined = false;
+    if let Some(_guard) = Reentry::enter() {
+        body(|| joined = hooks::bind_in_use(fd, addr, len));
+    }
+    if joined {
+        0
+    } else {
+        rc
+    }
 }
 
 /// # Safety

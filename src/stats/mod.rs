@@ -44,12 +44,15 @@ pub enum Counter {
     /// were made, closed meanwhile, or the TCP socket could not be set up): they end at the
     /// program's connect timeout.
     BlackHoleRescueFailed = 32,
+    /// Listen fds that took over an `AF_SMC` listener shared with other fds of the same address
+    /// (a listener's per-worker sockets, or a listener update's new sockets).
+    ListenShared = 33,
 }
 
 /// Index of the first per-reason counter, minus one (reason numbers start at 1).
 const REASON_BASE: usize = 8;
 /// Number of counters.
-pub const COUNTERS: usize = 33;
+pub const COUNTERS: usize = 34;
 
 const FIXED: [&str; 9] = [
     "sockets_seen",
@@ -90,6 +93,7 @@ const ADAPTIVE: [&str; 7] = [
     "adaptive.rescued",
     "adaptive.rescue_failed",
 ];
+const LISTENERS: [&str; 1] = ["listen_shared"];
 
 /// The name of counter `i`, as exported (`smc.<name>` in Envoy).
 pub fn counter_name(i: usize) -> Option<&'static str> {
@@ -97,6 +101,7 @@ pub fn counter_name(i: usize) -> Option<&'static str> {
         .iter()
         .chain(REASONS.iter())
         .chain(ADAPTIVE.iter())
+        .chain(LISTENERS.iter())
         .nth(i)
         .copied()
 }
@@ -176,7 +181,10 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), COUNTERS);
-        assert_eq!(FIXED.len() + REASONS.len() + ADAPTIVE.len(), COUNTERS);
+        assert_eq!(
+            FIXED.len() + REASONS.len() + ADAPTIVE.len() + LISTENERS.len(),
+            COUNTERS
+        );
         assert_eq!(REASONS.len(), TcpReason::ALL.len());
         assert_eq!(
             names[Counter::ConnectsWatched as usize],
