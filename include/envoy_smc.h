@@ -103,7 +103,8 @@ enum envoy_smc_tcp_reason
    */
   ENVOY_SMC_TCP_REASON_LISTENER_NOT_SELECTED = 12,
   /*
-   An `AF_SMC` listener cannot carry the `SO_REUSEPORT` Envoy set on it.
+   No longer given (listeners with `SO_REUSEPORT` share one `AF_SMC` listener); the number
+   and the counter stay reserved.
    */
   ENVOY_SMC_TCP_REASON_REUSE_PORT_UNSUPPORTED = 13,
   /*
@@ -384,6 +385,28 @@ envoy_smc_result envoy_smc_apply_connect(const envoy_smc_runtime *rt,
                                          int fd,
                                          const envoy_smc_socket_state *state,
                                          envoy_smc_verdict *verdict);
+
+/*
+ After `bind()` of the socket `fd` (described by `state`) to `addr` (`addrlen` bytes) failed with
+ EADDRINUSE: if the socket would be one of this process's shared AF_SMC listeners (its port
+ selected, SO_REUSEPORT set, AF_SMC mode) and such a listener listens at `addr` already, puts
+ that listener under `fd` and writes true to `*joined`: report the bind as done (the fd
+ listens already; a later listen() only sets the backlog) and decide nothing more for it. This
+ is how a listener update that opens new sockets while the old listener drains takes the
+ listener over. Otherwise writes false and nothing changed. Counted as `listen_shared`.
+ NULL `rt`/`state`/`addr`/`joined`: ENVOY_SMC_NULL_ARGUMENT; a non-IP address or a bad fd:
+ ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR. Call it from the thread that
+ owns `fd`.
+
+ # Safety
+ `addr` must point at `addrlen` readable bytes; `state` and `joined` NULL or valid; `fd` open.
+ */
+envoy_smc_result envoy_smc_join_shared_listener(const envoy_smc_runtime *rt,
+                                                int fd,
+                                                const envoy_smc_socket_state *state,
+                                                const struct sockaddr *addr,
+                                                socklen_t addrlen,
+                                                bool *joined);
 
 /*
  Decide and apply in one call, before listen(). See the two functions it combines.

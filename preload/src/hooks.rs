@@ -131,6 +131,68 @@ pub fn before_dup(fd: c_int) {
     });
 }
 
+/// After `bind()` of a tracked fd failed with `EADDRINUSE`: a listener update's new socket on
+/// the address of a shared `AF_SMC` listener takes that listener over (see
+/// `Runtime::join_shared_listener`). Returns true when the bind is to be reported as done.
+pub fn bind_in_use(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) -> bool {
+    let Some(active) = state::active_if_set_up() else {
+        return false;
+    };
+    // The kernel read the address already (EADDRINUSE), but it is the program's memory: copy it
+    // the same careful way as connect()'s.
+    let Ok(Some(local)) = user_mem::read_sockaddr(addr, len) else {
+        return false;
+    };
+    let mut joined = false;
+    table::settle(fd, |t| {
+        if inode(fd) != Some(t.ino) {
+            inc(&COUNTERS.stale_fd);
+            return None;
+        }
+        // SAFETY: fd is open (checked just above) and only borrowed during this call.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        joined = active.runtime.join_shared_listener(bfd, local, t.facts);
+        // Not joined: still the program's unbound socket, which stays TCP (decided now).
+        None
+    });
+    joined
+}
+
+/// After `setsockopt(SO_REUSEPORT)` failed: true for an `AF_SMC` socket that is listening already
+/// -- a listener shared by its fds, which is what SO_REUSEPORT asked for (every worker accepts).
+/// Envoy sets the option again on the listen sockets a hot-restart parent passes to it (they
+/// never went through `socket()` here); failing it would stop the new Envoy.
+pub fn reuse_port_on_shared_listener(fd: c_int) -> bool {
+    if state::active_if_set_up().is_none() {
+        return false;
+    }
+    // SAFETY: fd is the caller's open fd, only borrowed during this call.
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let smc = matches!(
+        envoy_smc::smc::socket_kind(bfd),
+        Ok(Some((SocketKind::AfSmc, _)))
+    );
+    let mut listening: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: listening/len are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    let shared = smc && rc == 0 && listening != 0;
+    if shared {
+        tracing::debug!(
+            "envoy-smc: fd {fd}: SO_REUSEPORT on a shared AF_SMC listener: already shared"
+        );
+    }
+    shared
+}
+
 fn decide_listener(active: &Active, fd: c_int, t: Tracked, at: &str) {
     if inode(fd) != Some(t.ino) {
         inc(&COUNTERS.stale_fd);
@@ -176,6 +238,7 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
                 Applied {
                     verdict,
                     replaced: false,
+                    shared: false,
                 }
             }
             Verdict::Smc { .. } => rt.apply_connect(bfd, verdict),
@@ -222,6 +285,10 @@ fn after_decision(
     if !applied.replaced {
         return false;
     }
+    if applied.shared {
+        // A listener configured and listening already, shared with other fds.
+        return true;
+    }
     let kind = match applied.verdict {
         Verdict::Smc { kind, .. } => kind,
         Verdict::Tcp(_) => SocketKind::Tcp,
@@ -255,6 +322,11 @@ pub(crate) fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
         let fast_open = o.level == libc::IPPROTO_TCP
             && (o.name == TCP_FASTOPEN || o.name == TCP_FASTOPEN_CONNECT);
         if kind.is_smc() && fast_open {
+            continue;
+        }
+        // AF_SMC refuses it; a listener that had it is shared by its fds instead.
+        let reuse_port = o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEPORT;
+        if kind == SocketKind::AfSmc && reuse_port {
             continue;
         }
         let bytes = o.bytes();

@@ -11,7 +11,7 @@
 //!   `connect()`; options the program set are carried over too.
 //!
 //! Interposed: `socket`, `setsockopt` (the mesh switch and per-cluster fallback options),
-//! `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
+//! `bind` (a new socket taking over a shared `AF_SMC` listener), `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
 //! `close_range`, `dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`). Accepted sockets are never touched.
 //! A tracked socket that is duplicated before `listen()`/`connect()` (Envoy duplicates a
 //! listener's socket for its workers when `enable_reuse_port` is false) gets its listener
@@ -149,8 +149,19 @@ pub unsafe extern "C" fn setsockopt(
     value: *const c_void,
     len: socklen_t,
 ) -> c_int {
-    if table::quiet(fd) || !own_memory() {
+    if !own_memory() {
         return real::setsockopt()(fd, level, name, value, len);
+    }
+    if table::quiet(fd) {
+        let rc = real::setsockopt()(fd, level, name, value, len);
+        if rc != 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT {
+            if let Some(_guard) = Reentry::enter() {
+                if reuse_port_shared(fd) {
+                    return 0;
+                }
+            }
+        }
+        return rc;
     }
     let Some(_guard) = Reentry::enter() else {
         return real::setsockopt()(fd, level, name, value, len);
@@ -163,7 +174,46 @@ pub unsafe extern "C" fn setsockopt(
     if let (0, Some(h)) = (rc, held.as_mut()) {
         body(|| hooks::sockopt_set(h, level, name, value, len));
     }
+    drop(held);
+    if rc != 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT && reuse_port_shared(fd) {
+        return 0;
+    }
     rc
+}
+
+/// After `setsockopt(SO_REUSEPORT)` failed (the caller holds the re-entrancy guard): true when
+/// the fd is an `AF_SMC` listener shared by its fds, which is what the option asked for. Envoy sets
+/// it again on the listen sockets a hot-restart parent passes over (they never went through
+/// `socket()` here); failing it would stop the new Envoy.
+fn reuse_port_shared(fd: c_int) -> bool {
+    let mut done = false;
+    body(|| done = hooks::reuse_port_on_shared_listener(fd));
+    done
+}
+
+/// # Safety
+/// The C `bind(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let rc = real::bind()(fd, addr, len);
+    // SAFETY: __errno_location returns this thread's errno slot.
+    if rc == 0
+        || unsafe { *libc::__errno_location() } != libc::EADDRINUSE
+        || table::quiet(fd)
+        || !own_memory()
+    {
+        return rc;
+    }
+    // A listener update's new socket on the address of a shared AF_SMC listener: take it over.
+    let mut joined = false;
+    if let Some(_guard) = Reentry::enter() {
+        body(|| joined = hooks::bind_in_use(fd, addr, len));
+    }
+    if joined {
+        0
+    } else {
+        rc
+    }
 }
 
 /// # Safety

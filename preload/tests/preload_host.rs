@@ -165,14 +165,15 @@ fn failed_replacement_keeps_the_tcp_socket_working() {
     }
 }
 
-/// The listener decisions: a selected AF_SMC listener with SO_REUSEPORT stays TCP
-/// (reuse_port_unsupported), an unselected one is plain TCP (listener_not_selected), a loopback
-/// one stays TCP (loopback) — and all of them serve.
+/// The listener decisions: a selected AF_SMC listener with SO_REUSEPORT is decided SMC (shared
+/// by its fds), which this kernel cannot open (replace_failed: it stays the TCP socket it was),
+/// an unselected one is plain TCP (listener_not_selected), a loopback one stays TCP (loopback) —
+/// and all of them serve.
 #[test]
 fn listener_decisions_are_counted_and_listeners_serve() {
     let Some(ip) = need_host_addr() else { return };
     let cases: [(IpAddr, bool, &str, &str); 3] = [
-        (ip.into(), true, "af_smc", "reuse_port_unsupported"),
+        (ip.into(), true, "af_smc", "replace_failed"),
         (ip.into(), false, "ipproto_smc", "listener_not_selected"),
         (Ipv4Addr::LOCALHOST.into(), true, "ipproto_smc", "loopback"),
     ];

@@ -567,6 +567,57 @@ pub unsafe extern "C" fn envoy_smc_apply_connect(
     apply(rt, fd, state, verdict, false)
 }
 
+/// After `bind()` of the socket `fd` (described by `state`) to `addr` (`addrlen` bytes) failed with
+/// EADDRINUSE: if the socket would be one of this process's shared AF_SMC listeners (its port
+/// selected, SO_REUSEPORT set, AF_SMC mode) and such a listener listens at `addr` already, puts
+/// that listener under `fd` and writes true to `*joined`: report the bind as done (the fd
+/// listens already; a later listen() only sets the backlog) and decide nothing more for it. This
+/// is how a listener update that opens new sockets while the old listener drains takes the
+/// listener over. Otherwise writes false and nothing changed. Counted as `listen_shared`.
+/// NULL `rt`/`state`/`addr`/`joined`: ENVOY_SMC_NULL_ARGUMENT; a non-IP address or a bad fd:
+/// ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR. Call it from the thread that
+/// owns `fd`.
+///
+/// # Safety
+/// `addr` must point at `addrlen` readable bytes; `state` and `joined` NULL or valid; `fd` open.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_smc_join_shared_listener(
+    rt: *const envoy_smc_runtime,
+    fd: c_int,
+    state: *const envoy_smc_socket_state,
+    addr: *const libc::sockaddr,
+    addrlen: libc::socklen_t,
+    joined: *mut bool,
+) -> envoy_smc_result {
+    guard(ENVOY_SMC_INTERNAL_ERROR, || {
+        let Some(rt) = runtime(rt) else {
+            return ENVOY_SMC_NULL_ARGUMENT;
+        };
+        if state.is_null() || addr.is_null() || joined.is_null() {
+            return ENVOY_SMC_NULL_ARGUMENT;
+        }
+        // SAFETY: joined is non-null and writable (the caller's contract).
+        unsafe { *joined = false };
+        // SAFETY: checked non-null; the caller's contract.
+        let state = unsafe { *state };
+        // SAFETY: the caller guarantees addr/addrlen.
+        let Some(local) = (unsafe { sockaddr::from_raw(addr, addrlen) }) else {
+            return ENVOY_SMC_INVALID_ARGUMENT;
+        };
+        if fd < 0 {
+            return ENVOY_SMC_INVALID_ARGUMENT;
+        }
+        if state.tracked != 0 {
+            // SAFETY: the caller guarantees fd is open for the duration of the call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let done = rt.join_shared_listener(fd, local, SocketFacts(state.facts));
+            // SAFETY: as above.
+            unsafe { *joined = done };
+        }
+        ENVOY_SMC_OK
+    })
+}
+
 /// Decide and apply in one call, before listen(). See the two functions it combines.
 ///
 /// # Safety

@@ -259,14 +259,18 @@ impl Policy {
         Ok(())
     }
 
-    /// Before `listen()`: an SMC listener for selected ports, a plain TCP socket for every other
-    /// (never an SMC socket with the fallback switch: its accepted sockets lose epoll wakeups).
-    pub fn before_listen(
-        &self,
-        local: SocketAddr,
-        facts: SocketFacts,
-        current: SocketKind,
-    ) -> Verdict {
+    /// Before `listen()`: an SMC listener for the selected ports of an opted-in workload, a plain
+    /// TCP socket for every other (never an SMC socket with the fallback switch: its accepted
+    /// sockets lose epoll wakeups).
+    ///
+    /// Decided by the port alone, never by socket options: a listener's options reach Envoy by
+    /// LDS, and Envoy 1.40 rejects a listener update that changes them when `enable_reuse_port`
+    /// is false (the only setting under which it used to take an `AF_SMC` listener) and opens
+    /// new sockets for it otherwise, so a switch on a listener cannot be turned live. An SMC
+    /// listener serves TCP clients too (per-connection fallback): the mesh switch on the clients'
+    /// clusters decides which connections use SMC. With `SO_REUSEPORT` (Envoy's default) an
+    /// `AF_SMC` listener is shared by the workers' fds (`smc::SharedListeners`).
+    pub fn before_listen(&self, local: SocketAddr, facts: SocketFacts) -> Verdict {
         let kind = match self.smc {
             Ok(kind) => kind,
             Err(reason) => return Verdict::Tcp(reason),
@@ -276,19 +280,10 @@ impl Policy {
         } else if config::canonical(local.ip()).is_loopback() {
             // A wildcard (0.0.0.0, ::) listener is not loopback: it serves every address.
             TcpReason::Loopback
-        } else if facts.has(SocketFacts::KEEP_TCP) {
-            TcpReason::KeptOnTcp
-        } else if !self.always_on && !facts.has(SocketFacts::SWITCH_ON) {
-            TcpReason::MeshSwitchAbsent
         } else if facts.has(SocketFacts::FAST_OPEN) {
             TcpReason::FastOpen
-        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) && current != kind {
+        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) {
             TcpReason::OptionsNotCarried
-        } else if kind == SocketKind::AfSmc
-            && facts.has(SocketFacts::REUSE_PORT)
-            && current != SocketKind::IpprotoSmc
-        {
-            TcpReason::ReusePortUnsupported
         } else {
             return Verdict::Smc {
                 kind,

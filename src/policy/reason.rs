@@ -31,7 +31,8 @@ pub enum TcpReason {
     PortNotAllowed = 11,
     /// The listener's port is not in `listeners.ports`.
     ListenerNotSelected = 12,
-    /// An `AF_SMC` listener cannot carry the `SO_REUSEPORT` Envoy set on it.
+    /// No longer given (listeners with `SO_REUSEPORT` share one `AF_SMC` listener); the number
+    /// and the counter stay reserved.
     ReusePortUnsupported = 13,
     /// The socket uses TCP fast open, which SMC cannot carry.
     FastOpen = 14,
@@ -101,7 +102,7 @@ impl TcpReason {
             TcpReason::Disabled => "SMC is disabled (mode: OFF)",
             TcpReason::NotOptedIn => "the workload has not opted in (its opt-in annotation is not \"true\")",
             TcpReason::KernelLacksSmc => "the kernel cannot open SMC sockets of the configured mode",
-            TcpReason::MeshSwitchAbsent => "the cluster or listener does not carry the mesh switch (no EnvoyFilter patch)",
+            TcpReason::MeshSwitchAbsent => "the cluster does not carry the mesh switch (no EnvoyFilter patch)",
             TcpReason::KeptOnTcp => "the cluster is kept on TCP (per-cluster fallback)",
             TcpReason::Loopback => "loopback address",
             TcpReason::LocalAddress => "the destination is this host's own address",
@@ -111,7 +112,7 @@ impl TcpReason {
             TcpReason::PortNotAllowed => "the destination port is not in upstream.allow_ports",
             TcpReason::ListenerNotSelected => "the listener's port is not in listeners.ports",
             TcpReason::ReusePortUnsupported => {
-                "AF_SMC listeners cannot use SO_REUSEPORT (set enable_reuse_port: false on the listener, or use IPPROTO_SMC)"
+                "AF_SMC listeners cannot use SO_REUSEPORT (no longer given: such listeners are shared)"
             }
             TcpReason::FastOpen => "the socket uses TCP fast open, which SMC cannot carry",
             TcpReason::NotIpStream => "not an IP stream socket",

@@ -48,6 +48,9 @@ pub enum Counter {
     /// Plain TCP probes the watchdog ran to tell a black hole from a destination that is down
     /// (one per destination at a time; verdicts are remembered for a while).
     TcpProbes = 34,
+    /// Listen fds that took over an `AF_SMC` listener shared with other fds of the same address
+    /// (a listener's per-worker sockets, or a listener update's new sockets).
+    ListenShared = 35,
 }
 
 /// Index of the first per-reason counter, minus one (reason numbers start at 1).
@@ -57,7 +60,7 @@ const REASON_BASE: usize = 8;
 const FIRST_LATER_REASON: usize = 18;
 const LATER_REASON_BASE: usize = 33;
 /// Number of counters.
-pub const COUNTERS: usize = 35;
+pub const COUNTERS: usize = 36;
 
 /// The counter index of a TCP reason.
 fn reason_index(reason: TcpReason) -> usize {
@@ -109,7 +112,11 @@ const ADAPTIVE: [&str; 7] = [
     "adaptive.rescue_failed",
 ];
 /// Counters added later, in index order from 33.
-const LATER: [&str; 2] = ["tcp.options_not_carried", "adaptive.tcp_probes"];
+const LATER: [&str; 3] = [
+    "tcp.options_not_carried",
+    "adaptive.tcp_probes",
+    "listen_shared",
+];
 
 /// The name of counter `i`, as exported (`smc.<name>` in Envoy).
 pub fn counter_name(i: usize) -> Option<&'static str> {
@@ -207,6 +214,7 @@ mod tests {
         );
         assert_eq!(REASONS.len(), FIRST_LATER_REASON - 1);
         assert_eq!(names[Counter::TcpProbes as usize], "adaptive.tcp_probes");
+        assert_eq!(names[Counter::ListenShared as usize], "listen_shared");
         assert_eq!(
             names[Counter::ConnectsWatched as usize],
             "adaptive.connects_watched"
