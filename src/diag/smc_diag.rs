@@ -179,16 +179,28 @@ pub struct SmcSocket {
 impl SmcSocket {
     /// The flavour as envoy-smc names it: `AF_SMC` or `IPPROTO_SMC`.
     pub fn flavour(&self) -> &'static str {
-        if self.family as i32 == AF_SMC {
+        if self.family as i32 == AF_SMC && !self.accepted_by_ipproto_listener() {
             "AF_SMC"
         } else {
             "IPPROTO_SMC"
         }
     }
 
+    /// A socket accepted by an `IPPROTO_SMC` listener. The kernel allocates accepted sockets as
+    /// `PF_SMC` with the listener's protocol (af_smc.c `smc_clcsock_accept`), and smc_diag copies
+    /// addresses only for protocols `SMCPROTO_SMC`/`SMCPROTO_SMC6` (smc_diag.c
+    /// `smc_diag_msg_common_fill`): so such a socket says family `AF_SMC` with zero addresses
+    /// while its ports are set. A real `AF_SMC` socket with a peer port always has addresses.
+    pub fn accepted_by_ipproto_listener(&self) -> bool {
+        self.family as i32 == AF_SMC
+            && self.peer.port() != 0
+            && self.local.ip().is_unspecified()
+            && self.peer.ip().is_unspecified()
+    }
+
     /// Whether the addresses are the kernel's zeros of an `IPPROTO_SMC` socket, not real ones.
     pub fn addresses_unknown(&self) -> bool {
-        self.family as i32 != AF_SMC
+        (self.family as i32 != AF_SMC || self.accepted_by_ipproto_listener())
             && self.local.ip().is_unspecified()
             && self.peer.ip().is_unspecified()
     }
