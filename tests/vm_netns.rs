@@ -221,7 +221,10 @@ l = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 256)
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind(("127.0.0.1", 7000)); l.listen(8)
 l2 = socket.socket(43, socket.SOCK_STREAM, 0)
-l2.bind(("127.0.0.1", 7001)); l2.listen(8)
+import ctypes, struct
+sin = struct.pack("=H", 2) + struct.pack("!H", 7001) + socket.inet_aton("127.0.0.1") + bytes(8)
+assert ctypes.CDLL(None, use_errno=True).bind(l2.fileno(), sin, len(sin)) == 0
+l2.listen(8)
 c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 256)
 c.connect(("127.0.0.1", 7000))
 a, _ = l.accept()
@@ -475,4 +478,202 @@ fn all_netns_sees_the_root_and_two_pods() {
     };
     assert_eq!(status.code(), Some(0), "exporter exit after SIGTERM");
     drop(pods);
+}
+
+// ---------------------------------------------------------------------------------------------
+// a real Prometheus
+
+fn prometheus_bin() -> Option<String> {
+    let found = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(String::from);
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prometheus not installed (scripts/install-deps.sh installs Debian's package)"
+        );
+        eprintln!("skipped: no prometheus binary (apt-get install prometheus)");
+    }
+    found
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of an instant PromQL query over Prometheus' HTTP API (`None`: no result yet).
+fn promql(prom: SocketAddr, q: &str) -> Option<f64> {
+    let answer = http(
+        prom,
+        &format!(
+            "GET /api/v1/query?query={} HTTP/1.1\r\nHost: prom\r\nConnection: close\r\n\r\n",
+            urlencode(q)
+        ),
+    );
+    let body = answer.split("\r\n\r\n").nth(1)?;
+    // The API may answer chunked; the JSON object is all we need.
+    let start = body.find('{')?;
+    let end = body.rfind('}')?;
+    let v: Value = serde_json::from_str(&body[start..=end]).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Kills the child on drop.
+struct Reaped(Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_exporter_while_traffic_runs() {
+    if !in_vm() {
+        return;
+    }
+    let Some(prom_bin) = prometheus_bin() else {
+        return;
+    };
+    let _g = lock();
+    // Traffic: 4 SMC-R connections and 3 kept on TCP by the fallback switch, echoing all along.
+    let l = smc_listener(SocketKind::IpprotoSmc, SocketAddrV4::new(SERVER, 0));
+    let dst = l.local_addr().unwrap();
+    let mut clients = Vec::new();
+    let mut accepted = Vec::new();
+    for i in 0..7 {
+        clients.push(smc_client(SocketKind::IpprotoSmc, CLIENT, dst, i >= 4));
+        accepted.push(l.accept().unwrap().0);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (c, a) in clients.iter_mut().zip(accepted.iter_mut()) {
+                    c.write_all(&[7u8; 512]).unwrap();
+                    let mut buf = [0u8; 512];
+                    a.read_exact(&mut buf).unwrap();
+                }
+                rounds += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            rounds
+        })
+    };
+
+    let mut exp = Command::new(env!("CARGO_BIN_EXE_envoy-smc"))
+        .args([
+            "exporter",
+            "--listen",
+            "127.0.0.1:0",
+            "--doctor-interval",
+            "5",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the exporter");
+    let mut line = String::new();
+    BufReader::new(exp.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let exporter = Reaped(exp);
+    let target = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("exporter said: {line}"))
+        .to_string();
+
+    let dir = std::env::temp_dir().join(format!("prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/monitoring/envoy-smc.rules.yaml"
+    );
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [\"{rules}\"]\n\
+             scrape_configs:\n  - job_name: envoy-smc\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let prom_addr: SocketAddr = "127.0.0.1:19090".parse().unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let prom = Reaped(
+        Command::new(&prom_bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+
+    // Wait (condition, not time) until Prometheus has scraped the numbers the traffic makes.
+    let queries = [
+        (
+            "sum(envoy_smc_sockets{mode=\"SMCR\",state=\"ACTIVE\"})",
+            8.0,
+        ),
+        ("sum(envoy_smc_sockets{mode=\"TCP\",state=\"ACTIVE\"})", 6.0),
+        ("sum(envoy_smc_fallback_sockets{reason=\"OPTUNSUPP\"})", 3.0),
+        ("sum(envoy_smc_fallback_sockets{reason=\"PEERNOSMC\"})", 3.0),
+        ("max(envoy_smc_up)", 1.0),
+        ("count(envoy_smc_doctor_ready == 1)", 1.0),
+        (
+            "sum(rate(envoy_smc_kernel_bytes_total{tech=\"smcr\",direction=\"tx\"}[10s])) > bool 0",
+            1.0,
+        ),
+    ];
+    let t0 = Instant::now();
+    let last = loop {
+        let got: Vec<Option<f64>> = queries.iter().map(|(q, _)| promql(prom_addr, q)).collect();
+        if queries
+            .iter()
+            .zip(&got)
+            .all(|((_, want), v)| *v == Some(*want))
+        {
+            break got;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "Prometheus never saw the expected numbers: {:?}\nprometheus log: {}",
+            queries.iter().zip(&got).collect::<Vec<_>>(),
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(500));
+    };
+    for ((q, _), v) in queries.iter().zip(&last) {
+        eprintln!("PromQL {q} = {v:?}");
+    }
+    eprintln!(
+        "Prometheus had them after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = traffic.join().unwrap();
+    assert!(rounds > 0);
+    drop(prom);
+    drop(exporter);
+    let _ = std::fs::remove_dir_all(&dir);
 }
