@@ -282,14 +282,18 @@ fn section<'a>(all: &'a Value, hostname: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no namespace with hostname {hostname}: {all:#}"))
 }
 
-/// Connects to `addr`, sends `req`, returns the whole answer.
-fn http(addr: SocketAddr, req: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the exporter");
+/// Connects to `addr`, sends `req`, returns the whole answer (`None`: nobody listens yet).
+fn try_http(addr: SocketAddr, req: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes()).ok()?;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out
+    Some(out)
+}
+
+fn http(addr: SocketAddr, req: &str) -> String {
+    try_http(addr, req).unwrap_or_else(|| panic!("nothing listens on {addr}"))
 }
 
 fn metric(page: &str, prefix: &str) -> Option<f64> {
@@ -511,13 +515,13 @@ fn urlencode(s: &str) -> String {
 
 /// The value of an instant PromQL query over Prometheus' HTTP API (`None`: no result yet).
 fn promql(prom: SocketAddr, q: &str) -> Option<f64> {
-    let answer = http(
+    let answer = try_http(
         prom,
         &format!(
             "GET /api/v1/query?query={} HTTP/1.1\r\nHost: prom\r\nConnection: close\r\n\r\n",
             urlencode(q)
         ),
-    );
+    )?;
     let body = answer.split("\r\n\r\n").nth(1)?;
     // The API may answer chunked; the JSON object is all we need.
     let start = body.find('{')?;
