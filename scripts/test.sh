@@ -49,6 +49,8 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 step cargo-test cargo test --workspace --quiet
 step shim bash bazel/test/run.sh
+# Alert rules: promtool check + unit tests (a second or two).
+step promtool bash monitoring/check.sh
 if [ "$run_vm" = 1 ]; then
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
