@@ -69,6 +69,11 @@ pids+=("$exp")
 until curl -sf -o /dev/null http://127.0.0.1:9977/; do sleep 0.2; done
 rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$exp/status")
 
+# The VM's own speed, for scale: a request the exporter answers without collecting anything.
+base=()
+for _ in $(seq 1 "$SCRAPES"); do
+  base+=("$(curl -s -o /dev/null -w '%{time_total}' http://127.0.0.1:9977/)")
+done
 times=() selfs=()
 for _ in $(seq 1 "$SCRAPES"); do
   t=$(curl -s -o /tmp/page -w '%{time_total}' http://127.0.0.1:9977/metrics)
@@ -87,7 +92,9 @@ echo "|---|---|"
 echo "| SMC sockets counted in the page | $counted (expected >= $((NS * PER))) |"
 echo "| namespaces entered | $nslines |"
 echo "| page size | $bytes bytes |"
+echo "| index page, no collection (curl time_total, $SCRAPES requests) | $(stats "${base[@]}") |"
 echo "| scrape, client side (curl time_total, $SCRAPES scrapes) | $(stats "${times[@]}") |"
 echo "| scrape, exporter's own envoy_smc_scrape_duration_seconds | $(stats "${selfs[@]}") |"
 echo "| exporter RSS idle / peak (VmRSS / VmHWM) | $((rss_idle / 1024)).$(( (rss_idle % 1024) * 10 / 1024 )) MB / $((rss_peak / 1024)).$(( (rss_peak % 1024) * 10 / 1024 )) MB |"
+echo "| sockets, namespaces | $((NS * PER)) in $NS namespaces + the root one |"
 [ "$counted" -ge $((NS * PER)) ] || { echo "bench/exporter: counted $counted sockets, fewer than created" >&2; exit 1; }

@@ -82,8 +82,8 @@ pub fn list(proc_root: &Path) -> (Vec<Netns>, usize) {
     (out, unreadable)
 }
 
-/// The kernel hostname as `uname` reports it on this thread.
-fn uname_nodename() -> Option<String> {
+/// The hostname as `uname` reports it on this thread: inside [`enter`], the namespace's.
+pub fn hostname_here() -> Option<String> {
     // SAFETY: utsname is plain data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: u is a valid, writable utsname.
@@ -108,19 +108,23 @@ fn setns(file: &File, nstype: libc::c_int) -> io::Result<()> {
 }
 
 /// Runs `f` on a new thread inside the network namespace of `proc_root/<pid>` for the first of
-/// `ns.pids` whose namespace file can still be opened; `Err` (with the reason) when none can be
-/// entered. The thread ends with `f`, so no other code ever runs in that namespace.
+/// `ns.pids` whose namespace file can still be opened, and in that process's UTS namespace too
+/// where it can (so [`hostname_here`] names the pod); `Err` (with the reason) when the network
+/// namespace cannot be entered. The thread ends with `f`, so no other code ever runs there.
 pub fn enter<T: Send>(
     proc_root: &Path,
     ns: &Netns,
     f: impl FnOnce() -> T + Send,
 ) -> Result<T, String> {
     let mut last = String::from("no process left in it");
-    let file = ns.pids.iter().find_map(|pid| {
+    let files = ns.pids.iter().find_map(|pid| {
         let p = proc_root.join(pid.to_string()).join("ns/net");
         match File::open(&p) {
             // The pid may have been reused by a process of another namespace since `list`.
-            Ok(f) if f.metadata().is_ok_and(|m| m.ino() == ns.inode) => Some(f),
+            Ok(f) if f.metadata().is_ok_and(|m| m.ino() == ns.inode) => {
+                let uts = File::open(proc_root.join(pid.to_string()).join("ns/uts")).ok();
+                Some((f, uts))
+            }
             Ok(_) => None,
             Err(e) => {
                 last = format!("{}: {e}", p.display());
@@ -128,11 +132,14 @@ pub fn enter<T: Send>(
             }
         }
     });
-    let Some(file) = file else {
+    let Some((file, uts)) = files else {
         return Err(last);
     };
     std::thread::scope(|s| {
         s.spawn(move || {
+            if let Some(uts) = &uts {
+                let _ = setns(uts, libc::CLONE_NEWUTS); // labels only: best effort
+            }
             setns(&file, libc::CLONE_NEWNET).map_err(|e| {
                 let hint = if e.raw_os_error() == Some(libc::EPERM) {
                     " (needs CAP_SYS_ADMIN)"
@@ -145,20 +152,6 @@ pub fn enter<T: Send>(
         })
         .join()
         .unwrap_or_else(|_| Err(format!("the helper thread in net:[{}] panicked", ns.inode)))
-    })
-}
-
-/// The hostname of `pid`'s UTS namespace, read by a helper thread that enters it.
-fn uts_hostname(proc_root: &Path, pid: u32) -> Option<String> {
-    let file = File::open(proc_root.join(pid.to_string()).join("ns/uts")).ok()?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            setns(&file, libc::CLONE_NEWUTS).ok()?;
-            uname_nodename()
-        })
-        .join()
-        .ok()
-        .flatten()
     })
 }
 
@@ -205,8 +198,9 @@ pub fn kube_pod_cgroup(cgroup_file: &str) -> Option<(String, String)> {
     None
 }
 
-/// What can be read about the pod of namespace `ns` (from its first readable process).
-pub fn pod_labels(proc_root: &Path, ns: &Netns) -> PodLabels {
+/// What can be read about the pod of namespace `ns` (from its first readable process);
+/// `hostname`: the one [`hostname_here`] said inside [`enter`], else `/etc/hostname` is read.
+pub fn pod_labels(proc_root: &Path, ns: &Netns, hostname: Option<String>) -> PodLabels {
     let mut out = PodLabels::default();
     for &pid in &ns.pids {
         let dir = proc_root.join(pid.to_string());
@@ -215,7 +209,8 @@ pub fn pod_labels(proc_root: &Path, ns: &Netns) -> PodLabels {
         };
         out.pid = pid;
         out.comm = comm.trim_end().to_string();
-        out.hostname = uts_hostname(proc_root, pid)
+        out.hostname = hostname
+            .clone()
             .or_else(|| read_small(&dir.join("root/etc/hostname")).map(|h| h.trim().to_string()))
             .filter(|h| !h.is_empty());
         if let Some((cg, uid)) = read_small(&dir.join("cgroup")).and_then(|c| kube_pod_cgroup(&c)) {

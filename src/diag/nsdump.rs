@@ -18,17 +18,19 @@ pub struct NsDump {
     pub kernel_counters_error: Option<String>,
 }
 
-/// Dumps the calling thread's network namespace. `addresses`: also fill the zero addresses of
-/// `IPPROTO_SMC` sockets from a TCP dump (rows need them; counts by state and mode do not).
-pub fn dump_here(addresses: bool) -> NsDump {
-    let sockets = smc_diag::dump()
-        .map(|mut s| {
-            if addresses {
-                inet_diag::fill_addresses(&mut s);
-            }
+/// Dumps the calling thread's network namespace. `rows`: every attribute, and the zero
+/// addresses of `IPPROTO_SMC` sockets filled from a TCP dump (counts by state, mode and
+/// fallback reason need neither).
+pub fn dump_here(rows: bool) -> NsDump {
+    let sockets = if rows {
+        smc_diag::dump().map(|mut s| {
+            inet_diag::fill_addresses(&mut s);
             s
         })
-        .map_err(|e| e.to_string());
+    } else {
+        smc_diag::dump_brief()
+    }
+    .map_err(|e| e.to_string());
     let counters = SmcGenl::open().and_then(|mut g| {
         let f = g.fallback_stats()?;
         Ok((f, g.stats().ok().flatten()))

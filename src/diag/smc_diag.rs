@@ -377,6 +377,18 @@ pub fn parse_dump(msgs: &[netlink::OwnedMsg]) -> Result<Vec<SmcSocket>, ParseErr
 /// Every SMC socket in this network namespace. `Unavailable` when the kernel has no smc_diag
 /// (module not loaded, or no SMC at all).
 pub fn dump() -> Result<Vec<SmcSocket>, DiagError> {
+    dump_with(&dump_request())
+}
+
+/// [`dump`] without the optional attributes (connection, link, DMB info): state, mode,
+/// ports and the fallback reasons only, less for the kernel to write and for us to parse.
+pub fn dump_brief() -> Result<Vec<SmcSocket>, DiagError> {
+    let mut req = dump_request();
+    req[3] = 0;
+    dump_with(&req)
+}
+
+fn dump_with(req: &[u8]) -> Result<Vec<SmcSocket>, DiagError> {
     let mut sock = NlSocket::open(libc::NETLINK_SOCK_DIAG)
         .map_err(|e| DiagError::io("NETLINK_SOCK_DIAG socket", e))?;
     let msgs = sock
@@ -384,7 +396,7 @@ pub fn dump() -> Result<Vec<SmcSocket>, DiagError> {
             "smc_diag dump",
             SOCK_DIAG_BY_FAMILY,
             libc::NLM_F_DUMP as u16,
-            &dump_request(),
+            req,
         )
         .map_err(|e| match e.errno() {
             Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::EAFNOSUPPORT) => {

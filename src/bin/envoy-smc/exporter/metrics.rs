@@ -43,55 +43,49 @@ impl NsMetrics {
     }
 }
 
+/// Counts the calling thread's namespace (inside [`netns::enter`]): the rows never leave it.
+fn count_here() -> (NsMetrics, Option<String>) {
+    let d = nsdump::dump_here(false);
+    let mut m = NsMetrics {
+        diag_up: d.sockets.is_ok(),
+        kernel_fallbacks: d.kernel_fallbacks,
+        kernel_stats: d.kernel_stats,
+        ..NsMetrics::default()
+    };
+    for s in d.sockets.unwrap_or_default() {
+        *m.sockets
+            .entry((s.mode.name(), s.state.name()))
+            .or_default() += 1;
+        *m.flavours.entry(s.flavour()).or_default() += 1;
+        if let Some(r) = s.fallback_reason() {
+            let peer = s.fallback.map(|f| f.peer_diagnosis).unwrap_or_default();
+            *m.fallback
+                .entry((r.to_string(), peer.to_string()))
+                .or_default() += 1;
+        }
+    }
+    (m, netns::hostname_here())
+}
+
 /// Enters every namespace under `proc_root` and counts what is there.
 pub fn collect(proc_root: &Path, state_dir: &Path) -> Vec<NsMetrics> {
     let (nss, _) = netns::list(proc_root);
     let mut tables = netns::black_hole_tables(proc_root, &nss, state_dir);
     nss.iter()
         .map(|ns| {
-            let mut m = NsMetrics {
-                netns: ns.inode,
-                labels: netns::pod_labels(proc_root, ns),
-                tables: tables.remove(&ns.inode).unwrap_or_default(),
-                ..NsMetrics::default()
+            let (mut m, host) = match netns::enter(proc_root, ns, count_here) {
+                Ok(counted) => counted,
+                Err(e) => (
+                    NsMetrics {
+                        not_entered: Some(e),
+                        ..NsMetrics::default()
+                    },
+                    None,
+                ),
             };
-            // Counted inside the helper thread: the rows never leave it.
-            let counted = netns::enter(proc_root, ns, || {
-                let d = nsdump::dump_here(false);
-                let mut sockets = BTreeMap::new();
-                let mut flavours = BTreeMap::new();
-                let mut fallback = BTreeMap::new();
-                let up = d.sockets.is_ok();
-                for s in d.sockets.unwrap_or_default() {
-                    *sockets.entry((s.mode.name(), s.state.name())).or_default() += 1;
-                    *flavours.entry(s.flavour()).or_default() += 1;
-                    if let Some(r) = s.fallback_reason() {
-                        let peer = s.fallback.map(|f| f.peer_diagnosis).unwrap_or_default();
-                        *fallback
-                            .entry((r.to_string(), peer.to_string()))
-                            .or_default() += 1;
-                    }
-                }
-                (
-                    up,
-                    sockets,
-                    flavours,
-                    fallback,
-                    d.kernel_fallbacks,
-                    d.kernel_stats,
-                )
-            });
-            match counted {
-                Ok((up, sockets, flavours, fallback, kf, ks)) => {
-                    m.diag_up = up;
-                    m.sockets = sockets;
-                    m.flavours = flavours;
-                    m.fallback = fallback;
-                    m.kernel_fallbacks = kf;
-                    m.kernel_stats = ks;
-                }
-                Err(e) => m.not_entered = Some(e),
-            }
+            m.netns = ns.inode;
+            m.labels = netns::pod_labels(proc_root, ns, host);
+            m.tables = tables.remove(&ns.inode).unwrap_or_default();
             m
         })
         .collect()

@@ -105,10 +105,14 @@ pub fn run(args: &Args) -> u8 {
     let mut sections = Vec::new();
     let mut failed = 0;
     for ns in &nss {
-        let pod = netns::pod_labels(proc_root, ns);
         let t = tables.remove(&ns.inode).unwrap_or_default();
-        let (error, report) = match netns::enter(proc_root, ns, || nsdump::dump_here(true)) {
-            Ok(dump) => match report(args, dump, &owners, t) {
+        let entered = netns::enter(proc_root, ns, || {
+            (nsdump::dump_here(true), netns::hostname_here())
+        });
+        let host = entered.as_ref().ok().and_then(|(_, h)| h.clone());
+        let pod = netns::pod_labels(proc_root, ns, host);
+        let (error, report) = match entered {
+            Ok((dump, _)) => match report(args, dump, &owners, t) {
                 Ok(r) => (None, Some(r)),
                 Err(e) => (Some(e), None),
             },
