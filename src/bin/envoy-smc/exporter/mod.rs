@@ -122,10 +122,15 @@ pub fn run(args: Args) -> u8 {
             std::thread::sleep(every);
         });
     }
-    eprintln!(
-        "envoy-smc exporter: serving http://{}/metrics",
+    // Log lines never panic when stderr is gone (eprintln! would).
+    let log = |msg: std::fmt::Arguments<'_>| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "envoy-smc exporter: {msg}");
+    };
+    log(format_args!(
+        "serving http://{}/metrics",
         listener.local_addr().map_or(args.listen, |a| a)
-    );
+    ));
     let mut metrics = || {
         let ready = match doctor.load(Ordering::Relaxed) {
             0 => Some(false),
@@ -136,11 +141,11 @@ pub fn run(args: Args) -> u8 {
     };
     match http::serve(&listener, stop.as_raw_fd(), &mut metrics) {
         Ok(()) => {
-            eprintln!("envoy-smc exporter: stopped by signal");
+            log(format_args!("stopped by signal"));
             exit::OK
         }
         Err(e) => {
-            eprintln!("envoy-smc exporter: {e}");
+            log(format_args!("{e}"));
             exit::UNAVAILABLE
         }
     }
