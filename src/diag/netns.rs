@@ -3,9 +3,9 @@
 //! In a cluster every sidecar lives in its pod's own network namespace, and smc_diag, inet_diag
 //! and the SMC generic-netlink counters answer per namespace. [`list`] finds the namespaces
 //! through `/proc/<pid>/ns/net` (deduplicated by the namespace's inode) with the processes in
-//! each; [`enter`] runs a closure on a helper thread that has `setns`-ed into one of them (the
-//! thread is discarded afterwards, so the caller's own namespace never changes). Entering needs
-//! `CAP_SYS_ADMIN` (and ptrace access to a process of the namespace).
+//! each; [`enter_each`] runs a closure in each of them on one helper thread that `setns`-es
+//! from namespace to namespace and is discarded afterwards, so the caller's own namespaces never
+//! change. Entering needs `CAP_SYS_ADMIN` (and ptrace access to a process of the namespace).
 //!
 //! [`pod_labels`] says which pod a namespace belongs to where that can be read, without
 //! depending on one container runtime: the hostname of the process's UTS namespace (a pod's
@@ -82,8 +82,8 @@ pub fn list(proc_root: &Path) -> (Vec<Netns>, usize) {
     (out, unreadable)
 }
 
-/// The hostname as `uname` reports it on this thread: inside [`enter`], the namespace's.
-pub fn hostname_here() -> Option<String> {
+/// The hostname as `uname` reports it on this thread.
+fn hostname_here() -> Option<String> {
     // SAFETY: utsname is plain data; uname fills it.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: u is a valid, writable utsname.
@@ -107,52 +107,88 @@ fn setns(file: &File, nstype: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a new thread inside the network namespace of `proc_root/<pid>` for the first of
-/// `ns.pids` whose namespace file can still be opened, and in that process's UTS namespace too
-/// where it can (so [`hostname_here`] names the pod); `Err` (with the reason) when the network
-/// namespace cannot be entered. The thread ends with `f`, so no other code ever runs there.
+/// The namespace files of the first of `ns.pids` that is still in `ns`: (net, uts if readable).
+fn open_ns(proc_root: &Path, ns: &Netns) -> Result<(File, Option<File>), String> {
+    let mut last = String::from("no process left in it");
+    for pid in &ns.pids {
+        let dir = proc_root.join(pid.to_string());
+        match File::open(dir.join("ns/net")) {
+            // The pid may have been reused by a process of another namespace since `list`.
+            Ok(f) if f.metadata().is_ok_and(|m| m.ino() == ns.inode) => {
+                return Ok((f, File::open(dir.join("ns/uts")).ok()));
+            }
+            Ok(_) => {}
+            Err(e) => last = format!("{}: {e}", dir.join("ns/net").display()),
+        }
+    }
+    Err(last)
+}
+
+/// Moves the calling thread into `ns`; the hostname of its UTS namespace when that could be
+/// entered too (labels only: best effort).
+fn move_into(proc_root: &Path, ns: &Netns) -> Result<Option<String>, String> {
+    let (net, uts) = open_ns(proc_root, ns)?;
+    setns(&net, libc::CLONE_NEWNET).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            " (needs CAP_SYS_ADMIN)"
+        } else {
+            ""
+        };
+        format!("setns into net:[{}]: {e}{hint}", ns.inode)
+    })?;
+    Ok(uts
+        .filter(|u| setns(u, libc::CLONE_NEWUTS).is_ok())
+        .and_then(|_| hostname_here()))
+}
+
+/// Runs `f` inside each namespace of `nss` in turn, on ONE helper thread that `setns`-es from
+/// one namespace to the next (for the first of each namespace's pids that is still in it) and
+/// ends afterwards, so the caller's thread never changes namespace. Per namespace: `f`'s result
+/// and the hostname of that process's UTS namespace (when it could be entered), or why the
+/// namespace could not be entered (then `f` does not run for it).
+pub fn enter_each<T: Send>(
+    proc_root: &Path,
+    nss: &[Netns],
+    mut f: impl FnMut(&Netns) -> T + Send,
+) -> Vec<Result<(T, Option<String>), String>> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nss.iter()
+                .map(|ns| {
+                    let host = move_into(proc_root, ns)?;
+                    Ok((f(ns), host))
+                })
+                .collect()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            nss.iter()
+                .map(|ns| {
+                    Err(format!(
+                        "the helper thread panicked before net:[{}]",
+                        ns.inode
+                    ))
+                })
+                .collect()
+        })
+    })
+}
+
+/// [`enter_each`] for one namespace.
 pub fn enter<T: Send>(
     proc_root: &Path,
     ns: &Netns,
     f: impl FnOnce() -> T + Send,
-) -> Result<T, String> {
-    let mut last = String::from("no process left in it");
-    let files = ns.pids.iter().find_map(|pid| {
-        let p = proc_root.join(pid.to_string()).join("ns/net");
-        match File::open(&p) {
-            // The pid may have been reused by a process of another namespace since `list`.
-            Ok(f) if f.metadata().is_ok_and(|m| m.ino() == ns.inode) => {
-                let uts = File::open(proc_root.join(pid.to_string()).join("ns/uts")).ok();
-                Some((f, uts))
-            }
-            Ok(_) => None,
-            Err(e) => {
-                last = format!("{}: {e}", p.display());
-                None
-            }
-        }
+) -> Result<(T, Option<String>), String> {
+    let mut f = Some(f);
+    let mut out = enter_each(proc_root, std::slice::from_ref(ns), |_| {
+        f.take().map(|f| f())
     });
-    let Some((file, uts)) = files else {
-        return Err(last);
-    };
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            if let Some(uts) = &uts {
-                let _ = setns(uts, libc::CLONE_NEWUTS); // labels only: best effort
-            }
-            setns(&file, libc::CLONE_NEWNET).map_err(|e| {
-                let hint = if e.raw_os_error() == Some(libc::EPERM) {
-                    " (needs CAP_SYS_ADMIN)"
-                } else {
-                    ""
-                };
-                format!("setns into net:[{}]: {e}{hint}", ns.inode)
-            })?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(format!("the helper thread in net:[{}] panicked", ns.inode)))
-    })
+    match out.pop() {
+        Some(Ok((Some(t), host))) => Ok((t, host)),
+        Some(Err(e)) => Err(e),
+        _ => Err(format!("net:[{}] was not entered", ns.inode)),
+    }
 }
 
 /// At most this many bytes of a file we only need a short line from.
@@ -199,7 +235,7 @@ pub fn kube_pod_cgroup(cgroup_file: &str) -> Option<(String, String)> {
 }
 
 /// What can be read about the pod of namespace `ns` (from its first readable process);
-/// `hostname`: the one [`hostname_here`] said inside [`enter`], else `/etc/hostname` is read.
+/// `hostname`: the one [`enter_each`] read in its UTS namespace, else `/etc/hostname` is read.
 pub fn pod_labels(proc_root: &Path, ns: &Netns, hostname: Option<String>) -> PodLabels {
     let mut out = PodLabels::default();
     for &pid in &ns.pids {
@@ -342,7 +378,10 @@ mod tests {
         match enter(Path::new("/proc"), &me, || {
             fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
         }) {
-            Ok(ino) => assert_eq!(ino, mine),
+            Ok((ino, host)) => {
+                assert_eq!(ino, mine);
+                assert!(host.is_some_and(|h| !h.is_empty()));
+            }
             Err(e) => assert!(e.contains("setns"), "{e}"),
         }
         let gone = Netns {

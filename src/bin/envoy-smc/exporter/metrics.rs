@@ -43,8 +43,8 @@ impl NsMetrics {
     }
 }
 
-/// Counts the calling thread's namespace (inside [`netns::enter`]): the rows never leave it.
-fn count_here() -> (NsMetrics, Option<String>) {
+/// Counts the calling thread's namespace (inside [`netns::enter_each`]): rows never leave it.
+fn count_here() -> NsMetrics {
     let d = nsdump::dump_here(false);
     let mut m = NsMetrics {
         diag_up: d.sockets.is_ok(),
@@ -64,17 +64,19 @@ fn count_here() -> (NsMetrics, Option<String>) {
                 .or_default() += 1;
         }
     }
-    (m, netns::hostname_here())
+    m
 }
 
 /// Enters every namespace under `proc_root` and counts what is there.
 pub fn collect(proc_root: &Path, state_dir: &Path) -> Vec<NsMetrics> {
     let (nss, _) = netns::list(proc_root);
     let mut tables = netns::black_hole_tables(proc_root, &nss, state_dir);
+    let counted = netns::enter_each(proc_root, &nss, |_| count_here());
     nss.iter()
-        .map(|ns| {
-            let (mut m, host) = match netns::enter(proc_root, ns, count_here) {
-                Ok(counted) => counted,
+        .zip(counted)
+        .map(|(ns, counted)| {
+            let (mut m, host) = match counted {
+                Ok(c) => c,
                 Err(e) => (
                     NsMetrics {
                         not_entered: Some(e),

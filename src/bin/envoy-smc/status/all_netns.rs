@@ -104,11 +104,9 @@ pub fn run(args: &Args) -> u8 {
     let mut tables = netns::black_hole_tables(proc_root, &nss, &dir);
     let mut sections = Vec::new();
     let mut failed = 0;
-    for ns in &nss {
+    let dumps = netns::enter_each(proc_root, &nss, |_| nsdump::dump_here(true));
+    for (ns, entered) in nss.iter().zip(dumps) {
         let t = tables.remove(&ns.inode).unwrap_or_default();
-        let entered = netns::enter(proc_root, ns, || {
-            (nsdump::dump_here(true), netns::hostname_here())
-        });
         let host = entered.as_ref().ok().and_then(|(_, h)| h.clone());
         let pod = netns::pod_labels(proc_root, ns, host);
         let (error, report) = match entered {
