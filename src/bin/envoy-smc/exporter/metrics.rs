@@ -8,7 +8,7 @@
 //! join on. Every per-namespace series has `netns` (the namespace inode) and `pod` (its hostname,
 //! empty when unknown). The names `status --prometheus` already used keep their meaning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::{Display, Write as _};
 use std::path::Path;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use envoy_smc::adaptive::publish::ProcessTable;
 use envoy_smc::diag::genl::{FallbackStats, SmcStats};
 use envoy_smc::diag::netns::{self, PodLabels};
 use envoy_smc::diag::nsdump;
+use envoy_smc::diag::{DeclineCode, Mode, SmcState};
 
 /// What one namespace contributes to the page: counts only.
 #[derive(Debug, Default)]
@@ -52,17 +53,24 @@ fn count_here() -> NsMetrics {
         kernel_stats: d.kernel_stats,
         ..NsMetrics::default()
     };
+    // Counted on the raw codes (no allocation per socket), named once per distinct key.
+    let mut by_mode_state: HashMap<(Mode, u8), u64> = HashMap::new();
+    let mut by_reason: HashMap<(DeclineCode, DeclineCode), u64> = HashMap::new();
     for s in d.sockets.unwrap_or_default() {
-        *m.sockets
-            .entry((s.mode.name(), s.state.name()))
-            .or_default() += 1;
+        *by_mode_state.entry((s.mode, s.state.0)).or_default() += 1;
         *m.flavours.entry(s.flavour()).or_default() += 1;
         if let Some(r) = s.fallback_reason() {
             let peer = s.fallback.map(|f| f.peer_diagnosis).unwrap_or_default();
-            *m.fallback
-                .entry((r.to_string(), peer.to_string()))
-                .or_default() += 1;
+            *by_reason.entry((r, peer)).or_default() += 1;
         }
+    }
+    for ((mode, state), n) in by_mode_state {
+        m.sockets.insert((mode.name(), SmcState(state).name()), n);
+    }
+    for ((r, peer), n) in by_reason {
+        *m.fallback
+            .entry((r.to_string(), peer.to_string()))
+            .or_default() += n;
     }
     m
 }
