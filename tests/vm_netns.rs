@@ -240,7 +240,11 @@ fn sh(cmd: &str) {
 
 impl Pod {
     fn start(name: &str) -> Pod {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        // Left over from an interrupted run, if any.
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         sh(&format!(
             "ip netns add {name} && ip -n {name} link set lo up"
         ));
