@@ -8,7 +8,7 @@ set -euo pipefail
 apt_need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in qemu-system-x86 busybox-static kmod cpio xz-utils iproute2 iptables \
-         protobuf-compiler libprotobuf-dev libgtest-dev g++ wrk; do
+         protobuf-compiler libprotobuf-dev libgtest-dev g++ wrk prometheus; do
   have_pkg "$p" || apt_need+=("$p")
 done
 command -v npm >/dev/null || apt_need+=(nodejs npm)

@@ -54,6 +54,8 @@ step cargo-test cargo test --workspace --quiet
 step shim bash bazel/test/run.sh
 step stock-envoy bash bazel/test/stock_envoy_test.sh
 step buildifier bash bazel/test/buildifier.sh
+# Alert rules: promtool check + unit tests (a second or two).
+step promtool bash monitoring/check.sh
 if [ "$run_vm" = 1 ]; then
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).

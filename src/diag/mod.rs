@@ -5,6 +5,7 @@
 //! - [`genl`]: `SMC_GEN_NETLINK` — system info, devices and ports with PNET IDs, statistics,
 //!   per-reason fallback counters, UEIDs (list/add/remove), SEID, handshake limitation;
 //! - [`procs`]: socket inode -> processes;
+//! - [`netns`], [`nsdump`]: every network namespace of the node, entered one at a time;
 //! - [`inet_diag`]: TCP sockets, to give `IPPROTO_SMC` sockets their addresses;
 //! - [`check`]: one SMC connect, classified (SMC-R / SMC-D / fallback / black hole);
 //! - [`decline`]: `SMC_CLC_DECL_*` codes and their names.
@@ -17,6 +18,8 @@ pub mod decline;
 pub mod genl;
 pub mod inet_diag;
 pub mod netlink;
+pub mod netns;
+pub mod nsdump;
 pub mod procs;
 pub mod smc_diag;
 

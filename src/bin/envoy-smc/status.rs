@@ -15,6 +15,8 @@ use envoy_smc::adaptive::publish::ProcessTable;
 
 use crate::{exit, held};
 
+mod all_netns;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Print JSON.
@@ -40,6 +42,10 @@ pub struct Args {
     /// but its owner can write is read, and in it only that owner's regular files.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
+    /// Every network namespace of the node (each pod's), not only this one: entered one at a
+    /// time from a helper thread (needs CAP_SYS_ADMIN); rows labelled with namespace and pod.
+    #[arg(long)]
+    all_netns: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +112,9 @@ fn black_holes(args: &Args) -> Vec<ProcessTable> {
 }
 
 pub fn run(args: Args) -> u8 {
+    if args.all_netns {
+        return all_netns::run(&args);
+    }
     let socks = match smc_diag::dump() {
         Ok(s) => s,
         Err(e) => return unavailable(&args, &e),
