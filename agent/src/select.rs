@@ -301,3 +301,199 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         left.split_whitespace().nth(4).map(PathBuf::from)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fresh directory under the system's temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p =
+                std::env::temp_dir().join(format!("envoy-smc-agent-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir_fd(p: &Path) -> OwnedFd {
+        open_at(None, p, libc::O_PATH | libc::O_DIRECTORY).unwrap()
+    }
+
+    /// The downward API's layout: annotations -> ..data/annotations, ..data -> ..<timestamp>.
+    fn downward_api(root: &Path, text: &str) {
+        let pod = root.join("etc/istio/pod");
+        std::fs::create_dir_all(pod.join("..2026_01_01_00_00_00.1")).unwrap();
+        std::fs::write(pod.join("..2026_01_01_00_00_00.1/annotations"), text).unwrap();
+        symlink("..2026_01_01_00_00_00.1", pod.join("..data")).unwrap();
+        symlink("..data/annotations", pod.join("annotations")).unwrap();
+    }
+
+    #[test]
+    fn effective_uid_is_the_second_uid_field() {
+        let status = "Name:\tenvoy\nUid:\t0\t1337\t1337\t1337\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(effective_uid(status), Some(1337));
+        assert_eq!(effective_uid("Name:\tx\n"), None);
+        assert_eq!(effective_uid("Uid:\t1\n"), None);
+    }
+
+    #[test]
+    fn cgroup_v2_path_refuses_the_root_and_other_namespaces() {
+        assert_eq!(
+            cgroup_v2_path("12:memory:/x\n0::/kubepods/pod1/c1\n").unwrap(),
+            "/kubepods/pod1/c1"
+        );
+        assert!(cgroup_v2_path("0::/\n")
+            .unwrap_err()
+            .contains("root cgroup"));
+        assert!(cgroup_v2_path("0::/../../kubepods/c1\n")
+            .unwrap_err()
+            .contains("namespace"));
+        assert!(cgroup_v2_path("4:memory:/a\n")
+            .unwrap_err()
+            .contains("cgroup v2"));
+    }
+
+    #[test]
+    fn cgroup2_mount_is_found_in_mountinfo() {
+        let mi = "25 1 0:22 / /sys rw - sysfs sysfs rw\n\
+                  30 25 0:26 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("25 1 0:22 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn annotations_resolve_inside_the_pods_root() {
+        let t = TempDir::new("inroot");
+        let root = t.0.join("root");
+        downward_api(&root, "smc.asm.alibabacloud.com/enabled=\"true\"\n");
+        let text = read_capped(
+            open_in_root(&dir_fd(&root), DEFAULT_ANNOTATIONS_PATH).unwrap(),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(
+            downward_api_value(&text, DEFAULT_OPT_IN_ANNOTATION).as_deref(),
+            Some("true")
+        );
+
+        // An absolute symlink planted by the pod points into the pod's root, not the node's: the
+        // node's file of the same name is never read.
+        std::fs::write(
+            t.0.join("node-secret"),
+            "smc.asm.alibabacloud.com/enabled=\"true\"",
+        )
+        .unwrap();
+        let evil = t.0.join("evil");
+        std::fs::create_dir_all(evil.join("etc/istio/pod")).unwrap();
+        symlink(
+            t.0.join("node-secret"),
+            evil.join("etc/istio/pod/annotations"),
+        )
+        .unwrap();
+        let err = open_in_root(&dir_fd(&evil), DEFAULT_ANNOTATIONS_PATH).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+        // .. cannot climb out either.
+        symlink("../../../../node-secret", evil.join("etc/istio/pod/up")).unwrap();
+        assert!(open_in_root(&dir_fd(&evil), "etc/istio/pod/up").is_err());
+    }
+
+    #[test]
+    fn annotations_must_be_a_small_regular_file() {
+        let t = TempDir::new("caps");
+        let pod = t.0.join("etc/istio/pod");
+        std::fs::create_dir_all(&pod).unwrap();
+        std::fs::write(pod.join("annotations"), vec![b'a'; 2048]).unwrap();
+        let root = dir_fd(&t.0);
+        let err =
+            read_capped(open_in_root(&root, DEFAULT_ANNOTATIONS_PATH).unwrap(), 1024).unwrap_err();
+        assert!(err.to_string().contains("larger than 1024"), "{err}");
+        // A FIFO neither blocks the open (O_NONBLOCK) nor is read.
+        std::fs::remove_file(pod.join("annotations")).unwrap();
+        let c = CString::new(pod.join("annotations").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err =
+            read_capped(open_in_root(&root, DEFAULT_ANNOTATIONS_PATH).unwrap(), 1024).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    /// A scan over a fake /proc tree (a real one needs processes of another uid in pods' cgroups:
+    /// tests/vm/agent-e2e.sh does that in the VM) and a fake cgroup tree.
+    #[test]
+    fn scan_selects_opted_in_pods_by_cgroup() {
+        let t = TempDir::new("scan");
+        let proc = t.0.join("proc");
+        let cgroot = t.0.join("cgroup");
+        let process = |pid: i32, uid: u32, cgroup: &str, annotations: Option<&str>| {
+            let d = proc.join(pid.to_string());
+            std::fs::create_dir_all(d.join("root")).unwrap();
+            std::fs::write(
+                d.join("status"),
+                format!("Name:\tenvoy\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+            )
+            .unwrap();
+            std::fs::write(d.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+            if cgroup != "/" {
+                std::fs::create_dir_all(cgroot.join(cgroup.trim_start_matches('/'))).unwrap();
+            }
+            if let Some(a) = annotations {
+                downward_api(&d.join("root"), a);
+            }
+        };
+        let on = "app=\"x\"\nsmc.asm.alibabacloud.com/enabled=\"true\"\n";
+        process(10, 1337, "/kubepods/podA/proxy", Some(on)); // pilot-agent
+        process(11, 1337, "/kubepods/podA/proxy", Some(on)); // envoy
+        process(12, 0, "/kubepods/podA/app", Some(on)); // the app: another uid
+        process(
+            20,
+            1337,
+            "/kubepods/podB/proxy",
+            Some("smc.asm.alibabacloud.com/enabled=\"false\"\n"),
+        );
+        process(30, 1337, "/kubepods/podC/proxy", None);
+        process(40, 1337, "/", Some(on)); // not in a pod's cgroup
+        std::fs::create_dir_all(proc.join("self")).unwrap(); // not a pid
+
+        let scan = scan(&Selector::new(proc, cgroot.clone(), 1337)).unwrap();
+        let id_a = cgroup_id(&cgroot, "/kubepods/podA/proxy").unwrap();
+        assert_eq!(scan.selected().collect::<Vec<_>>(), vec![id_a]);
+        let a = &scan.pods[&id_a];
+        assert_eq!(
+            (a.pids.as_slice(), a.cgroup.as_str()),
+            (&[10, 11][..], "/kubepods/podA/proxy")
+        );
+        let reasons: Vec<_> = scan
+            .pods
+            .values()
+            .filter(|p| !p.opted_in)
+            .map(|p| p.reason.clone())
+            .collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(
+            reasons.iter().any(|r| r.contains("=\"false\"")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("No such file")),
+            "{reasons:?}"
+        );
+        assert_eq!(scan.skipped.len(), 1);
+        assert_eq!(scan.skipped[0].pid, 40);
+        assert!(scan.skipped[0].reason.contains("root cgroup"));
+    }
+}
