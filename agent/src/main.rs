@@ -105,7 +105,12 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .ok_or("no cgroup2 file system mounted (the agent keys pods by cgroup v2)")?
         }
     };
+    let own_cgroup = std::fs::read_to_string(args.proc.join("self/cgroup"))
+        .map_err(|e| format!("{}/self/cgroup: {e}", args.proc.display()))?;
+    let own = select::cgroup_v2_path(&own_cgroup)?;
+    let ns_root = select::namespace_root(&cgroup_root, own, std::process::id())?;
     let mut sel = select::Selector::new(args.proc, cgroup_root, args.uid);
+    sel.ns_root = ns_root;
     sel.annotation = args.annotation;
     sel.annotations_path = args.annotations_path;
     let publisher = state::Publisher::new(args.state_file)?;
@@ -117,11 +122,12 @@ fn run(args: RunArgs) -> Result<(), String> {
 
     let converter = bpf::Converter::attach()?;
     eprintln!(
-        "envoy-smc-agent: attached to update_socket_protocol; selecting uid {} processes of pods with {}=\"true\" ({} under {})",
+        "envoy-smc-agent: attached to update_socket_protocol; selecting uid {} processes of pods with {}=\"true\" ({} under {}, this agent's cgroup namespace at {})",
         sel.uid,
         sel.annotation,
         sel.annotations_path,
-        sel.cgroup_root.display()
+        sel.cgroup_root.display(),
+        sel.ns_root
     );
     let interval = Duration::from_secs_f64(args.interval);
     let mut last_pods = String::new();

@@ -39,6 +39,9 @@ pub struct Selector {
     pub annotation: String,
     /// The annotations file, relative to the pod's root.
     pub annotations_path: String,
+    /// Where this process's cgroup namespace root sits under `cgroup_root` ("/" in the host's
+    /// namespace): /proc/<pid>/cgroup paths are relative to it ([`namespace_root`]).
+    pub ns_root: String,
 }
 
 impl Selector {
@@ -49,6 +52,7 @@ impl Selector {
             uid,
             annotation: DEFAULT_OPT_IN_ANNOTATION.to_string(),
             annotations_path: DEFAULT_ANNOTATIONS_PATH.to_string(),
+            ns_root: "/".to_string(),
         }
     }
 }
@@ -168,8 +172,9 @@ fn inspect(sel: &Selector, pid: i32) -> std::io::Result<Option<Found>> {
         open_at(Some(&dir), Path::new("cgroup"), libc::O_RDONLY)?,
         MAX_PROC_FILE_BYTES,
     )?;
-    let cgroup =
-        cgroup_v2_path(&cgroups).map_err(|e| other(format!("uid {} process: {e}", sel.uid)))?;
+    let cgroup = cgroup_v2_path(&cgroups)
+        .and_then(|rel| pod_cgroup(&sel.ns_root, rel))
+        .map_err(|e| other(format!("uid {} process: {e}", sel.uid)))?;
     let cgroup_id = cgroup_id(&sel.cgroup_root, &cgroup)?;
     let (opted_in, reason) = match read_annotations(&dir, &sel.annotations_path) {
         Ok(text) => match downward_api_value(&text, &sel.annotation) {
@@ -193,23 +198,90 @@ pub fn effective_uid(status: &str) -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// The cgroup v2 path from /proc/<pid>/cgroup (the `0::/path` line). Refuses the root cgroup
-/// (selecting it would convert every process of the node that is not in a child cgroup) and paths
-/// outside this process's cgroup namespace.
-pub fn cgroup_v2_path(text: &str) -> Result<String, String> {
-    let path = text
-        .lines()
+/// The cgroup v2 path in /proc/<pid>/cgroup (the `0::/path` line), relative to the reader's
+/// cgroup namespace root.
+pub fn cgroup_v2_path(text: &str) -> Result<&str, String> {
+    text.lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .ok_or("no cgroup v2 membership (the node must use the unified cgroup hierarchy)")?;
-    if path == "/" {
+        .ok_or_else(|| {
+            "no cgroup v2 membership (the node must use the unified cgroup hierarchy)".into()
+        })
+}
+
+/// The cgroup's path from the hierarchy's root, `rel` being relative to `ns_root`. Refuses the
+/// root cgroup (selecting it would convert every process of the node not in a child cgroup).
+pub fn pod_cgroup(ns_root: &str, rel: &str) -> Result<String, String> {
+    if !rel.starts_with('/') {
+        return Err(format!("cgroup path {rel:?} is not absolute"));
+    }
+    let mut parts: Vec<&str> = ns_root.split('/').filter(|c| !c.is_empty()).collect();
+    for c in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if c == ".." {
+            parts.pop().ok_or_else(|| {
+                format!("cgroup {rel:?} climbs above the hierarchy's root from {ns_root:?}")
+            })?;
+        } else {
+            parts.push(c);
+        }
+    }
+    if parts.is_empty() {
         return Err("in the root cgroup, not in a pod's cgroup: not selected".into());
     }
-    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        return Err(format!(
-            "cgroup {path:?} is outside the agent's cgroup namespace (run the agent in the host's)"
-        ));
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Where this process's cgroup namespace root sits under `cgroup_root`. In a pod (a DaemonSet
+/// has no host cgroup namespace) /proc/<pid>/cgroup reads "/../../kubepods/..." for other pods;
+/// the hierarchy mounted at `cgroup_root` (the host's, by hostPath) has the full paths. Found by
+/// looking for the cgroup whose cgroup.procs holds `pid` (this process), then taking off `own`
+/// (this process's path relative to its namespace root). Walks at most 100,000 cgroups.
+pub fn namespace_root(cgroup_root: &Path, own: &str, pid: u32) -> Result<String, String> {
+    let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
+    let mut seen = 0usize;
+    let found = loop {
+        let Some(rel) = queue.pop_front() else {
+            return Err(format!(
+                "this process (pid {pid}) is in no cgroup under {}: is it the host's cgroup v2 hierarchy?",
+                cgroup_root.display()
+            ));
+        };
+        seen += 1;
+        if seen > 100_000 {
+            return Err(format!(
+                "more than 100000 cgroups under {}",
+                cgroup_root.display()
+            ));
+        }
+        let dir = cgroup_root.join(&rel);
+        let procs =
+            std::fs::File::open(dir.join("cgroup.procs")).and_then(|f| read_capped(f, 16 << 20));
+        if procs.is_ok_and(|t| t.lines().any(|l| l.trim() == pid.to_string())) {
+            break rel;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push_back(rel.join(e.file_name()));
+            }
+        }
+    };
+    let mut parts: Vec<String> = found
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    for c in own.split('/').filter(|c| !c.is_empty()).rev() {
+        if parts.last().map(String::as_str) != Some(c) {
+            return Err(format!(
+                "this process is in /{} of {} but reads its cgroup as {own:?}",
+                parts.join("/"),
+                cgroup_root.display()
+            ));
+        }
+        parts.pop();
     }
-    Ok(path.to_string())
+    Ok(format!("/{}", parts.join("/")))
 }
 
 /// The cgroup's id: the inode number of its directory in the cgroup v2 file system.
@@ -346,20 +418,54 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_v2_path_refuses_the_root_and_other_namespaces() {
+    fn cgroup_paths_resolve_from_the_namespace_root() {
         assert_eq!(
-            cgroup_v2_path("12:memory:/x\n0::/kubepods/pod1/c1\n").unwrap(),
-            "/kubepods/pod1/c1"
+            cgroup_v2_path("12:memory:/x\n0::/kubepods/pod1/c1\n"),
+            Ok("/kubepods/pod1/c1")
         );
-        assert!(cgroup_v2_path("0::/\n")
-            .unwrap_err()
-            .contains("root cgroup"));
-        assert!(cgroup_v2_path("0::/../../kubepods/c1\n")
-            .unwrap_err()
-            .contains("namespace"));
         assert!(cgroup_v2_path("4:memory:/a\n")
             .unwrap_err()
             .contains("cgroup v2"));
+        assert_eq!(
+            pod_cgroup("/", "/kubepods/pod1/c1").unwrap(),
+            "/kubepods/pod1/c1"
+        );
+        // Read from inside the agent's own pod (its namespace root /kubepods/agentpod/c0).
+        assert_eq!(
+            pod_cgroup("/kubepods/agentpod/c0", "/../../pod1/c1").unwrap(),
+            "/kubepods/pod1/c1"
+        );
+        assert!(pod_cgroup("/", "/").unwrap_err().contains("root cgroup"));
+        assert!(pod_cgroup("/a", "/..").unwrap_err().contains("root cgroup"));
+        assert!(pod_cgroup("/a", "/../..")
+            .unwrap_err()
+            .contains("climbs above"));
+    }
+
+    #[test]
+    fn namespace_root_is_found_by_this_process_cgroup() {
+        let t = TempDir::new("nsroot");
+        for (dir, procs) in [
+            ("", "1\n"),
+            ("kubepods/pod1/c1", "10\n11\n"),
+            ("kubepods/agent/c0/sub", "77\n"),
+        ] {
+            std::fs::create_dir_all(t.0.join(dir)).unwrap();
+            std::fs::write(t.0.join(dir).join("cgroup.procs"), procs).unwrap();
+        }
+        // pid 77 reads its own cgroup as /sub: its namespace root is /kubepods/agent/c0.
+        assert_eq!(
+            namespace_root(&t.0, "/sub", 77).unwrap(),
+            "/kubepods/agent/c0"
+        );
+        assert_eq!(namespace_root(&t.0, "/kubepods/pod1/c1", 10).unwrap(), "/");
+        assert_eq!(namespace_root(&t.0, "/", 1).unwrap(), "/");
+        assert!(namespace_root(&t.0, "/", 5)
+            .unwrap_err()
+            .contains("in no cgroup"));
+        assert!(namespace_root(&t.0, "/other", 77)
+            .unwrap_err()
+            .contains("reads its cgroup as"));
     }
 
     #[test]

@@ -128,6 +128,12 @@ if not st:
     for n in PIDS:
         print(n, open(f"{W}/{n}.log", errors="replace").read()[-1500:])
     sys.exit(1)
+agent_log = open(f"{W}/agent.log").read()
+own_ns = open(f"/proc/{AGENT_PID}/cgroup").read().strip()
+check("this agent's cgroup namespace at /agent-e2e/agent" in agent_log
+      and all(p["cgroup"] == f"/agent-e2e/{n}" for n, p in {**sel, **unsel}.items()),
+      "the agent, in its own cgroup namespace like a DaemonSet pod, resolves the pods' cgroups",
+      f"agent's cgroup {own_ns!r}; pods: {[p['cgroup'] for p in {**sel, **unsel}.values()]}")
 for name in ("server", "client", "plain"):
     open(f"{W}/go-{name}", "w").close()
 

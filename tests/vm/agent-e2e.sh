@@ -62,6 +62,7 @@ if ! grep -q "^cgroup2 $cg " /proc/mounts; then
   mount -t cgroup2 cgroup2 "$cg"
 fi
 for pod in client server plain; do mkdir -p "$cg/agent-e2e/$pod"; done
+# (the agent's own cgroup is made below)
 
 # Istio-style redirect (as in scripts/demo.sh and adaptive-e2e.sh).
 $ipt -t raw -A OUTPUT -o "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
@@ -190,7 +191,11 @@ plain_pid=$(start_pod plain 'sidecar.istio.io/status="{}"' "$work/plain.yaml" 13
 pids+=("$server_pid" "$client_pid" "$plain_pid")
 
 "$agent" check >"$work/check.log" 2>&1 && check_rc=0 || check_rc=$?
-"$agent" run --interval 0.2 --state-file "$work/agent/state.json" >"$work/agent.log" 2>&1 &
+# The agent as in its DaemonSet pod: in its own cgroup and cgroup namespace (so /proc/<pid>/cgroup
+# reads "/../client" for the pods), the host's hierarchy mounted (here: the same mount).
+mkdir -p "$cg/agent-e2e/agent"
+bash -c 'echo $$ >'"$cg/agent-e2e/agent"'/cgroup.procs && exec unshare -C "$0" "$@"' \
+  "$agent" run --interval 0.2 --state-file "$work/agent/state.json" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
 
