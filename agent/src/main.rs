@@ -5,6 +5,7 @@
 //! of pods annotated `smc.asm.alibabacloud.com/enabled: "true"`) and follows pods as they come
 //! and go. No custom proxy image, no LD_PRELOAD, no envoy-smc code in the proxy.
 mod bpf;
+mod manifest;
 mod node;
 mod select;
 mod state;
@@ -31,6 +32,20 @@ enum Command {
     /// Say whether this node can run the agent and what it can do here (BTF, fmod_ret on
     /// update_socket_protocol, smc_hs_ctrl).
     Check,
+    /// Print the DaemonSet that runs the agent on every node (YAML).
+    Manifest(ManifestArgs),
+}
+
+#[derive(clap::Args)]
+struct ManifestArgs {
+    /// The agent's image (holding /usr/local/bin/envoy-smc-agent).
+    #[arg(long)]
+    image: String,
+    #[arg(long, default_value = "istio-system")]
+    namespace: String,
+    /// The uid the sidecars run as.
+    #[arg(long, default_value_t = select::DEFAULT_PROXY_UID)]
+    uid: u32,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +84,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check => node::check(),
+        Command::Manifest(m) => {
+            let d = manifest::daemonset(&manifest::Params {
+                image: &m.image,
+                namespace: &m.namespace,
+                uid: m.uid,
+            });
+            serde_yaml::to_string(&d)
+                .map(|y| print!("{y}"))
+                .map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -191,11 +191,12 @@ plain_pid=$(start_pod plain 'sidecar.istio.io/status="{}"' "$work/plain.yaml" 13
 pids+=("$server_pid" "$client_pid" "$plain_pid")
 
 "$agent" check >"$work/check.log" 2>&1 && check_rc=0 || check_rc=$?
-# The agent as in its DaemonSet pod: in its own cgroup and cgroup namespace (so /proc/<pid>/cgroup
+# The agent as in its DaemonSet pod: root with only the capabilities the DaemonSet grants
+# (envoy-smc-agent manifest: BPF, PERFMON, SYS_PTRACE), in its own cgroup and cgroup namespace (so /proc/<pid>/cgroup
 # reads "/../client" for the pods), the host's hierarchy mounted (here: the same mount).
 mkdir -p "$cg/agent-e2e/agent"
 bash -c 'echo $$ >'"$cg/agent-e2e/agent"'/cgroup.procs && exec unshare -C "$0" "$@"' \
-  "$agent" run --interval 0.2 --state-file "$work/agent/state.json" >"$work/agent.log" 2>&1 &
+  setpriv --bounding-set -all,+bpf,+perfmon,+sys_ptrace --inh-caps -all -- "$agent" run --interval 0.2 --state-file "$work/agent/state.json" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
 
