@@ -32,8 +32,19 @@ enum Command {
     /// Say whether this node can run the agent and what it can do here (BTF, fmod_ret on
     /// update_socket_protocol, smc_hs_ctrl).
     Check,
+    /// Show which pods the running agent selected (from its state file).
+    Status(StatusArgs),
     /// Print the DaemonSet that runs the agent on every node (YAML).
     Manifest(ManifestArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[arg(long, default_value = state::DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
+    /// Print the state file's JSON as it is.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +95,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check => node::check(),
+        Command::Status(a) => state::show(&a.state_file, a.json),
         Command::Manifest(m) => {
             let d = manifest::daemonset(&manifest::Params {
                 image: &m.image,

@@ -72,7 +72,7 @@ pub struct Pod {
 }
 
 /// A proxy-uid process the agent could not place in a pod (no cgroup v2 path, root cgroup, ...).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub pid: i32,
     pub reason: String,

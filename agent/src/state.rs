@@ -10,7 +10,7 @@ use crate::select::{Scan, Selector};
 
 pub const DEFAULT_STATE_FILE: &str = "/run/envoy-smc-agent/state.json";
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct State {
     pub uid: u32,
     pub annotation: String,
@@ -22,14 +22,14 @@ pub struct State {
     pub skipped: Vec<crate::select::Skipped>,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct PodState {
     pub cgroup: String,
     pub cgroup_id: u64,
     pub pids: Vec<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sockets_converted: Option<u64>,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
 
@@ -130,4 +130,47 @@ impl Publisher {
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// `envoy-smc-agent status`: the running agent's selection, as a table (or its JSON).
+pub fn show(path: &std::path::Path, json: bool) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{}: {e} (is the agent running? it writes this file while it runs)",
+            path.display()
+        )
+    })?;
+    if json {
+        print!("{text}");
+        return Ok(());
+    }
+    let st: State = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("proxy uid {}, opt-in annotation {}", st.uid, st.annotation);
+    println!(
+        "{:<12} {:<60} {:>10} {:>9}  PIDS / REASON",
+        "SELECTED", "CGROUP", "ID", "CONVERTED"
+    );
+    for p in &st.selected {
+        println!(
+            "{:<12} {:<60} {:>10} {:>9}  {:?}",
+            "yes",
+            p.cgroup,
+            p.cgroup_id,
+            p.sockets_converted.unwrap_or(0),
+            p.pids
+        );
+    }
+    for p in &st.not_selected {
+        println!(
+            "{:<12} {:<60} {:>10} {:>9}  {}",
+            "no", p.cgroup, p.cgroup_id, "-", p.reason
+        );
+    }
+    for s in &st.skipped {
+        println!(
+            "{:<12} pid {:<56} {:>10} {:>9}  {}",
+            "skipped", s.pid, "-", "-", s.reason
+        );
+    }
+    Ok(())
 }

@@ -199,6 +199,11 @@ check(ok(res) and not ps and pt, "the unannotated pod's proxy stays on plain TCP
       f"SMC sockets: {len(ps)}, TCP connections to 10.9.0.2:8080: {len(pt)}")
 
 st = state()
+table = subprocess.run([os.environ["AGENT"], "status", "--state-file", STATE], capture_output=True, text=True).stdout
+print(table.rstrip())
+rows = {l.split()[1]: l.split()[0] for l in table.splitlines()[2:] if len(l.split()) > 1}
+check(rows.get("/agent-e2e/client") == "yes" and rows.get("/agent-e2e/server") == "yes"
+      and rows.get("/agent-e2e/plain") == "no", "envoy-smc-agent status shows which pods are selected")
 counts = {k: v.get("sockets_converted") for k, v in cgroups(st, "selected").items()}
 note(f"sockets converted by the BPF program so far: {counts}")
 check(counts.get("client", 0) > 0 and counts.get("server", 0) > 0,

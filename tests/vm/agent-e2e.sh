@@ -105,6 +105,6 @@ bash -c 'echo $$ >'"$cg/agent-e2e/agent"'/cgroup.procs && exec unshare -C "$0" "
 agent_pid=$!
 pids+=("$agent_pid")
 
-WORK=$work CLI=$cli AGENT_PID=$agent_pid CHECK_RC=$check_rc \
+WORK=$work CLI=$cli AGENT=$agent AGENT_PID=$agent_pid CHECK_RC=$check_rc \
   SERVER_PID=$server_pid CLIENT_PID=$client_pid PLAIN_PID=$plain_pid \
   python3 "$repo/tests/vm/agent-e2e.py"
