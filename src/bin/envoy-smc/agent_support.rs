@@ -13,7 +13,7 @@ pub fn summary(kernel: Option<(u32, u32)>) -> (bool, String) {
         })
         .unwrap_or(false);
     let mut missing = Vec::new();
-    if !kernel.is_some_and(|v| v >= (6, 6)) {
+    if kernel.is_none_or(|v| v < (6, 6)) {
         missing.push("Linux 6.6+ (fmod_ret on update_socket_protocol)");
     }
     if !btf {
