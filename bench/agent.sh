@@ -11,9 +11,11 @@
 #    tests/vm/agent-lib.sh) in three modes, one after the other: stock TCP (no agent), agent (BPF,
 #    no preload) and preload (LD_PRELOAD, envoy-config/envoy/smc-preload.yaml). wrk with
 #    `Connection: close`, the client's clusters one request per upstream connection: every request
-#    is a new app->client connection (loopback) and a new client->server connection. CPU is both
-#    Envoys' user+system time over the measured rounds divided by the requests. The SMC modes are
-#    checked to be SMC-R (envoy-smc status of the client Envoy while the load runs).
+#    is a new app->client connection (loopback) and a new client->server connection. CPU per
+#    connection: both Envoys' user+system time, and the whole VM's busy time (SMC-R's RDMA work
+#    runs in kernel threads, not charged to the Envoys), over the measured rounds divided by the
+#    requests. The SMC modes are checked to be SMC-R (envoy-smc status samples of the client
+#    Envoy while the load runs), stock to have no SMC-R connection.
 #
 #   bench/agent.sh [--no-build]    env: AGENT_BENCH_SECONDS (5), AGENT_BENCH_ROUNDS (3),
 #                                       AGENT_BENCH_CONNS (4: wrk connections)
@@ -76,6 +78,9 @@ ticks() { # utime+stime of the pids, in clock ticks
   done
   echo $t
 }
+busy() { # all CPUs' non-idle ticks (user nice system irq softirq steal)
+  awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
 wait_port_free() { while ss -Htln "sport = :$1" | grep -q .; do sleep 0.1; done; }
 ready() { python3 - "$@" <<'PY'
 import http.client, sys, time
@@ -122,12 +127,18 @@ for mode in stock agent preload; do
   ready 15000 15100 || { tail -5 "$work/server-$mode.log" "$work/client-$mode.log"; exit 1; }
   wrk -t1 -c2 -d2s --timeout 30s -H "Connection: close" http://127.0.0.1:10000/warm >/dev/null
   t0=$(ticks "$spid" "$cpid")
+  b0=$(busy)
   reqs=0
   errs=0
   secs=0
   smcr=0
   for r in $(seq "$ROUNDS"); do
-    (sleep $((SECONDS_PER_ROUND / 2)); "$cli" status --json --pid "$cpid" --no-listen >"$work/status-$mode-$r.json" 2>/dev/null) &
+    # smc_diag samples of the client Envoy's connections while the load runs (each lives a few ms)
+    (for _ in $(seq $((SECONDS_PER_ROUND * 2))); do
+      "$cli" status --json --pid "$cpid" --no-listen 2>/dev/null | tr -d '\n'
+      echo
+      sleep 0.3
+    done >"$work/status-$mode-$r.jsonl") &
     look=$!
     out=$(wrk -t2 -c"$CONNS" -d"${SECONDS_PER_ROUND}s" --timeout 30s -H "Connection: close" http://127.0.0.1:10000/bench)
     echo "$out" >"$work/wrk-$mode-$r.txt"
@@ -137,10 +148,20 @@ for mode in stock agent preload; do
     reqs=$((reqs + n))
     errs=$((errs + e))
     secs=$((secs + SECONDS_PER_ROUND))
-    smcr=$((smcr + $(python3 -c 'import json,sys; print(sum(1 for c in json.load(open(sys.argv[1])).get("connections", []) if c["mode"] == "SMCR" and str(c["peer"]).endswith(":8080")))' "$work/status-$mode-$r.json" 2>/dev/null || echo 0)))
+    smcr=$((smcr + $(python3 -c '
+import json, sys
+n = 0
+for line in open(sys.argv[1]):
+    try:
+        n += sum(1 for c in json.loads(line).get("connections", [])
+                 if c["mode"] == "SMCR" and str(c["peer"]).endswith(":8080"))
+    except ValueError:
+        pass
+print(n)' "$work/status-$mode-$r.jsonl" 2>/dev/null || echo 0)))
   done
   t1=$(ticks "$spid" "$cpid")
-  results+=("$mode $reqs $secs $((t1 - t0)) $errs $smcr")
+  b1=$(busy)
+  results+=("$mode $reqs $secs $((t1 - t0)) $errs $smcr $((b1 - b0))")
   kill "$spid" "$cpid" $agent_pid 2>/dev/null || true
   wait "$spid" "$cpid" $agent_pid 2>/dev/null || true
   grep -h "Socket errors\|Non-2xx" "$work"/wrk-$mode-*.txt | sed "s/^/  $mode: /" || true
@@ -151,16 +172,18 @@ import sys
 hz = int(sys.argv[1])
 rows = []
 for r in sys.argv[2:]:
-    mode, reqs, secs, ticks, errs, smcr = r.split()
-    reqs, secs, ticks, errs, smcr = int(reqs), int(secs), int(ticks), int(errs), int(smcr)
-    rows.append((mode, reqs / secs, ticks / hz * 1e6 / max(reqs, 1), errs, smcr, reqs))
-print(f"{'mode':<8} {'conn/s':>8} {'Envoy CPU us/conn':>18} {'errors':>7} {'SMC-R seen':>11} {'requests':>9}")
-for m, rate, cpu, errs, smcr, reqs in rows:
-    print(f"{m:<8} {rate:8.1f} {cpu:18.0f} {errs:7d} {smcr:11d} {reqs:9d}")
+    mode, reqs, secs, ticks, errs, smcr, busy = r.split()
+    reqs, secs, ticks, errs, smcr, busy = map(int, (reqs, secs, ticks, errs, smcr, busy))
+    per = lambda t: t / hz * 1e6 / max(reqs, 1)
+    rows.append((mode, reqs / secs, per(ticks), per(busy), errs, smcr, reqs))
+print(f"{'mode':<8} {'conn/s':>8} {'Envoys CPU us/conn':>19} {'VM CPU us/conn':>15} {'errors':>7} {'SMC-R seen':>11} {'requests':>9}")
+for m, rate, cpu, vm, errs, smcr, reqs in rows:
+    print(f"{m:<8} {rate:8.1f} {cpu:19.0f} {vm:15.0f} {errs:7d} {smcr:11d} {reqs:9d}")
 base = rows[0]
-for m, rate, cpu, *_ in rows[1:]:
-    print(f"{m} / stock: connection rate x{rate / base[1]:.2f}, CPU per connection x{cpu / base[2]:.2f}")
-bad = [m for m, _, _, errs, smcr, _ in rows if errs or (m != "stock" and smcr == 0) or (m == "stock" and smcr)]
+for m, rate, cpu, vm, *_ in rows[1:]:
+    print(f"{m} / stock: connection rate x{rate / base[1]:.2f}, Envoys' CPU per connection x{cpu / base[2]:.2f}, "
+          f"whole VM's CPU per connection x{vm / base[3]:.2f}")
+bad = [r[0] for r in rows if r[4] or (r[0] != "stock" and r[5] == 0) or (r[0] == "stock" and r[5])]
 print("agent-bench: " + ("ok" if not bad else f"check failed for {bad} (errors, or SMC-R where it should not / missing)"))
 sys.exit(1 if bad else 0)
 PY
