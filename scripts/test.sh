@@ -58,7 +58,7 @@ if [ "$run_vm" = 1 ]; then
   step bench bash bench/run.sh --short
   # Adaptive fallback end to end: a stock Envoy pair, a path dropping SMC's SYNs (about 1 min).
   step adaptive bash tests/vm/adaptive-e2e.sh
-  # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (about 90 s with the boot).
+  # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (90-200 s with the boot).
   step agent bash tests/vm/agent-e2e.sh
 fi
 

@@ -120,7 +120,7 @@ check("black-hole rescue      NO" in check_log and "per-destination choice NO" i
       "check says plainly: no per-destination choice, no black-hole rescue on this kernel")
 
 # ---- selection ----
-st = wait_for(lambda: (lambda s: s if s and len(s["selected"]) == 2 and len(s["not_selected"]) == 1 else None)(state()), 20)
+st = wait_for(lambda: (lambda s: s if s and len(s["selected"]) == 2 and len(s["not_selected"]) == 1 else None)(state()), 60)
 sel, unsel = cgroups(st, "selected"), cgroups(st, "not_selected")
 check(set(sel) == {"client", "server"} and set(unsel) == {"plain"},
       "the agent selects exactly the annotated pods (client, server), not the unannotated one",
@@ -150,7 +150,7 @@ def ready(port):
         return c.getresponse().status == 200
     except Exception:  # noqa: BLE001
         return False
-up = wait_for(lambda: all(ready(p) for p in (15000, 15100, 15200)), 60, 0.3)
+up = wait_for(lambda: all(ready(p) for p in (15000, 15100, 15200)), 120, 0.3)
 check(up, "the three stock Envoys (uid 1337, no LD_PRELOAD) are ready", f"after {time.time() - T0:.1f} s")
 if not up:
     for n in PIDS:
@@ -211,9 +211,10 @@ check(counts.get("client", 0) > 0 and counts.get("server", 0) > 0,
 
 # ---- agent stop ----
 long_req = {}
-th = threading.Thread(target=lambda: long_req.setdefault("r", get(10000, "/before-stop/slow8")))
+# 10 s at the app: under the server route's default 15 s timeout
+th = threading.Thread(target=lambda: long_req.setdefault("r", get(10000, "/before-stop/slow10")))
 th.start()
-before = wait_for(lambda: [c for c in to_server(status(PIDS["client"])) if c["state"] == "ACTIVE"], 6)
+before = wait_for(lambda: [c for c in to_server(status(PIDS["client"])) if c["state"] == "ACTIVE"], 12)
 os.kill(AGENT_PID, signal.SIGTERM)
 stopped = wait_for(lambda: subprocess.run(["sh", "-c", f"kill -0 {AGENT_PID} 2>/dev/null"]).returncode != 0
                    or open(f"/proc/{AGENT_PID}/stat").read().split(") ")[1][0] == "Z", 10)
