@@ -68,6 +68,8 @@ if [ "$run_vm" = 1 ]; then
   # The mesh switch live over xDS with traffic running: timeline, zero failed requests, no
   # rejected listener update (about 1.5 min with the VM boot).
   step live-switch bash tests/vm/live-switch.sh
+  # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (90-200 s with the boot).
+  step agent bash tests/vm/agent-e2e.sh
 fi
 
 echo

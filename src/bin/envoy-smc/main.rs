@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent_support;
 mod check;
 mod config_cmd;
 mod doctor;
