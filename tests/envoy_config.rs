@@ -782,6 +782,9 @@ fn check_k8s(doc: &Json, what: &str) {
         ("apps/v1", "Deployment"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("install.istio.io/v1alpha1", "IstioOperator"),
+        ("apps/v1", "DaemonSet"),
+        ("monitoring.coreos.com/v1", "PodMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
     ];
     assert!(
         known.contains(&(api, kind)),
@@ -796,7 +799,7 @@ fn check_k8s(doc: &Json, what: &str) {
     for (k, v) in doc["metadata"]["labels"].as_object().into_iter().flatten() {
         assert!(v.is_string(), "{what}: label {k} must be a string");
     }
-    if kind == "Deployment" {
+    if kind == "Deployment" || kind == "DaemonSet" {
         let sel = &doc["spec"]["selector"]["matchLabels"];
         let labels = &doc["spec"]["template"]["metadata"]["labels"];
         for (k, v) in sel
@@ -1148,11 +1151,30 @@ fn every_file_in_envoy_config() {
     );
 }
 
-/// The committed files are what `envoy-smc render envoy-config/render.yaml` writes.
+/// The committed files are what `envoy-smc render envoy-config/render.yaml` writes, and every
+/// manifest in envoy-config/ (all but render.yaml, smc.yaml, envoy/ and the READMEs) is one of them.
 #[test]
 fn committed_files_match_render() {
     let desc = Description::from_file(&config_dir().join("render.yaml")).unwrap();
-    for f in render::render(&desc) {
+    let files = render::render(&desc);
+    let mut paths = Vec::new();
+    files_under(&config_dir(), &mut paths);
+    for p in paths {
+        let rel = p
+            .strip_prefix(config_dir())
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let hand_written = rel == "render.yaml"
+            || rel == "smc.yaml"
+            || rel.starts_with("envoy/")
+            || rel.ends_with(".md");
+        assert!(
+            hand_written || files.iter().any(|f| f.path == rel),
+            "{rel} is not a render output; remove it or describe it in render.yaml"
+        );
+    }
+    for f in files {
         let path = config_dir().join(&f.path);
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
@@ -1246,6 +1268,7 @@ workloads:
 listener_port: 15008
 proxy_metadata: {}
 config: {listeners: {ports: [15008]}, upstream: {allow: ["10.0.0.0/8"]}}
+node: {namespace: kube-system, agent: {image: "r.example/agent:1", uid: 1000}}
 "#,
     ),
 ];
@@ -1428,6 +1451,28 @@ fn render_content() {
                 .contains('/')
         );
     }
+
+    // The node section: only the parts described, in its namespace.
+    let d = Description::from_yaml(DESCRIPTIONS[2].1, Some(&config_dir())).unwrap();
+    let files = render::render(&d);
+    let node: Vec<&str> = files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| p.starts_with("node/"))
+        .collect();
+    assert_eq!(node, ["node/namespace.yaml", "node/agent.yaml"]);
+    let agent = &files
+        .iter()
+        .find(|f| f.path == "node/agent.yaml")
+        .unwrap()
+        .documents[0];
+    assert_eq!(agent["metadata"]["namespace"], "kube-system");
+    let c = &agent["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "r.example/agent:1");
+    assert_eq!(
+        (&c["command"][2], &c["command"][3]),
+        (&json!("--uid"), &json!("1000"))
+    );
 }
 
 /// Bad descriptions are refused with the field named, by the library and the CLI (exit 2).
@@ -1454,6 +1499,14 @@ fn render_errors_name_the_field() {
         ("image: {tag: x}\n", "image.hub"),
         ("proxy_metadata: {ENVOY_SMC: true}\n", "proxy_metadata.ENVOY_SMC"),
         ("fortio: {namespace: Fortio}\n", "fortio.namespace"),
+        ("node: {}\n", "node"),
+        ("node: {alerts: true, namespace: Node}\n", "node.namespace"),
+        ("node: {exporter: {port: 9977}}\n", "node.exporter.image"),
+        ("node: {exporter: {image: a/b, port: 0}}\n", "node.exporter.port"),
+        ("node: {agent: {image: a/b, uid: -1}}\n", "node.agent.uid"),
+        ("node: {agent: {image: \"a/b c\"}}\n", "node.agent.image"),
+        ("node: {alerts: true, monitor_labels: {release: 1}}\n", "node.monitor_labels.release"),
+        ("node: {alerts: true, agents: {}}\n", "node.agents"),
     ];
     for (text, field) in cases {
         let e = Description::from_yaml(text, Some(&config_dir()))

@@ -44,6 +44,40 @@ pub struct Description {
     pub image: Option<Image>,
     /// The Fortio seed scenario.
     pub fortio: Option<Fortio>,
+    /// The node-level manifests (`node/`); `None`: none of them.
+    pub node: Option<Node>,
+}
+
+/// The node-level manifests: each part is rendered only when described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The namespace every node manifest lives in (`node/namespace.yaml` creates it).
+    pub namespace: String,
+    /// `envoy-smc exporter` on every node, its Service and PodMonitor (`node/exporter.yaml`).
+    pub exporter: Option<Exporter>,
+    /// The PrometheusRule with monitoring/envoy-smc.rules.yaml's groups (`node/prometheusrule.yaml`).
+    pub alerts: bool,
+    /// Labels of the PodMonitor and the PrometheusRule (the Prometheus Operator selects by them).
+    pub monitor_labels: BTreeMap<String, String>,
+    /// The BPF node agent, `envoy-smc-agent run` (`node/agent.yaml`).
+    pub agent: Option<Agent>,
+}
+
+/// The exporter DaemonSet's image and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exporter {
+    /// Holding /usr/local/bin/envoy-smc.
+    pub image: String,
+    /// `--listen 0.0.0.0:PORT` on the node's address (hostNetwork).
+    pub port: u16,
+}
+
+/// The agent DaemonSet's image and the uid its sidecars run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Holding /usr/local/bin/envoy-smc-agent.
+    pub image: String,
+    pub uid: u32,
 }
 
 /// A workload selected by labels.
@@ -121,6 +155,7 @@ const TOP_FIELDS: &[&str] = &[
     "bootstrap",
     "image",
     "fortio",
+    "node",
 ];
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> RenderError {
@@ -512,6 +547,11 @@ impl Description {
             }
         };
 
+        let node = match obj.get("node") {
+            None | Some(Json::Null) => None,
+            Some(v) => Some(parse_node(v)?),
+        };
+
         Ok(Description {
             mesh,
             root_namespace,
@@ -526,6 +566,7 @@ impl Description {
             bootstrap,
             image,
             fortio,
+            node,
         })
     }
 
@@ -565,6 +606,81 @@ impl Description {
         }
         out
     }
+}
+
+fn parse_node(v: &Json) -> Result<Node, RenderError> {
+    let o = as_object(v, "node")?;
+    check_fields(
+        o,
+        &["namespace", "exporter", "alerts", "monitor_labels", "agent"],
+        "node",
+    )?;
+    let namespace = match o.get("namespace") {
+        None | Some(Json::Null) => "envoy-smc".to_owned(),
+        Some(v) => as_string(v, "node.namespace")?,
+    };
+    check_dns_label(&namespace, "node.namespace")?;
+    let exporter = match o.get("exporter") {
+        None | Some(Json::Null) => None,
+        Some(v) => {
+            let e = as_object(v, "node.exporter")?;
+            check_fields(e, &["image", "port"], "node.exporter")?;
+            let image = node_image(e.get("image"), "node.exporter.image")?;
+            let port = match e.get("port") {
+                None | Some(Json::Null) => 9977,
+                Some(v) => as_port(v, "node.exporter.port")?,
+            };
+            Some(Exporter { image, port })
+        }
+    };
+    let alerts = as_bool(o.get("alerts"), "node.alerts", false)?;
+    let monitor_labels = match o.get("monitor_labels") {
+        None | Some(Json::Null) => {
+            BTreeMap::from([("release".to_owned(), "kube-prometheus-stack".to_owned())])
+        }
+        v => string_map(v, "node.monitor_labels")?,
+    };
+    for (k, val) in &monitor_labels {
+        check_label_value(val, &format!("node.monitor_labels.{k}"))?;
+    }
+    let agent = match o.get("agent") {
+        None | Some(Json::Null) => None,
+        Some(v) => {
+            let a = as_object(v, "node.agent")?;
+            check_fields(a, &["image", "uid"], "node.agent")?;
+            let image = node_image(a.get("image"), "node.agent.image")?;
+            let uid = match a.get("uid") {
+                None | Some(Json::Null) => 1337,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|u| u32::try_from(u).ok())
+                    .ok_or_else(|| err("node.agent.uid", format!("must be a uid, not {v}")))?,
+            };
+            Some(Agent { image, uid })
+        }
+    };
+    if exporter.is_none() && !alerts && agent.is_none() {
+        return Err(err(
+            "node",
+            "describes nothing to render (exporter, alerts or agent)",
+        ));
+    }
+    Ok(Node {
+        namespace,
+        exporter,
+        alerts,
+        monitor_labels,
+        agent,
+    })
+}
+
+/// A container image reference: required, no whitespace.
+fn node_image(v: Option<&Json>, field: &str) -> Result<String, RenderError> {
+    let image = as_string(v.ok_or_else(|| err(field, "is required"))?, field)?;
+    if image.chars().any(char::is_whitespace) {
+        return Err(err(field, format!("{image:?} is not an image reference")));
+    }
+    Ok(image)
 }
 
 fn parse_keep_tcp(v: &Json, f: &str, root: &str) -> Result<KeepTcp, RenderError> {

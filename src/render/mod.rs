@@ -17,13 +17,17 @@
 //! - `istio/keep-tcp.yaml`: per-cluster fallback, `keep_tcp_option` on the named clusters;
 //! - `istio/pod-annotation.yaml`: the pod template patch that opts a workload in;
 //! - `istio/istio-operator.yaml`: mesh-wide image selection (when an image is described);
-//! - `istio/fortio.yaml`: the Fortio seed scenario (when described).
+//! - `istio/fortio.yaml`: the Fortio seed scenario (when described);
+//! - `node/namespace.yaml`, `node/exporter.yaml`, `node/prometheusrule.yaml`, `node/agent.yaml`:
+//!   the node-level manifests, each when the description's `node` section asks for it
+//!   ([`node`]).
 //!
 //! Every `EnvoyFilter` matches only proxies whose node metadata carries [`MARKER_KEY`] =
 //! [`MARKER_VALUE`] (set by `ISTIO_META_ENVOY_SMC=true` in the proxy's environment: the custom
 //! image, `meshConfig.defaultConfig.proxyMetadata`, or the pod's `proxy.istio.io/config`).
 
 mod description;
+pub mod node;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,7 +35,8 @@ use std::fmt;
 use serde_json::{json, Value as Json};
 
 pub use description::{
-    BootstrapSource, ClusterMatch, Description, Fortio, Image, KeepTcp, Workload,
+    Agent, BootstrapSource, ClusterMatch, Description, Exporter, Fortio, Image, KeepTcp, Node,
+    Workload,
 };
 
 use crate::config::proto::SocketOptionMatch;
@@ -180,6 +185,7 @@ pub fn render(d: &Description) -> Vec<RenderedFile> {
     if let Some(f) = &d.fortio {
         files.push(fortio(d, f));
     }
+    node::render(d, &mut files);
     files
 }
 
