@@ -5,7 +5,6 @@
 //! of pods annotated `smc.asm.alibabacloud.com/enabled: "true"`) and follows pods as they come
 //! and go. No custom proxy image, no LD_PRELOAD, no envoy-smc code in the proxy.
 mod bpf;
-mod manifest;
 mod node;
 mod select;
 mod state;
@@ -34,7 +33,8 @@ enum Command {
     Check,
     /// Show which pods the running agent selected (from its state file).
     Status(StatusArgs),
-    /// Print the DaemonSet that runs the agent on every node (YAML).
+    /// Print the DaemonSet that runs the agent on every node (YAML; the same as
+    /// `envoy-smc render` writes into node/agent.yaml).
     Manifest(ManifestArgs),
 }
 
@@ -97,11 +97,13 @@ fn main() -> ExitCode {
         Command::Check => node::check(),
         Command::Status(a) => state::show(&a.state_file, a.json),
         Command::Manifest(m) => {
-            let d = manifest::daemonset(&manifest::Params {
-                image: &m.image,
-                namespace: &m.namespace,
-                uid: m.uid,
-            });
+            // The one definition, also rendered into envoy-config/node/agent.yaml.
+            let d =
+                envoy_smc::render::node::agent_daemonset(&envoy_smc::render::node::AgentParams {
+                    image: &m.image,
+                    namespace: &m.namespace,
+                    uid: m.uid,
+                });
             serde_yaml::to_string(&d)
                 .map(|y| print!("{y}"))
                 .map_err(|e| e.to_string())
