@@ -1,6 +1,8 @@
-//! monitoring/: the PrometheusRule for the Prometheus Operator carries exactly the rule groups
-//! that `promtool` checks and unit-tests (monitoring/check.sh, run by scripts/test.sh), and every
-//! metric the alerts use is one `envoy-smc exporter` serves.
+//! The rendered node manifests (envoy-config/node/, written by `envoy-smc render`; the drift
+//! check is tests/envoy_config.rs): the PrometheusRule for the Prometheus Operator carries exactly
+//! the rule groups that `promtool` checks and unit-tests (monitoring/check.sh, run by
+//! scripts/test.sh), every metric the alerts use is one `envoy-smc exporter` serves, and the
+//! exporter and agent DaemonSets get the capabilities they need and no more.
 
 use serde_json::Value;
 
@@ -8,13 +10,24 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn yaml(path: &str) -> Value {
     let text = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    // Skip the generated files' comment header and document marker.
+    let mut all = docs_of(&text, path);
+    assert_eq!(all.len(), 1, "{path}: one document");
+    all.remove(0)
+}
+
+fn docs_of(text: &str, path: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .filter(|d| !d.is_null())
+        .collect()
 }
 
 #[test]
 fn prometheusrule_groups_are_the_promtool_checked_ones() {
     let plain = yaml("monitoring/envoy-smc.rules.yaml");
-    let cr = yaml("monitoring/prometheusrule.yaml");
+    let cr = yaml("envoy-config/node/prometheusrule.yaml");
     assert_eq!(cr["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(cr["kind"], "PrometheusRule");
     assert_eq!(cr["spec"]["groups"], plain["groups"]);
@@ -43,11 +56,8 @@ fn alerts_use_only_metrics_the_exporter_serves() {
 }
 
 fn docs(path: &str) -> Vec<Value> {
-    use serde::Deserialize;
     let text = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .collect()
+    docs_of(&text, path)
 }
 
 fn kind<'a>(all: &'a [Value], k: &str) -> &'a Value {
@@ -58,7 +68,7 @@ fn kind<'a>(all: &'a [Value], k: &str) -> &'a Value {
 
 #[test]
 fn node_agent_runs_the_exporter_with_the_capabilities_it_needs_and_no_more() {
-    let all = docs("monitoring/node-agent.yaml");
+    let all = docs("envoy-config/node/exporter.yaml");
     let ds = kind(&all, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], true, "the exporter reads every pod's /proc");
@@ -97,5 +107,45 @@ fn node_agent_runs_the_exporter_with_the_capabilities_it_needs_and_no_more() {
     let help = String::from_utf8_lossy(&out.stdout);
     for a in args.iter().filter(|a| a.starts_with("--")) {
         assert!(help.contains(a), "exporter has no {a}: {help}");
+    }
+}
+
+#[test]
+fn node_agent_daemonset_grants_the_bpf_capabilities_and_no_more() {
+    let all = docs("envoy-config/node/agent.yaml");
+    let ds = kind(&all, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["hostPID"], true,
+        "the agent reads the sidecars' /proc entries"
+    );
+    assert!(pod.get("hostNetwork").is_none());
+    let c = &pod["containers"][0];
+    assert_eq!(c["command"][0], "/usr/local/bin/envoy-smc-agent");
+    assert_eq!(c["command"][1], "run");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE"])
+    );
+    let ro: Vec<&Value> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["readOnly"] == true)
+        .collect();
+    assert_eq!(ro.len(), 1);
+    assert_eq!(ro[0]["mountPath"], "/host/sys/fs/cgroup");
+    let labels = &ds["spec"]["selector"]["matchLabels"];
+    assert_eq!(&ds["spec"]["template"]["metadata"]["labels"], labels);
+    // Every node manifest lives in the namespace node/namespace.yaml creates.
+    let ns =
+        kind(&docs("envoy-config/node/namespace.yaml"), "Namespace")["metadata"]["name"].clone();
+    for f in ["agent", "exporter", "prometheusrule"] {
+        for d in docs(&format!("envoy-config/node/{f}.yaml")) {
+            assert_eq!(d["metadata"]["namespace"], ns, "{f}: {}", d["kind"]);
+        }
     }
 }
