@@ -10,9 +10,9 @@ use crate::exit;
 #[derive(clap::Args)]
 pub struct Args {
     /// The description (YAML/JSON: mesh, namespaces, workloads, keep_tcp, listener_port, config,
-    /// image, fortio, ...); `-` reads standard input.
+    /// image, fortio, node, ...); `-` reads standard input.
     description: PathBuf,
-    /// Write one file per manifest under this directory (bootstrap/, istio/) instead of
+    /// Write one file per manifest under this directory (bootstrap/, istio/, node/) instead of
     /// printing them.
     #[arg(long, short = 'o')]
     out: Option<PathBuf>,
