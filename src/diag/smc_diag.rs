@@ -200,11 +200,13 @@ impl SmcSocket {
         }
     }
 
-    /// Whether the addresses are the kernel's zeros of an `IPPROTO_SMC` socket, not real ones.
+    /// Whether the addresses are the kernel's zeros, not real ones: every `IPPROTO_SMC` socket,
+    /// and (Linux 7.3) the connections an `IPPROTO_SMC` listener accepts, which smc_diag
+    /// reports with family `AF_SMC` and zero addresses (a connected socket has a peer port).
     pub fn addresses_unknown(&self) -> bool {
-        self.family as i32 != AF_SMC
-            && self.local.ip().is_unspecified()
+        self.local.ip().is_unspecified()
             && self.peer.ip().is_unspecified()
+            && (self.family as i32 != AF_SMC || self.peer.port() != 0)
     }
 
     /// The fallback reason, when the socket is on TCP.

@@ -77,8 +77,6 @@ debian_mirror() {
   echo "${m:-http://deb.debian.org/debian}"
 }
 
-exec 9>"$CACHE/.kernel-build.lock"   # one builder per cache
-flock 9
 debs=$CACHE/debs
 mkdir -p "$debs"
 deb=$(find "$debs" -maxdepth 1 -name "${PKG}_*_all.deb" | sort -V | tail -1)
@@ -121,6 +119,12 @@ OUT=$CACHE/kernel-built/${PKG#linux-source-}-$debver-$key
 OUT=${OUT//\~/_}
 if [ "$FORCE" = 0 ] && [ -f "$OUT/bzImage" ]; then
   msg "cached: $OUT/bzImage"
+  echo "$OUT/bzImage"
+  exit 0
+fi
+exec 9>"$CACHE/.kernel-build.lock"   # one builder per cache (a cached image needs no lock)
+flock 9
+if [ "$FORCE" = 0 ] && [ -f "$OUT/bzImage" ]; then   # built meanwhile by another run
   echo "$OUT/bzImage"
   exit 0
 fi
