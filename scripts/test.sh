@@ -50,6 +50,9 @@ step clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 step cargo-test cargo test --workspace --quiet
 step shim bash bazel/test/run.sh
 if [ "$run_vm" = 1 ]; then
+  # The VM's second kernel, built from Debian's linux-source-7.3 (10-25 min once, then cached);
+  # the bench step's SMC-D part and the *-7.3 steps below boot it.
+  step kernel bash tests/vm/build-kernel.sh
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
   step demo bash scripts/demo.sh --check
@@ -58,6 +61,11 @@ if [ "$run_vm" = 1 ]; then
   step bench bash bench/run.sh --short
   # Adaptive fallback end to end: a stock Envoy pair, a path dropping SMC's SYNs (about 1 min).
   step adaptive bash tests/vm/adaptive-e2e.sh
+  # The newest kernel, built from linux-source-7.3 (SMC-D loopback, BTF; cached in .cache/vm):
+  # the SMC-R suite and adaptive fallback again on it, and SMC-D loopback end to end.
+  step vm-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built bash tests/vm/suite.sh
+  step adaptive-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built ENVOY_SMC_VM_SMCD_LOOPBACK=off bash tests/vm/adaptive-e2e.sh --no-build
+  step smcd bash tests/vm/smcd-e2e.sh --no-build
 fi
 
 echo

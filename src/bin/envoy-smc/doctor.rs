@@ -555,7 +555,7 @@ pub fn run(args: Args) -> u8 {
                 push(
                     "smc-rv2 eid",
                     Status::Ok,
-                    format!("{}: SMC-Rv2 can be proposed", d.join("; ")),
+                    format!("{}: SMC-Rv2 and SMC-Dv2 can be proposed", d.join("; ")),
                     None,
                 );
             } else {
@@ -577,8 +577,8 @@ pub fn run(args: Args) -> u8 {
                         "smc-rv2 eid",
                         Status::Fail,
                         "no UEID or SEID: the kernel will not propose SMC-Rv2, the only version \
-                         RoCE v2 devices (eRDMA, Soft-RoCE) carry; connections fall back with \
-                         NOSMCDEV"
+                         RoCE v2 devices (eRDMA, Soft-RoCE) carry, nor SMC-D over the loopback \
+                         device; connections fall back (NOSMCDEV, PEERDECL)"
                             .into(),
                         fix,
                     );
