@@ -103,7 +103,8 @@ enum envoy_smc_tcp_reason
    */
   ENVOY_SMC_TCP_REASON_LISTENER_NOT_SELECTED = 12,
   /*
-   An `AF_SMC` listener cannot carry the `SO_REUSEPORT` Envoy set on it.
+   No longer given (listeners with `SO_REUSEPORT` share one `AF_SMC` listener); the number
+   and the counter stay reserved.
    */
   ENVOY_SMC_TCP_REASON_REUSE_PORT_UNSUPPORTED = 13,
   /*
@@ -123,6 +124,12 @@ enum envoy_smc_tcp_reason
    TCP for a while (adaptive fallback).
    */
   ENVOY_SMC_TCP_REASON_BLACK_HOLE_HOLD_DOWN = 17,
+  /*
+   The socket carries options a replacement socket cannot be given (one holding a pointer
+   or an fd, like `SO_ATTACH_FILTER`/`SO_ATTACH_BPF`/`SO_ATTACH_REUSEPORT_*`; or, in the
+   preload library, more or longer options than it records): it stays as it is.
+   */
+  ENVOY_SMC_TCP_REASON_OPTIONS_NOT_CARRIED = 18,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -179,9 +186,10 @@ typedef struct {
    */
   uint32_t facts;
   /*
-   envoy-smc may still make this socket SMC. When false, every other call on it is a no-op.
+   Non-zero: envoy-smc may still make this socket SMC. Zero: every other call on it is a
+   no-op. A plain integer, so any value a caller writes is defined behaviour.
    */
-  bool tracked;
+  uint8_t tracked;
   /*
    When not tracked: why the socket stays plain (an `envoy_smc_tcp_reason`); 0 when tracked.
    */
@@ -202,13 +210,14 @@ typedef struct {
    */
   uint32_t reason;
   /*
-   For SMC listeners: set SMC_LIMIT_HS.
+   Non-zero for SMC listeners: set SMC_LIMIT_HS (a plain integer, like `tracked`).
    */
-  bool limit_handshake;
+  uint8_t limit_handshake;
   /*
-   The socket under the fd was replaced: register the fd with epoll again where it was.
+   Non-zero: the socket under the fd was replaced; register the fd with epoll again where it
+   was.
    */
-  bool replaced;
+  uint8_t replaced;
 } envoy_smc_verdict;
 
 /*
@@ -237,7 +246,8 @@ uint32_t envoy_smc_abi_version(void);
 
 /*
  Creates a runtime from YAML or JSON text (`len` bytes at `text`, need not be NUL-terminated;
- the proto3 JSON mapping of envoy_smc.v1.SmcConfig). On success writes the runtime to `*out`.
+ the proto3 JSON mapping of envoy_smc.v1.SmcConfig; at most 1 MiB, nesting and list lengths
+ bounded as for every loader). On success writes the runtime to `*out`.
  On ENVOY_SMC_INVALID_CONFIG and `err` non-NULL, writes to `*err` a message naming the field,
  which the caller frees with `envoy_smc_string_free`.
  NULL `text` or `out`: ENVOY_SMC_NULL_ARGUMENT. A panic: ENVOY_SMC_INTERNAL_ERROR.
@@ -317,7 +327,8 @@ void envoy_smc_note_sockopt(const envoy_smc_runtime *rt,
 
 /*
  Decides, for the bound socket `fd` about to listen, whether it is an SMC listener. Writes the
- verdict to `*out`; changes nothing (see `envoy_smc_apply_listen`). An untracked state gives TCP.
+ verdict to `*out`; changes nothing (see `envoy_smc_apply_listen`). An untracked state gives TCP
+ with the state's own reason.
  NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
 
  # Safety
@@ -330,7 +341,8 @@ envoy_smc_result envoy_smc_decide_listen(const envoy_smc_runtime *rt,
 
 /*
  Decides whether a client socket connecting to `addr` (`addrlen` bytes) uses SMC. Writes the
- verdict to `*out`; changes nothing (see `envoy_smc_apply_connect`). An untracked state gives TCP.
+ verdict to `*out`; changes nothing (see `envoy_smc_apply_connect`). An untracked state gives TCP
+ with the state's own reason (e.g. `kernel_lacks_smc`).
  NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; an address that is not IPv4/IPv6:
  ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
 
@@ -373,6 +385,28 @@ envoy_smc_result envoy_smc_apply_connect(const envoy_smc_runtime *rt,
                                          int fd,
                                          const envoy_smc_socket_state *state,
                                          envoy_smc_verdict *verdict);
+
+/*
+ After `bind()` of the socket `fd` (described by `state`) to `addr` (`addrlen` bytes) failed with
+ EADDRINUSE: if the socket would be one of this process's shared AF_SMC listeners (its port
+ selected, SO_REUSEPORT set, AF_SMC mode) and such a listener listens at `addr` already, puts
+ that listener under `fd` and writes true to `*joined`: report the bind as done (the fd
+ listens already; a later listen() only sets the backlog) and decide nothing more for it. This
+ is how a listener update that opens new sockets while the old listener drains takes the
+ listener over. Otherwise writes false and nothing changed. Counted as `listen_shared`.
+ NULL `rt`/`state`/`addr`/`joined`: ENVOY_SMC_NULL_ARGUMENT; a non-IP address or a bad fd:
+ ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR. Call it from the thread that
+ owns `fd`.
+
+ # Safety
+ `addr` must point at `addrlen` readable bytes; `state` and `joined` NULL or valid; `fd` open.
+ */
+envoy_smc_result envoy_smc_join_shared_listener(const envoy_smc_runtime *rt,
+                                                int fd,
+                                                const envoy_smc_socket_state *state,
+                                                const struct sockaddr *addr,
+                                                socklen_t addrlen,
+                                                bool *joined);
 
 /*
  Decide and apply in one call, before listen(). See the two functions it combines.

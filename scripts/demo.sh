@@ -173,6 +173,11 @@ expect "the server's inbound listener is an SMC listener" \
   test "$(( $(counter server envoy_smc_smc_listen_ipproto_smc_total) + $(counter server envoy_smc_smc_listen_af_smc_total) ))" -ge 1
 peer_no_smc=$(echo "$status" | python3 -c "import json, sys; print(json.load(sys.stdin)['summary']['fallback_by_reason'].get('PEERNOSMC', 0))")
 expect "TCP clients of the SMC listener fell back cleanly (PEERNOSMC $peer_no_smc)" test "$peer_no_smc" -ge 2
+no_addr=$(echo "$status" | python3 -c "
+import json, sys
+z = ('0.0.0.0:', '[::]:')
+print(sum(1 for c in json.load(sys.stdin)['connections'] if c['local'].startswith(z) or c['peer'].startswith(z)))")
+expect "every Envoy connection shows its real local and peer address, accepted ones too ($no_addr without)" test "$no_addr" = 0
 
 say "the same patched configs on stock Envoys without envoy-smc"
 kill "$client_pid" "$server_pid"

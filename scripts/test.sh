@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 run_vm=1
 [ "${1:-}" = "--no-vm" ] && run_vm=0
 
+# A fresh machine gets what the suite needs first (idempotent: installs only what is missing).
+bash scripts/install-deps.sh || { echo "test.sh: installing the dependencies failed"; exit 1; }
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 passed=0
@@ -49,6 +52,10 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 step cargo-test cargo test --workspace --quiet
 step shim bash bazel/test/run.sh
+step stock-envoy bash bazel/test/stock_envoy_test.sh
+step buildifier bash bazel/test/buildifier.sh
+# Alert rules: promtool check + unit tests (a second or two).
+step promtool bash monitoring/check.sh
 if [ "$run_vm" = 1 ]; then
   # The VM's second kernel, built from Debian's linux-source-7.3 (10-25 min once, then cached);
   # the bench step's SMC-D part and the *-7.3 steps below boot it.
@@ -66,6 +73,11 @@ if [ "$run_vm" = 1 ]; then
   step vm-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built bash tests/vm/suite.sh
   step adaptive-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built ENVOY_SMC_VM_SMCD_LOOPBACK=off bash tests/vm/adaptive-e2e.sh --no-build
   step smcd bash tests/vm/smcd-e2e.sh --no-build
+  # The mesh switch live over xDS with traffic running: timeline, zero failed requests, no
+  # rejected listener update (about 1.5 min with the VM boot).
+  step live-switch bash tests/vm/live-switch.sh
+  # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (90-200 s with the boot).
+  step agent bash tests/vm/agent-e2e.sh
 fi
 
 echo

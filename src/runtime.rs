@@ -23,6 +23,9 @@ pub struct Applied {
     /// The socket under the fd was replaced: the caller must register the fd with epoll again
     /// where it had registered it.
     pub replaced: bool,
+    /// The fd now holds a listener shared with other fds (already configured and listening): the
+    /// caller sets nothing more on it.
+    pub shared: bool,
 }
 
 /// The black-hole breaker and its watchdog, present unless adaptive fallback is disabled.
@@ -55,7 +58,8 @@ pub struct Runtime {
     /// The entry point's rescuer, kept for the watchdog of a later configuration.
     rescuer: Mutex<Option<Arc<dyn Rescuer>>>,
     stats: Arc<Stats>,
-    warned_reuse_port: AtomicBool,
+    /// `AF_SMC` listeners shared by the workers' fds (Envoy's default `enable_reuse_port`).
+    shared: smc::SharedListeners,
     warned_replace: AtomicBool,
 }
 
@@ -82,7 +86,7 @@ impl Runtime {
             )),
             rescuer: Mutex::new(None),
             stats,
-            warned_reuse_port: AtomicBool::new(false),
+            shared: smc::SharedListeners::default(),
             warned_replace: AtomicBool::new(false),
         })
     }
@@ -145,7 +149,9 @@ impl Runtime {
     }
 
     /// Records a socket option set on a watched socket. `value` is the option's bytes as passed to
-    /// setsockopt; only `int`-sized values can be a switch.
+    /// setsockopt; only `int`-sized values can be a switch. An option that holds a pointer or an
+    /// fd ([`smc::option_holds_reference`]) cannot be given to a replacement socket: the socket
+    /// then stays as it is (`options_not_carried`).
     pub fn note_sockopt(
         &self,
         facts: SocketFacts,
@@ -153,6 +159,9 @@ impl Runtime {
         name: i32,
         value: &[u8],
     ) -> SocketFacts {
+        if smc::option_holds_reference(level, name) {
+            return SocketFacts(facts.0 | SocketFacts::OPTIONS_NOT_CARRIED);
+        }
         let Ok(bytes) = <[u8; 4]>::try_from(value) else {
             return facts;
         };
@@ -163,10 +172,10 @@ impl Runtime {
 
     /// The listener decision for the bound socket `fd` (reads its address and kind).
     pub fn decide_listen(&self, fd: BorrowedFd<'_>, facts: SocketFacts) -> Verdict {
-        let (Ok(local), Ok(Some((kind, _)))) = (local_address(fd), smc::socket_kind(fd)) else {
+        let (Ok(local), Ok(Some(_))) = (local_address(fd), smc::socket_kind(fd)) else {
             return Verdict::Tcp(TcpReason::NotIpStream);
         };
-        self.policy.load().before_listen(local, facts, kind)
+        self.policy.load().before_listen(local, facts)
     }
 
     /// The client decision for a connect to `remote`: the policy's, then the black-hole breaker's
@@ -303,19 +312,21 @@ impl Runtime {
     }
 
     /// Carries out a listener verdict before `listen()`: an SMC socket (with `SMC_LIMIT_HS` if
-    /// asked) for SMC, a plain TCP socket otherwise. Counts the outcome. Never leaves the fd
-    /// without a working socket.
+    /// asked) for SMC, a plain TCP socket otherwise. An `AF_SMC` verdict for a socket with
+    /// `SO_REUSEPORT` (one of a listener's per-worker sockets) joins or becomes the address's
+    /// shared `AF_SMC` listener. Counts the outcome. Never leaves the fd without a working socket.
     pub fn apply_listen(&self, fd: BorrowedFd<'_>, verdict: Verdict) -> Applied {
         let current = match smc::socket_kind(fd) {
             Ok(Some((kind, _))) => kind,
-            _ => {
-                return Applied {
-                    verdict: Verdict::Tcp(TcpReason::NotIpStream),
-                    replaced: false,
-                }
-            }
+            _ => return applied(Verdict::Tcp(TcpReason::NotIpStream), false),
         };
         match verdict {
+            Verdict::Smc {
+                kind: SocketKind::AfSmc,
+                limit_hs,
+            } if current == SocketKind::Tcp && reuse_port_set(fd) => {
+                self.apply_shared_listen(fd, verdict, limit_hs)
+            }
             Verdict::Smc { kind, limit_hs } => {
                 let replaced = current != kind;
                 if replaced {
@@ -324,43 +335,105 @@ impl Runtime {
                     }
                     self.stats.inc(Counter::SocketReplaced);
                 }
-                if limit_hs {
-                    match smc::set_limit_handshake(fd) {
-                        Ok(()) => self.stats.inc(Counter::LimitHandshakeSet),
-                        Err(e) => {
-                            self.stats.inc(Counter::Errors);
-                            tracing::debug!("SMC_LIMIT_HS on fd {}: {e}", fd.as_raw_fd());
-                        }
-                    }
-                }
+                self.limit_handshake(fd, limit_hs);
                 self.stats.inc_smc_listen(kind);
-                Applied { verdict, replaced }
+                applied(verdict, replaced)
             }
             Verdict::Tcp(reason) => {
-                self.count_tcp(reason);
+                self.stats.inc_tcp(reason);
                 // Never an SMC listener with the fallback switch: make it a real TCP socket.
-                if current.is_smc() {
-                    if let Err(e) = smc::replace_socket(fd, SocketKind::Tcp, &[]) {
-                        self.stats.inc(Counter::Errors);
-                        tracing::warn!(
-                            "envoy-smc: cannot turn listener fd {} into a TCP socket: {e}",
-                            fd.as_raw_fd()
-                        );
-                        return Applied {
-                            verdict,
-                            replaced: false,
-                        };
-                    }
-                    self.stats.inc(Counter::SocketReplaced);
-                    return Applied {
-                        verdict,
-                        replaced: true,
-                    };
+                if !current.is_smc() {
+                    return applied(verdict, false);
                 }
+                if let Err(e) = smc::replace_socket(fd, SocketKind::Tcp, &[]) {
+                    self.stats.inc(Counter::Errors);
+                    tracing::warn!(
+                        "envoy-smc: cannot turn listener fd {} into a TCP socket: {e}",
+                        fd.as_raw_fd()
+                    );
+                    return applied(verdict, false);
+                }
+                self.stats.inc(Counter::SocketReplaced);
+                applied(verdict, true)
+            }
+        }
+    }
+
+    /// An `AF_SMC` listener for one of the per-worker `SO_REUSEPORT` sockets of an address: the
+    /// first becomes it, the others share it (`smc::SharedListeners`).
+    fn apply_shared_listen(&self, fd: BorrowedFd<'_>, verdict: Verdict, limit_hs: bool) -> Applied {
+        let shared = local_address(fd).and_then(|local| self.shared.listen(fd, local));
+        match shared {
+            Ok(smc::Shared::Created) => {
+                self.stats.inc(Counter::SocketReplaced);
+                self.limit_handshake(fd, limit_hs);
+                self.stats.inc_smc_listen(SocketKind::AfSmc);
+                applied(verdict, true)
+            }
+            Ok(smc::Shared::Joined) => {
+                self.stats.inc(Counter::ListenShared);
                 Applied {
                     verdict,
-                    replaced: false,
+                    replaced: true,
+                    shared: true,
                 }
+            }
+            Err(e) => self.replace_failed(e),
+        }
+    }
+
+    /// After `bind(fd, local)` failed with `EADDRINUSE`: if `fd` would be one of this process's
+    /// shared `AF_SMC` listeners (a selected port, `SO_REUSEPORT` set, `AF_SMC` mode) and one
+    /// listens at `local` already, puts it under `fd` and returns true; the caller then reports
+    /// the bind as done. This is how a listener update that opens new sockets on the address
+    /// while the old listener drains takes over the listener (the listening `AF_SMC` socket is
+    /// in no reuse-port group, so the new sockets cannot bind beside it). Otherwise nothing
+    /// changes and it returns false. Counted as `listen_shared`.
+    pub fn join_shared_listener(
+        &self,
+        fd: BorrowedFd<'_>,
+        local: SocketAddr,
+        facts: SocketFacts,
+    ) -> bool {
+        if !matches!(smc::socket_kind(fd), Ok(Some((SocketKind::Tcp, _)))) || !reuse_port_set(fd) {
+            return false;
+        }
+        if !matches!(
+            self.policy.load().before_listen(local, facts),
+            Verdict::Smc {
+                kind: SocketKind::AfSmc,
+                ..
+            }
+        ) {
+            return false;
+        }
+        match self.shared.join(fd, local) {
+            Ok(true) => {
+                self.stats.inc(Counter::ListenShared);
+                tracing::debug!(
+                    "envoy-smc: fd {} bound to {local} by sharing its AF_SMC listener",
+                    fd.as_raw_fd()
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.stats.inc(Counter::Errors);
+                tracing::warn!("envoy-smc: cannot share the AF_SMC listener at {local}: {e}");
+                false
+            }
+        }
+    }
+
+    fn limit_handshake(&self, fd: BorrowedFd<'_>, limit_hs: bool) {
+        if !limit_hs {
+            return;
+        }
+        match smc::set_limit_handshake(fd) {
+            Ok(()) => self.stats.inc(Counter::LimitHandshakeSet),
+            Err(e) => {
+                self.stats.inc(Counter::Errors);
+                tracing::debug!("SMC_LIMIT_HS on fd {}: {e}", fd.as_raw_fd());
             }
         }
     }
@@ -370,12 +443,7 @@ impl Runtime {
     pub fn apply_connect(&self, fd: BorrowedFd<'_>, verdict: Verdict) -> Applied {
         let current = match smc::socket_kind(fd) {
             Ok(Some((kind, _))) => kind,
-            _ => {
-                return Applied {
-                    verdict: Verdict::Tcp(TcpReason::NotIpStream),
-                    replaced: false,
-                }
-            }
+            _ => return applied(Verdict::Tcp(TcpReason::NotIpStream), false),
         };
         match verdict {
             Verdict::Smc { kind, .. } => {
@@ -387,10 +455,10 @@ impl Runtime {
                     self.stats.inc(Counter::SocketReplaced);
                 }
                 self.stats.inc_smc_connect(kind);
-                Applied { verdict, replaced }
+                applied(verdict, replaced)
             }
             Verdict::Tcp(reason) => {
-                self.count_tcp(reason);
+                self.stats.inc_tcp(reason);
                 if current.is_smc() {
                     match smc::apply_fallback_switch(fd) {
                         Ok(()) => self.stats.inc(Counter::FallbackSwitchApplied),
@@ -403,23 +471,8 @@ impl Runtime {
                         }
                     }
                 }
-                Applied {
-                    verdict,
-                    replaced: false,
-                }
+                applied(verdict, false)
             }
-        }
-    }
-
-    fn count_tcp(&self, reason: TcpReason) {
-        self.stats.inc_tcp(reason);
-        if reason == TcpReason::ReusePortUnsupported
-            && !self.warned_reuse_port.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                "envoy-smc: a selected listener stays TCP: {}",
-                reason.describe()
-            );
         }
     }
 
@@ -431,11 +484,22 @@ impl Runtime {
                 "envoy-smc: could not open an SMC socket, keeping TCP ({e}); logged once"
             );
         }
-        Applied {
-            verdict: Verdict::Tcp(TcpReason::ReplaceFailed),
-            replaced: false,
-        }
+        applied(Verdict::Tcp(TcpReason::ReplaceFailed), false)
     }
+}
+
+fn applied(verdict: Verdict, replaced: bool) -> Applied {
+    Applied {
+        verdict,
+        replaced,
+        shared: false,
+    }
+}
+
+/// Whether `SO_REUSEPORT` is set on `fd`.
+fn reuse_port_set(fd: BorrowedFd<'_>) -> bool {
+    smc::sys::getsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT)
+        .is_ok_and(|v| v != 0)
 }
 
 /// One clear line when SMC is off for every socket, and why (not one per connection).

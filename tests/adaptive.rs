@@ -617,3 +617,254 @@ fn short_connections_to_a_held_destination_recover_it() {
     );
     assert_eq!(rt.black_holes()[0].phase, Phase::Closed);
 }
+
+/// Ten stalled connects to a destination that is simply down (a full accept queue: plain TCP
+/// fails too) are watched first, then one to a destination whose plain TCP works (the stand-in
+/// black hole, as above): the trip still comes within 2 s of the watch, because the dead
+/// destination costs one probe (its "not proven" remembered for the ten), run concurrently
+/// with the black hole's. (Probed one at a time, this took 11 s.)
+#[test]
+fn a_black_hole_trips_within_2_s_while_connects_to_a_dead_destination_stall_too() {
+    let rt = runtime();
+    let (dead, _dead_filler, _) = stalled_connect();
+    let dead_dest = dead.local_addr().unwrap();
+    let stalled_dead: Vec<_> = (0..10)
+        .map(|_| socket2_like::connect_nonblocking(dead_dest))
+        .collect();
+    let working = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proven = working.local_addr().unwrap();
+    let (_full, _filler, black_holed) = stalled_connect();
+    let t0 = Instant::now();
+    for p in &stalled_dead {
+        rt.watch_connect(p.fd.as_fd(), dead_dest);
+    }
+    rt.watch_connect(black_holed.fd.as_fd(), proven);
+    while rt.stats().get(Counter::BlackHoleTripped) == 0 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 1);
+    assert!(took < Duration::from_secs(2), "tripped after {took:?}");
+    assert_eq!(rt.black_holes()[0].destination, proven);
+    // The ten share one verdict.
+    while rt.stats().get(Counter::BlackHoleNotProven) < 10 && t0.elapsed() < Duration::from_secs(6)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rt.stats().get(Counter::BlackHoleNotProven), 10);
+    assert_eq!(
+        rt.stats().get(Counter::TcpProbes),
+        2,
+        "one probe per destination"
+    );
+}
+
+/// Runs `role` of this test binary in a child process (with `env`), its stdin piped.
+fn spawn_role(role: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "role_entry",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "--quiet",
+    ])
+    .env("ENVOY_SMC_TEST_ROLE", role)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Roles run in a child process of this test binary (see `spawn_role`).
+#[test]
+fn role_entry() {
+    match std::env::var("ENVOY_SMC_TEST_ROLE").as_deref() {
+        // Waits for a line on stdin, then publishes a table as the watchdog does.
+        Ok("publish") => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            let b = Breaker::new(settings(1000, 8000, 64));
+            b.trip(dest(1), b.now_ms());
+            let r = publish::write_table(&b, &publish::state_dir());
+            println!("RESULT published={}", r.is_ok());
+        }
+        Ok("fork") => fork_role(),
+        _ => {}
+    }
+}
+
+fn root_with_setpriv() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (the proxy) and another uid (the attacker)");
+        return false;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no setpriv");
+        return false;
+    }
+    true
+}
+
+/// Runs `script` with sh as uid/gid 65534 (nobody): the local attacker.
+fn as_nobody(script: &str) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A local user creates the state directory first and plants symlinks under the names a root
+/// proxy would write (its temporary `.<pid>.json.tmp`, its `<pid>.json`), pointing at a root
+/// 0600 file: the proxy must not write through them (it refuses a directory it does not own).
+#[test]
+fn a_planted_state_dir_cannot_make_root_overwrite_its_files() {
+    if !root_with_setpriv() {
+        return;
+    }
+    let tmp = std::env::temp_dir();
+    let n = std::process::id();
+    let target = tmp.join(format!("envoy-smc-root-secret-{n}"));
+    std::fs::write(&target, b"root's secret\n").unwrap();
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let planted = tmp.join(format!("envoy-smc-planted-{n}"));
+    let _ = std::fs::remove_dir_all(&planted);
+    let mut child = spawn_role("publish", &[("ENVOY_SMC_STATE_DIR", planted.as_os_str())]);
+    let pid = child.id();
+    as_nobody(&format!(
+        "mkdir -m 0777 {d} && ln -s {t} {d}/.{pid}.json.tmp && ln -s {t} {d}/{pid}.json",
+        d = planted.display(),
+        t = target.display()
+    ));
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let secret = std::fs::read(&target).unwrap();
+    let _ = std::fs::remove_dir_all(&planted);
+    let _ = std::fs::remove_file(&target);
+    assert_eq!(
+        secret, b"root's secret\n",
+        "the root-owned file was overwritten"
+    );
+    assert!(stdout.contains("RESULT published=false"), "{stdout}");
+    // And the reader does not trust that directory either.
+    assert!(publish::read_tables_checked(&planted, Path::new("/proc"))
+        .tables
+        .is_empty());
+}
+
+/// A world-writable directory planted by someone else is refused by the reader with a reason;
+/// a table file owned by another uid in a good directory is skipped; a FIFO named like a table
+/// does not hang it.
+#[test]
+fn status_reads_only_trusted_regular_files() {
+    let dir = std::env::temp_dir().join(format!("envoy-smc-reader-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let b = Breaker::new(settings(1000, 8000, 64));
+    b.trip(dest(1), b.now_ms());
+    publish::write_table(&b, &dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join(format!("{}.json", std::process::id())))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let fifo = std::ffi::CString::new(dir.join("1.json").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let t0 = Instant::now();
+    let found = publish::read_tables_checked(&dir, Path::new("/proc"));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(found.tables.len(), 1);
+    assert!(
+        found
+            .skipped
+            .iter()
+            .any(|s| s.contains("1.json: not a regular file")),
+        "{:?}",
+        found.skipped
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let found = publish::read_tables_checked(&dir, Path::new("/proc"));
+    assert!(found.tables.is_empty());
+    assert!(
+        found.skipped[0].contains("lets others write in it"),
+        "{:?}",
+        found.skipped
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// In a fork child the watchdog starts again (a stalled connect there trips), and dropping the
+/// runtime there neither joins the parent's thread nor panics. Exit codes: 0 fine, 2 no trip,
+/// 3 a panic on drop.
+fn fork_role() {
+    let rt = runtime();
+    // The parent's watchdog thread runs.
+    let (_f0, _filler0, warm) = stalled_connect();
+    rt.watch_connect(warm.fd.as_fd(), "127.0.0.1:9".parse().unwrap());
+    let working = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proven = working.local_addr().unwrap();
+    let (_full, _filler, stuck) = stalled_connect();
+    // SAFETY: fork in a process whose other threads (the watchdog) hold no lock the child
+    // needs: that is what this role checks.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        rt.watch_connect(stuck.fd.as_fd(), proven);
+        let t0 = Instant::now();
+        while rt.stats().get(Counter::BlackHoleTripped) == 0
+            && t0.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let tripped = rt.stats().get(Counter::BlackHoleTripped) == 1;
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(rt))).is_ok();
+        let code = match (tripped, dropped) {
+            (true, true) => 0,
+            (false, _) => 2,
+            (true, false) => 3,
+        };
+        // SAFETY: leaving the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    println!("RESULT child_exit={}", libc::WEXITSTATUS(status));
+}
+
+#[test]
+fn the_watchdog_works_in_a_fork_child_and_drops_cleanly() {
+    let child = spawn_role("fork", &[]);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("RESULT child_exit=0"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

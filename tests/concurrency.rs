@@ -76,8 +76,8 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                     let mut v = envoy_smc_verdict {
                         kind: 0,
                         reason: 0,
-                        limit_handshake: false,
-                        replaced: false,
+                        limit_handshake: 0,
+                        replaced: 0,
                     };
                     // SAFETY: as above.
                     let r = unsafe {

@@ -258,3 +258,138 @@ fn the_documented_example_files_are_valid() {
     }
     assert!(seen >= 2, "expected example configs in {}", dir.display());
 }
+
+/// Loads `path` on another thread: the result and how long it took, or `None` if it hung (the
+/// old loader blocked forever on a FIFO and read /dev/zero until memory ran out).
+fn load_timed(
+    path: &std::path::Path,
+) -> Option<(Result<SmcConfig, config::ConfigError>, std::time::Duration)> {
+    let path = path.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let r = config::from_file(&path);
+        let _ = tx.send((r, t0.elapsed()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+}
+
+/// Rejected within 100 ms (best of three, so a busy machine does not decide) with a message
+/// containing `want`.
+fn rejected_fast(path: &std::path::Path, want: &str) {
+    let mut best = std::time::Duration::MAX;
+    for _ in 0..3 {
+        let (r, took) =
+            load_timed(path).unwrap_or_else(|| panic!("loading {} hung for 5 s", path.display()));
+        let e = r.expect_err("must be rejected").to_string();
+        assert!(e.contains(want), "{}: {e}", path.display());
+        best = best.min(took);
+    }
+    assert!(
+        best < std::time::Duration::from_millis(100),
+        "{}: rejected only after {best:?}",
+        path.display()
+    );
+}
+
+#[test]
+fn a_fifo_is_rejected_at_once_not_waited_on() {
+    let fifo = std::env::temp_dir().join(format!("envoy-smc-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    rejected_fast(&fifo, "is a FIFO, not a regular file");
+    std::fs::remove_file(&fifo).unwrap();
+}
+
+#[test]
+fn dev_zero_is_rejected_at_once_not_read() {
+    rejected_fast(
+        std::path::Path::new("/dev/zero"),
+        "cannot read /dev/zero: the configuration file is a character device, not a regular file",
+    );
+}
+
+#[test]
+fn deep_nesting_is_rejected_before_parsing() {
+    let dir = std::env::temp_dir();
+    let cases = [
+        // 200 KB of nested flow collections: 21 s in the old loader.
+        ("flow", format!("upstream: {}", "[".repeat(200_000))),
+        (
+            "json",
+            format!("{}1{}", "{\"a\": ".repeat(60_000), "}".repeat(60_000)),
+        ),
+        (
+            "block",
+            (0..200)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                .collect(),
+        ),
+    ];
+    for (name, text) in cases {
+        let p = dir.join(format!("envoy-smc-deep-{name}-{}.yaml", std::process::id()));
+        std::fs::write(&p, &text).unwrap();
+        rejected_fast(&p, "the document is nested more than 32 levels deep (line ");
+        std::fs::remove_file(&p).unwrap();
+    }
+}
+
+#[test]
+fn oversized_files_and_long_lists_are_rejected_with_the_limit() {
+    let p = std::env::temp_dir().join(format!("envoy-smc-big-{}.yaml", std::process::id()));
+    std::fs::write(&p, format!("# {}\n", "x".repeat(1 << 20))).unwrap();
+    rejected_fast(&p, "bytes, more than the limit of 1048576");
+    std::fs::remove_file(&p).unwrap();
+    let ranges: Vec<String> = (1..=5000).map(|i| format!("\"{i}\"")).collect();
+    let e = config::from_yaml(&format!(
+        "upstream: {{allow_ports: [{}]}}",
+        ranges.join(",")
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "upstream.allow_ports: 5000 entries, more than 4096"
+    );
+    let ranges: Vec<String> = (1..=2000).map(|i| format!("\"{i}\"")).collect();
+    let e = config::from_yaml(&format!("upstream: {{deny_ports: [{}]}}", ranges.join(",")))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "upstream.deny_ports: 2000 entries, more than the limit of 1024"
+    );
+}
+
+#[test]
+fn every_adaptive_number_is_bounded() {
+    for (yaml, want) in [
+        (
+            "adaptive_fallback: {detect_after_ms: 4294967295, probe_timeout_ms: 4294967295}",
+            "adaptive_fallback.detect_after_ms: 4294967295 is outside 100..=60000",
+        ),
+        (
+            "adaptive_fallback: {probe_timeout_ms: 10}",
+            "adaptive_fallback.probe_timeout_ms: 10 is outside 100..=60000",
+        ),
+        (
+            "adaptive_fallback: {hold_down_ms: 4000000000}",
+            "adaptive_fallback.hold_down_ms: 4000000000 is outside 1..=86400000",
+        ),
+        (
+            "adaptive_fallback: {max_hold_down_ms: 4000000000}",
+            "adaptive_fallback.max_hold_down_ms: 4000000000 is outside 1..=604800000",
+        ),
+        (
+            "adaptive_fallback: {max_destinations: 1048577}",
+            "adaptive_fallback.max_destinations: 1048577 is outside 1..=1048576",
+        ),
+    ] {
+        let e = config::from_yaml(yaml).unwrap_err().to_string();
+        assert!(e.starts_with(want), "{yaml}: {e}");
+    }
+    // The largest table is accepted and costs memory only as it fills.
+    let c = config::from_yaml("adaptive_fallback: {max_destinations: 1048576}").unwrap();
+    let b = envoy_smc::adaptive::Breaker::new(config::AdaptiveSettings::from_config(&c));
+    assert!(b.entries().is_empty());
+}

@@ -474,6 +474,44 @@ fn inet_diag_and_address_filling() {
     assert!(socks[0].addresses_unknown());
 }
 
+#[test]
+fn accepted_by_an_ipproto_smc_listener_is_ipproto_smc_and_gets_its_addresses() {
+    // What the kernel sends for a socket accepted by an IPPROTO_SMC listener (measured in the
+    // VM): family AF_SMC, zero addresses, the ports right.
+    let id = sockid(15006, 55006, &[], &[], 0, 9);
+    let p = smc_diag_msg(43, 1, 0, &id, 0, 4242);
+    let s = smc_diag::parse_smc_diag_msg(&p).unwrap();
+    assert!(s.accepted_by_ipproto_listener());
+    assert_eq!(s.flavour(), "IPPROTO_SMC");
+    assert!(s.addresses_unknown());
+    // its clcsock is IPv6 here: an AF_SMC row matches a TCP socket of either family
+    let t = inet_diag::TcpEndpoint {
+        state: 1,
+        local: "[fd00::2]:15006".parse().unwrap(),
+        peer: "[fd00::1]:55006".parse().unwrap(),
+        inode: 1,
+    };
+    let reverse = inet_diag::TcpEndpoint {
+        local: t.peer,
+        peer: t.local,
+        ..t
+    };
+    let mut socks = vec![s];
+    assert_eq!(inet_diag::fill_addresses_from(&mut socks, &[reverse, t]), 1);
+    assert_eq!(socks[0].peer, t.peer);
+    assert_eq!(socks[0].local, t.local);
+    assert_eq!(socks[0].family, libc::AF_INET6 as u8);
+    assert_eq!(socks[0].flavour(), "IPPROTO_SMC");
+    assert!(!socks[0].addresses_unknown());
+
+    // An AF_SMC listener on the wildcard address: zero addresses, no peer port, really AF_SMC.
+    let id = sockid(15006, 0, &[], &[], 0, 10);
+    let l = smc_diag::parse_smc_diag_msg(&smc_diag_msg(43, 10, 0, &id, 0, 4243)).unwrap();
+    assert!(!l.accepted_by_ipproto_listener());
+    assert_eq!(l.flavour(), "AF_SMC");
+    assert!(!l.addresses_unknown());
+}
+
 // ---------------------------------------------------------------------------------------------
 // malformed input
 

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use envoy_smc::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
 use envoy_smc::render::{self, Description, RenderedFile};
-use envoy_smc::smc::{KernelSupport, SocketKind};
+use envoy_smc::smc::KernelSupport;
 use serde_json::{json, Value as Json};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -645,7 +645,7 @@ fn listener_verdict(policy: &Policy, sample: &Sample, name: &str) -> Verdict {
     let port = l["address"]["socket_address"]["port_value"]
         .as_u64()
         .unwrap() as u16;
-    policy.before_listen(SocketAddr::from(([0, 0, 0, 0], port)), f, SocketKind::Tcp)
+    policy.before_listen(SocketAddr::from(([0, 0, 0, 0], port)), f)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,7 +991,10 @@ fn check_set(
                     .collect::<Vec<_>>()
             })
             .collect();
-        let enabled_somewhere = all_patches.iter().any(|p| p["applyTo"] == "LISTENER");
+        // A switch patch: the enable option for every outbound cluster (no cluster match).
+        let enabled_somewhere = all_patches
+            .iter()
+            .any(|p| p["applyTo"] == "CLUSTER" && p["match"].get("cluster").is_none());
         for (ctx, c) in &sample.clusters {
             let name = c["name"].as_str().unwrap();
             let v = cluster_verdict(&policy, &sample, name);
@@ -1011,11 +1014,27 @@ fn check_set(
                 assert!(v.is_smc(), "{label}: {name} must be SMC, policy says {v:?}");
             }
         }
-        if enabled_somewhere {
-            let v = listener_verdict(&policy, &sample, "virtualInbound");
-            assert!(
-                v.is_smc(),
-                "{label}: virtualInbound must be an SMC listener, policy says {v:?}"
+        // The inbound listener is SMC by its port alone, with or without a switch: no patch
+        // ever touches a listener, so no rendered EnvoyFilter can make an LDS update that Envoy
+        // rejects (a changed listener socket option is rejected when enable_reuse_port is
+        // false) or that opens new listen sockets.
+        // Istio's inbound listener at the port the description names (ProxyConfig
+        // proxyInboundListenPort), which render puts into listeners.ports.
+        let inbound_port = config.listeners.as_ref().map_or(15006, |l| l.ports[0]);
+        for (_, l) in sample.listeners.iter_mut() {
+            if l["name"] == "virtualInbound" {
+                l["address"]["socket_address"]["port_value"] = json!(inbound_port);
+            }
+        }
+        let v = listener_verdict(&policy, &sample, "virtualInbound");
+        assert!(
+            v.is_smc(),
+            "{label}: virtualInbound must be an SMC listener, policy says {v:?}"
+        );
+        for p in &all_patches {
+            assert_eq!(
+                p["applyTo"], "CLUSTER",
+                "{label}: a rendered patch touches something other than a cluster: {p}"
             );
         }
         assert!(
@@ -1327,8 +1346,8 @@ fn render_content() {
     assert_eq!(ns.len(), 2);
     assert_eq!(
         ns[0]["spec"]["configPatches"].as_array().unwrap().len(),
-        2,
-        "egress_tcp: false"
+        1,
+        "egress_tcp: false, and no listener patch"
     );
     let keep = &get("istio/keep-tcp.yaml").documents;
     assert_eq!(
@@ -1494,13 +1513,8 @@ fn demo_configs_policy() {
     let v = policy.before_listen(
         "10.9.0.2:15006".parse().unwrap(),
         facts(&policy, &l["socket_options"]),
-        SocketKind::Tcp,
     );
     assert!(v.is_smc(), "{v:?}");
-    let admin = policy.before_listen(
-        "127.0.0.1:15100".parse().unwrap(),
-        SocketFacts::default(),
-        SocketKind::Tcp,
-    );
+    let admin = policy.before_listen("127.0.0.1:15100".parse().unwrap(), SocketFacts::default());
     assert!(!admin.is_smc());
 }

@@ -178,75 +178,67 @@ fn listener_rules() {
         kind: SocketKind::IpprotoSmc,
         limit_hs: true,
     };
+    assert_eq!(p.before_listen(addr("0.0.0.0:15006"), on), smc_hs);
+    assert_eq!(p.before_listen(addr("10.1.2.3:15006"), on), smc_hs);
     assert_eq!(
-        p.before_listen(addr("0.0.0.0:15006"), on, SocketKind::Tcp),
-        smc_hs
-    );
-    assert_eq!(
-        p.before_listen(addr("10.1.2.3:15006"), on, SocketKind::Tcp),
-        smc_hs
-    );
-    assert_eq!(
-        p.before_listen(addr("0.0.0.0:15001"), on, SocketKind::Tcp),
+        p.before_listen(addr("0.0.0.0:15001"), on),
         Verdict::Tcp(TcpReason::ListenerNotSelected)
     );
     assert_eq!(
-        p.before_listen(addr("127.0.0.1:15006"), on, SocketKind::Tcp),
+        p.before_listen(addr("127.0.0.1:15006"), on),
         Verdict::Tcp(TcpReason::Loopback)
     );
     assert_eq!(
-        p.before_listen(
-            addr("0.0.0.0:15006"),
-            SocketFacts::default(),
-            SocketKind::Tcp
-        ),
-        Verdict::Tcp(TcpReason::MeshSwitchAbsent)
-    );
-    assert_eq!(
-        p.before_listen(
-            addr("0.0.0.0:15006"),
-            facts(&p, &[SWITCH, KEEP_TCP]),
-            SocketKind::Tcp
-        ),
-        Verdict::Tcp(TcpReason::KeptOnTcp)
-    );
-    assert_eq!(
-        p.before_listen(
-            addr("0.0.0.0:15006"),
-            facts(&p, &[SWITCH, (6, 23, 128)]),
-            SocketKind::Tcp
-        ),
+        p.before_listen(addr("0.0.0.0:15006"), facts(&p, &[SWITCH, (6, 23, 128)])),
         Verdict::Tcp(TcpReason::FastOpen)
     );
     // Not selected wins over everything per-socket.
     assert_eq!(
-        p.before_listen(addr("127.0.0.1:9"), SocketFacts::default(), SocketKind::Tcp),
+        p.before_listen(addr("127.0.0.1:9"), SocketFacts::default()),
         Verdict::Tcp(TcpReason::ListenerNotSelected)
     );
 }
 
 #[test]
-fn af_smc_listeners_cannot_take_envoys_default_reuse_port() {
-    let p = policy_with(&format!("{MESH}\nmode: AF_SMC"), BOTH, &[]);
-    let with = facts(&p, &[SWITCH, REUSEPORT]);
+fn listeners_are_decided_by_port_alone_never_by_a_switch_option() {
+    // No listener option can reach Envoy live (a changed listener option is a rejected LDS
+    // update with enable_reuse_port: false, new sockets otherwise), so none is read: the switch,
+    // the keep-TCP option and SO_REUSEPORT all leave the verdict as it is.
+    let p = policy(MESH);
+    let bare = p.before_listen(addr("0.0.0.0:15006"), SocketFacts::default());
+    assert!(bare.is_smc(), "{bare:?}");
+    for opts in [
+        &[SWITCH][..],
+        &[KEEP_TCP],
+        &[SWITCH, KEEP_TCP],
+        &[REUSEPORT],
+        &[REUSEPORT, (1, 15, 0)],
+    ] {
+        assert_eq!(
+            p.before_listen(addr("0.0.0.0:15006"), facts(&p, opts)),
+            bare,
+            "{opts:?}"
+        );
+    }
+    // AF_SMC too: a listener with SO_REUSEPORT (Envoy's default) is shared by its fds.
+    let af = policy_with(&format!("{MESH}\nmode: AF_SMC"), BOTH, &[]);
     assert_eq!(
-        p.before_listen(addr("0.0.0.0:15006"), with, SocketKind::Tcp),
-        Verdict::Tcp(TcpReason::ReusePortUnsupported)
-    );
-    // SO_REUSEPORT set back to 0 (enable_reuse_port: false) makes it SMC again.
-    let cleared = facts(&p, &[SWITCH, REUSEPORT, (1, 15, 0)]);
-    assert_eq!(
-        p.before_listen(addr("0.0.0.0:15006"), cleared, SocketKind::Tcp),
+        af.before_listen(addr("0.0.0.0:15006"), facts(&af, &[REUSEPORT])),
         Verdict::Smc {
             kind: SocketKind::AfSmc,
             limit_hs: true
         }
     );
-    // IPPROTO_SMC listeners take SO_REUSEPORT.
-    let ip = policy_with(&format!("{MESH}\nmode: IPPROTO_SMC"), BOTH, &[]);
-    assert!(ip
-        .before_listen(addr("0.0.0.0:15006"), with, SocketKind::Tcp)
-        .is_smc());
+    // A workload that has not opted in keeps every listener on TCP.
+    let out = policy_with(
+        "listeners: {ports: [15006]}\nmesh_switch: {always_on: true}",
+        BOTH,
+        &[],
+    );
+    assert_eq!(
+        out.before_listen(addr("0.0.0.0:15006"), SocketFacts::default()),
+        Verdict::Tcp(TcpReason::NotOptedIn)
+    );
 }
 
 #[test]
@@ -400,4 +392,34 @@ fn custom_switch_options() {
         p.before_connect(addr("10.4.5.6:1"), facts(&p, &[SWITCH])),
         Verdict::Tcp(TcpReason::MeshSwitchAbsent)
     );
+}
+
+/// An option whose value holds a pointer or an fd (a socket filter, a BPF program) cannot be
+/// given to a replacement socket: a socket carrying one stays as it is (`options_not_carried`).
+#[test]
+fn a_socket_with_a_filter_attached_stays_as_it_is() {
+    let rt = envoy_smc::Runtime::new(
+        &envoy_smc::config::from_yaml(
+            "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}",
+        )
+        .unwrap(),
+        &envoy_smc::policy::Environment::assuming(envoy_smc::smc::KernelSupport::BOTH),
+    )
+    .unwrap();
+    let remote = "10.1.2.3:8080".parse().unwrap();
+    let plain = envoy_smc::policy::SocketFacts::default();
+    assert!(rt.decide_connect(remote, plain).is_smc());
+    for name in [
+        libc::SO_ATTACH_FILTER,
+        libc::SO_ATTACH_BPF,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        libc::SO_ATTACH_REUSEPORT_EBPF,
+    ] {
+        let facts = rt.note_sockopt(plain, libc::SOL_SOCKET, name, &[0; 16]);
+        assert_eq!(
+            rt.decide_connect(remote, facts),
+            envoy_smc::Verdict::Tcp(envoy_smc::TcpReason::OptionsNotCarried),
+            "option {name}"
+        );
+    }
 }

@@ -9,11 +9,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "google/protobuf/empty.pb.h"
-
 #include "source/common/network/address_impl.h"
 #include "source/common/network/io_socket_handle_impl.h"
+#include "source/common/network/io_uring_socket_handle_impl.h"
 #include "source/common/network/socket_interface_impl.h"
+
+#include "envoy/extensions/network/socket_interface/v3/default_socket_interface.pb.h"
 
 namespace Envoy {
 namespace Network {
@@ -26,7 +27,8 @@ namespace Address {
 
 bool forceV6() { return false; }
 
-Ipv4Instance::Ipv4Instance(const std::string& address, uint32_t port) : address_(address) {
+Ipv4Instance::Ipv4Instance(const std::string& address, uint32_t port, const SocketInterface*)
+    : address_(address) {
   auto* sin = reinterpret_cast<sockaddr_in*>(&ss_);
   sin->sin_family = AF_INET;
   sin->sin_port = htons(port);
@@ -41,7 +43,8 @@ uint32_t Ipv4Instance::port() const {
   return ntohs(reinterpret_cast<const sockaddr_in*>(&ss_)->sin_port);
 }
 
-Ipv6Instance::Ipv6Instance(const std::string& address, uint32_t port, bool v6only)
+Ipv6Instance::Ipv6Instance(const std::string& address, uint32_t port, const SocketInterface*,
+                           bool v6only)
     : address_(address), v6only_(v6only) {
   auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss_);
   sin6->sin6_family = AF_INET6;
@@ -86,11 +89,28 @@ IoSocketHandleImpl::~IoSocketHandleImpl() {
   }
 }
 
-Api::SysCallIntResult IoSocketHandleImpl::close() {
+namespace {
+class CloseError : public Api::IoError {
+public:
+  explicit CloseError(int err) : errno_(err) {}
+  IoErrorCode getErrorCode() const override { return IoErrorCode::UnknownError; }
+  std::string getErrorDetails() const override { return std::strerror(errno_); }
+  int getSystemErrorCode() const override { return errno_; }
+
+private:
+  const int errno_;
+};
+} // namespace
+
+Api::IoCallUint64Result IoSocketHandleImpl::close() {
   file_event_.reset();
   const int rc = ::close(fd_);
+  const int err = errno;
   SET_SOCKET_INVALID(fd_);
-  return result(rc);
+  if (rc == -1) {
+    return {0, Api::IoError::wrap(new CloseError(err))};
+  }
+  return {0, Api::IoError::none()};
 }
 
 Api::SysCallIntResult IoSocketHandleImpl::bind(Address::InstanceConstSharedPtr address) {
@@ -141,11 +161,32 @@ void IoSocketHandleImpl::enableFileEvents(uint32_t events) {
   }
 }
 
-IoHandlePtr SocketInterfaceImpl::makeSocket(int socket_fd, bool socket_v6only, Socket::Type,
-                                            absl::optional<int> domain,
-                                            const SocketCreationOptions& options) const {
+void DefaultSocketInterfaceExtension::onWorkerThreadInitialized() {
+  if (io_uring_worker_factory_ != nullptr) {
+    io_uring_worker_factory_->onWorkerThreadInitialized();
+  }
+}
+
+IoHandlePtr SocketInterfaceImpl::makePlatformSpecificSocket(
+    int socket_fd, bool socket_v6only, absl::optional<int> domain,
+    const SocketCreationOptions& options, Io::IoUringWorkerFactory* io_uring_worker_factory) {
+  // As Envoy: io_uring only once the worker factory exists and this thread registered with it.
+  if (io_uring_worker_factory != nullptr && io_uring_worker_factory->currentThreadRegistered()) {
+    return std::make_unique<IoUringSocketHandleImpl>(*io_uring_worker_factory, socket_fd,
+                                                     socket_v6only, domain);
+  }
   return std::make_unique<IoSocketHandleImpl>(socket_fd, socket_v6only, domain,
                                               options.max_addresses_cache_size_);
+}
+
+IoHandlePtr SocketInterfaceImpl::makeSocket(int socket_fd, bool socket_v6only,
+                                            Socket::Type socket_type, absl::optional<int> domain,
+                                            const SocketCreationOptions& options) const {
+  if (socket_type == Socket::Type::Datagram) {
+    return makePlatformSpecificSocket(socket_fd, socket_v6only, domain, options, nullptr);
+  }
+  return makePlatformSpecificSocket(socket_fd, socket_v6only, domain, options,
+                                    io_uring_worker_factory_.lock().get());
 }
 
 IoHandlePtr SocketInterfaceImpl::socket(Socket::Type socket_type, Address::Type addr_type,
@@ -199,14 +240,37 @@ bool SocketInterfaceImpl::ipFamilySupported(int domain) {
 }
 
 Server::BootstrapExtensionPtr
-SocketInterfaceImpl::createBootstrapExtension(const Protobuf::Message&,
+SocketInterfaceImpl::createBootstrapExtension(const Protobuf::Message& config,
                                               Server::Configuration::ServerFactoryContext&) {
-  return std::make_unique<SocketInterfaceExtension>(*this);
+  const auto& message =
+      dynamic_cast<const envoy::extensions::network::socket_interface::v3::DefaultSocketInterface&>(
+          config);
+  // io_uring_options turn io_uring on for the sockets of this interface object, on the worker
+  // threads that registered (Envoy also checks that the kernel has io_uring).
+  if (message.has_io_uring_options()) {
+    auto factory = std::make_shared<Io::IoUringWorkerFactory>();
+    io_uring_worker_factory_ = factory;
+    return std::make_unique<DefaultSocketInterfaceExtension>(*this, std::move(factory));
+  }
+  return std::make_unique<DefaultSocketInterfaceExtension>(*this, nullptr);
 }
 
 ProtobufTypes::MessagePtr SocketInterfaceImpl::createEmptyConfigProto() {
-  return std::make_unique<google::protobuf::Empty>();
+  return std::make_unique<envoy::extensions::network::socket_interface::v3::DefaultSocketInterface>();
 }
+
+REGISTER_FACTORY(SocketInterfaceImpl, Server::Configuration::BootstrapExtensionFactory);
+
+namespace {
+// As Envoy's SocketInterfaceLoader in socket_interface_impl.cc: a default interface object of
+// its own (not the registered factory) is the process-wide interface until the server swaps in
+// the one default_socket_interface names.
+const bool default_interface_loaded = [] {
+  static SocketInterfaceImpl loaded;
+  SocketInterfaceSingleton::initialize(&loaded);
+  return true;
+}();
+} // namespace
 
 } // namespace Network
 } // namespace Envoy

@@ -6,10 +6,17 @@
 # docker.io/istio/proxyv2:1.28.10. Override with ISTIO_PROXY_REF / ISTIO_PROXY_COMMIT for
 # another 1.28 patch; the image must then use the same tag (bazel/Dockerfile ISTIO_VERSION).
 #
+# istio/proxy 1.28.10 still builds with WORKSPACE (Envoy 1.36, bazel 7.7.1), with its own
+# .bazelrc (which imports its copy of Envoy's, where --config=clang still exists and is its
+# default) and its own workspace-status script (bazel/bazel_get_workspace_status): both are used
+# as they are. Checked against the tag's files: WORKSPACE, BUILD (ISTIO_EXTENSIONS),
+# .bazelrc, envoy.bazelrc, .bazelversion.
+#
 # Steps: check out istio/proxy into $WORKDIR (default target/istio-proxy), add @envoy_smc to its
 # WORKSPACE and envoy-smc to ISTIO_EXTENSIONS in its BUILD, build the Rust library for the
-# sysroot, bazel build -c opt //:envoy there. Istio builds its proxy inside its build-tools
-# container (gcr.io/istio-testing/build-tools-proxy); run this script there too.
+# sysroot and the shipped archive from it (bazel/ship-archive.sh), bazel build -c opt //:envoy
+# there. Istio builds its proxy inside its build-tools container
+# (gcr.io/istio-testing/build-tools-proxy); run this script there too.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,14 +32,17 @@ git -C "$work" checkout --quiet "$commit"
 git -C "$work" checkout --quiet -- WORKSPACE BUILD
 
 mkdir -p "$work/bazel/envoy_smc"
-cp "$root/bazel/envoy/envoy_smc.bzl" "$root/bazel/envoy/envoy_smc.BUILD.bazel" "$work/bazel/envoy_smc/"
+cp "$root/bazel/envoy/envoy_smc.bzl" "$root/bazel/envoy/envoy_smc_defs.bzl" \
+  "$root/bazel/envoy/envoy_smc.BUILD.bazel" "$work/bazel/envoy_smc/"
 printf 'exports_files(["envoy_smc.BUILD.bazel"])\n' >"$work/bazel/envoy_smc/BUILD.bazel"
 cat >>"$work/WORKSPACE" <<WORKSPACE
 
 load("//bazel/envoy_smc:envoy_smc.bzl", "envoy_smc_repository")
 
 envoy_smc_repository(
+    name = "envoy_smc",
     build_file = "//bazel/envoy_smc:envoy_smc.BUILD.bazel",
+    envoy_repository = "@envoy",
     path = "$root",
 )
 WORKSPACE
@@ -41,13 +51,18 @@ grep -q '^ISTIO_EXTENSIONS = \[' "$work/BUILD" ||
 sed -i 's|^ISTIO_EXTENSIONS = \[|ISTIO_EXTENSIONS = [\n    "@envoy_smc//:socket_interface",|' "$work/BUILD"
 
 cd "$root"
-if command -v cargo-zigbuild >/dev/null; then
-  cargo zigbuild --release --lib --target x86_64-unknown-linux-gnu.2.28
-  export ENVOY_SMC_STATICLIB="$root/target/x86_64-unknown-linux-gnu/release/libenvoy_smc.a"
-else
-  cargo build --release --lib
-  export ENVOY_SMC_STATICLIB="$root/target/release/libenvoy_smc.a"
+rust_lib="${ENVOY_SMC_RUST_STATICLIB:-}"
+if [ -z "$rust_lib" ]; then
+  if command -v cargo-zigbuild >/dev/null; then
+    cargo zigbuild --release --lib --target x86_64-unknown-linux-gnu.2.28
+    rust_lib="$root/target/x86_64-unknown-linux-gnu/release/libenvoy_smc.a"
+  else
+    cargo build --release --lib
+    rust_lib="$root/target/release/libenvoy_smc.a"
+  fi
 fi
+export ENVOY_SMC_STATICLIB="$root/target/envoy-smc-shipped/libenvoy_smc.a"
+bash "$root/bazel/ship-archive.sh" "$rust_lib" "$ENVOY_SMC_STATICLIB"
 
 cd "$work"
 bazel build -c opt //:envoy "$@"

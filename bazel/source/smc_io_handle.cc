@@ -48,7 +48,21 @@ Api::SysCallIntResult SmcIoHandle::bind(Address::InstanceConstSharedPtr address)
   if (!decided_) {
     source_ = address;
   }
-  return IoSocketHandleImpl::bind(std::move(address));
+  const Api::SysCallIntResult result = IoSocketHandleImpl::bind(address);
+  // A listener update's new socket on the address of this process's shared AF_SMC listener
+  // (Envoy's default enable_reuse_port in AF_SMC mode) cannot bind beside it: it takes the
+  // listener over instead, so the update is not rejected and no connection is lost.
+  if (!decided_ && result.return_value_ != 0 && result.errno_ == EADDRINUSE &&
+      address->type() == Address::Type::Ip && address->sockAddr() != nullptr &&
+      runtime_->joinSharedListener(fd_, state_, address->sockAddr(), address->sockAddrLen())) {
+    decided_ = true;
+    verdict_ = envoy_smc_verdict{};
+    verdict_.kind = ENVOY_SMC_KIND_AF_SMC;
+    verdict_.replaced = true;
+    cb_ = nullptr;
+    return {0, 0};
+  }
+  return result;
 }
 
 Api::SysCallIntResult SmcIoHandle::setOption(int level, int optname, const void* optval,

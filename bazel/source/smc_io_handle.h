@@ -41,7 +41,8 @@ private:
 // before the socket is used: the socket options (how an EnvoyFilter's mesh switch and the
 // per-cluster fallback arrive) and the address. Clients are decided in connect(), listeners in
 // listen() (or in duplicate(), which Envoy calls on a bound listener before listen() when
-// workers share one socket). Once decided the handle is IoSocketHandleImpl with one extra branch
+// workers share one socket; or in bind(), when a listener update's new socket takes over this
+// process's shared AF_SMC listener at its address). Once decided the handle is IoSocketHandleImpl with one extra branch
 // per overridden call; sockets envoy-smc will never touch never get this handle at all.
 class SmcIoHandle : public IoSocketHandleImpl {
 public:

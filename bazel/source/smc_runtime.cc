@@ -114,6 +114,14 @@ bool Runtime::applyConnect(int fd, const envoy_smc_socket_state& state,
   return envoy_smc_apply_connect(runtime_, fd, &state, verdict) == ENVOY_SMC_OK;
 }
 
+bool Runtime::joinSharedListener(int fd, const envoy_smc_socket_state& state,
+                                 const sockaddr* addr, socklen_t addrlen) const {
+  bool joined = false;
+  return envoy_smc_join_shared_listener(runtime_, fd, &state, addr, addrlen, &joined) ==
+             ENVOY_SMC_OK &&
+         joined;
+}
+
 void Runtime::watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const {
   envoy_smc_watch_connect(runtime_, fd, addr, addrlen);
 }

@@ -61,6 +61,11 @@ public:
   // Carries a verdict out on fd and counts it; updates *verdict with what happened.
   bool applyListen(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
   bool applyConnect(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
+  // After bind(fd, addr) failed with EADDRINUSE: true when the library put this process's shared
+  // AF_SMC listener at addr under fd (a listener update's new socket taking the listener over);
+  // the bind is then done and the fd listens already.
+  bool joinSharedListener(int fd, const envoy_smc_socket_state& state, const sockaddr* addr,
+                          socklen_t addrlen) const;
   // Adaptive fallback: watch an SMC socket about to connect, so a path that drops SMC's SYNs is
   // detected and later connections to it stay TCP.
   void watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const;

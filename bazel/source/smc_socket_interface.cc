@@ -121,16 +121,16 @@ ProtobufTypes::MessagePtr SmcSocketInterface::createEmptyConfigProto() {
 SmcSocketInterfaceExtension::SmcSocketInterfaceExtension(
     SmcSocketInterface& sock_interface, RuntimeSharedPtr runtime,
     Server::Configuration::ServerFactoryContext& context)
-    : SocketInterfaceExtension(sock_interface), runtime_(std::move(runtime)),
-      flush_interval_(context.statsConfig().flushInterval()) {
+    : SocketInterfaceExtension(sock_interface), runtime_(std::move(runtime)) {
+  // Only what exists while Envoy creates bootstrap extensions (see the class comment).
   for (const std::string& name : Runtime::counterNames()) {
     counters_.push_back({&context.scope().counterFromString(StatPrefix + name), 0});
   }
   flush_timer_ = context.mainThreadDispatcher().createTimer([this] {
     flushStats();
-    flush_timer_->enableTimer(flush_interval_);
+    flush_timer_->enableTimer(MirrorInterval);
   });
-  flush_timer_->enableTimer(flush_interval_);
+  flush_timer_->enableTimer(MirrorInterval);
   sock_interface.extension_ = this;
   ENVOY_LOG_MISC(info, "envoy-smc {} registered as socket interface {}", Runtime::version(),
                  sock_interface.name());

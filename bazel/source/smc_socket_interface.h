@@ -59,12 +59,24 @@ private:
 };
 
 // Owns the runtime built from the typed config and mirrors the library's counters into Envoy
-// stats under "smc.", copied at the server's stats flush interval on the main thread.
+// stats under "smc.", copied every MirrorInterval on the main thread.
+//
+// Lifecycle: Envoy creates bootstrap extensions early in InstanceBase::initializeOrThrow, before
+// the runtime, the cluster manager and config_.initialize() (which creates the stats config).
+// The constructor therefore touches only what exists then: the main thread's dispatcher (to
+// create a timer, which first fires once the main loop runs), the stats scope and the node's
+// metadata. It needs neither BootstrapExtension::onServerInitialized (whose argument changed
+// between Envoy 1.36 and 1.40) nor ServerFactoryContext::statsConfig().
 class SmcSocketInterfaceExtension : public SocketInterfaceExtension {
 public:
   SmcSocketInterfaceExtension(SmcSocketInterface& sock_interface, RuntimeSharedPtr runtime,
                               Server::Configuration::ServerFactoryContext& context);
   ~SmcSocketInterfaceExtension() override;
+
+  // How stale the smc.* counters may be. A fixed period, not the server's stats flush
+  // interval: that one is known only after config_.initialize(), and two timers would not be in
+  // step anyway.
+  static constexpr std::chrono::milliseconds MirrorInterval{1000};
 
   const RuntimeSharedPtr& runtime() const { return runtime_; }
   void flushStats();
@@ -77,7 +89,6 @@ private:
 
   const RuntimeSharedPtr runtime_;
   std::vector<MirroredCounter> counters_;
-  const std::chrono::milliseconds flush_interval_;
   Event::TimerPtr flush_timer_;
 };
 

@@ -1,7 +1,7 @@
 // A stand-in for the kernel's SMC sockets, for the shim's unit tests on machines whose kernel
 // has no SMC (tests only; active only when ENVOY_SMC_FAKE_KERNEL=1 is set at start).
 //
-// The test binary defines socket(), getsockopt(), setsockopt(), dup(), dup3() and close(); the
+// The test binary defines socket(), getsockopt(), setsockopt(), dup(), dup3(), fcntl() and close(); the
 // statically linked envoy-smc library and the stand-in call these instead of libc's. An "SMC
 // socket" is then a real TCP socket that the fake remembers by fd and reports, through
 // SO_DOMAIN / SO_PROTOCOL, as AF_SMC or IPPROTO_SMC, so the library probes "SMC available",
@@ -13,6 +13,7 @@
 // a stand-in address instead (a listener whose accept queue is full, which drops the SYNs), while
 // plain TCP sockets reach the destination: what a middlebox dropping SMC's SYNs does.
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdarg>
 #include <cstdlib>
 #include <cstring>
 
@@ -128,6 +130,19 @@ int dup3(int oldfd, int newfd, int flags) noexcept {
   const int rc = static_cast<int>(::syscall(SYS_dup3, oldfd, newfd, flags));
   if (active() && rc >= 0) {
     remember(newfd, kindOf(oldfd));
+  }
+  return rc;
+}
+
+// fcntl is variadic; every command passes at most one integer- or pointer-sized argument.
+int fcntl(int fd, int cmd, ...) {
+  va_list args;
+  va_start(args, cmd);
+  const unsigned long arg = va_arg(args, unsigned long);
+  va_end(args);
+  const int rc = static_cast<int>(::syscall(SYS_fcntl, fd, cmd, arg));
+  if (active() && rc >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) {
+    remember(rc, kindOf(fd));
   }
   return rc;
 }

@@ -5,7 +5,7 @@
 use std::ffi::{c_int, c_void};
 use std::os::fd::BorrowedFd;
 
-use envoy_smc::ffi::sockaddr;
+use envoy_smc::policy::SocketFacts;
 use envoy_smc::runtime::{local_address, Applied};
 use envoy_smc::smc::{replace_socket, SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
 use envoy_smc::Verdict;
@@ -13,7 +13,8 @@ use libc::{epoll_event, socklen_t};
 
 use crate::real;
 use crate::state::{self, inc, Active, COUNTERS};
-use crate::table::{self, Rescue, Tracked, MAX_OPT_LEN};
+use crate::table::{self, Held, Rescue, Tracked, MAX_OPT_LEN};
+use crate::user_mem;
 
 /// The inode of the socket under `fd`.
 fn inode(fd: c_int) -> Option<u64> {
@@ -35,26 +36,45 @@ pub fn opened(active: &Active, fd: c_int, domain: c_int, ty: c_int, protocol: c_
     }
 }
 
-/// After a successful `setsockopt` on a tracked fd.
-pub fn sockopt_set(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) {
+/// After a successful `setsockopt` on a tracked fd (its slot `held` since before the call). An
+/// option that cannot be recorded (no value, longer than a slot, past the table's capacity) or
+/// that holds a pointer or an fd means the socket must stay as it is: no replacement, no rescue.
+pub fn sockopt_set(
+    held: &mut Held,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) {
     let Some(active) = state::active_if_set_up() else {
+        return;
+    };
+    let Some(t) = held.tracked() else {
         return;
     };
     let len = len as usize;
     if value.is_null() || len > MAX_OPT_LEN {
-        table::with_tracked(fd, |t| t.opts_overflow = true);
+        t.opts_overflow = true;
         return;
     }
     // SAFETY: setsockopt just read `len` bytes at `value` successfully.
     let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len) };
-    table::with_tracked(fd, |t| {
-        t.facts = active.runtime.note_sockopt(t.facts, level, name, bytes);
-        t.record_opt(level, name, bytes);
-    });
+    t.facts = active.runtime.note_sockopt(t.facts, level, name, bytes);
+    t.record_opt(level, name, bytes);
 }
 
-/// After a successful `epoll_ctl` naming a tracked fd.
-pub fn epoll_registered(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) {
+/// The facts to decide with: the runtime's, plus "options not carried" when the library could
+/// not record every option.
+fn decision_facts(t: &Tracked) -> SocketFacts {
+    if t.options_carried() {
+        t.facts
+    } else {
+        SocketFacts(t.facts.0 | SocketFacts::OPTIONS_NOT_CARRIED)
+    }
+}
+
+/// After a successful `epoll_ctl` naming a tracked fd (its slot `held` since before the call).
+pub fn epoll_registered(held: &mut Held, epfd: c_int, op: c_int, event: *mut epoll_event) {
     let (events, data) = if event.is_null() {
         (0, 0)
     } else {
@@ -63,14 +83,17 @@ pub fn epoll_registered(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_eve
         let ev = unsafe { std::ptr::read_unaligned(event) };
         (ev.events, ev.u64)
     };
+    let Some(t) = held.tracked() else {
+        return;
+    };
     if op == libc::EPOLL_CTL_DEL {
-        table::with_tracked(fd, |t| t.record_epoll(op, epfd, 0, 0, 0));
+        t.record_epoll(op, epfd, 0, 0, 0);
         return;
     }
     let Some(gen) = table::mark_epoll(epfd) else {
         return;
     };
-    table::with_tracked(fd, |t| t.record_epoll(op, epfd, gen, events, data));
+    t.record_epoll(op, epfd, gen, events, data);
 }
 
 /// Before `listen()` on a tracked fd: the listener decision.
@@ -108,6 +131,68 @@ pub fn before_dup(fd: c_int) {
     });
 }
 
+/// After `bind()` of a tracked fd failed with `EADDRINUSE`: a listener update's new socket on
+/// the address of a shared `AF_SMC` listener takes that listener over (see
+/// `Runtime::join_shared_listener`). Returns true when the bind is to be reported as done.
+pub fn bind_in_use(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) -> bool {
+    let Some(active) = state::active_if_set_up() else {
+        return false;
+    };
+    // The kernel read the address already (EADDRINUSE), but it is the program's memory: copy it
+    // the same careful way as connect()'s.
+    let Ok(Some(local)) = user_mem::read_sockaddr(addr, len) else {
+        return false;
+    };
+    let mut joined = false;
+    table::settle(fd, |t| {
+        if inode(fd) != Some(t.ino) {
+            inc(&COUNTERS.stale_fd);
+            return None;
+        }
+        // SAFETY: fd is open (checked just above) and only borrowed during this call.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        joined = active.runtime.join_shared_listener(bfd, local, t.facts);
+        // Not joined: still the program's unbound socket, which stays TCP (decided now).
+        None
+    });
+    joined
+}
+
+/// After `setsockopt(SO_REUSEPORT)` failed: true for an `AF_SMC` socket that is listening already
+/// -- a listener shared by its fds, which is what SO_REUSEPORT asked for (every worker accepts).
+/// Envoy sets the option again on the listen sockets a hot-restart parent passes to it (they
+/// never went through `socket()` here); failing it would stop the new Envoy.
+pub fn reuse_port_on_shared_listener(fd: c_int) -> bool {
+    if state::active_if_set_up().is_none() {
+        return false;
+    }
+    // SAFETY: fd is the caller's open fd, only borrowed during this call.
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let smc = matches!(
+        envoy_smc::smc::socket_kind(bfd),
+        Ok(Some((SocketKind::AfSmc, _)))
+    );
+    let mut listening: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: listening/len are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    let shared = smc && rc == 0 && listening != 0;
+    if shared {
+        tracing::debug!(
+            "envoy-smc: fd {fd}: SO_REUSEPORT on a shared AF_SMC listener: already shared"
+        );
+    }
+    shared
+}
+
 fn decide_listener(active: &Active, fd: c_int, t: Tracked, at: &str) {
     if inode(fd) != Some(t.ino) {
         inc(&COUNTERS.stale_fd);
@@ -116,20 +201,22 @@ fn decide_listener(active: &Active, fd: c_int, t: Tracked, at: &str) {
     // SAFETY: fd is open (checked just above) and only borrowed during this call.
     let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
     let rt = &active.runtime;
-    let verdict = rt.decide_listen(bfd, t.facts);
+    let verdict = rt.decide_listen(bfd, decision_facts(&t));
     let applied = rt.apply_listen(bfd, verdict);
     let local = local_address(bfd).ok();
     after_decision(fd, &t, applied, at, local);
 }
 
-/// Before `connect()` on a tracked fd: the client decision.
+/// Before `connect()` on a tracked fd: the client decision. An address the program passed that
+/// is not readable decides nothing (the real call answers `EFAULT`; the socket stays tracked).
 pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
     let Some(active) = state::active_if_set_up() else {
         table::forget(fd);
         return;
     };
-    // SAFETY: the caller passes `len` readable bytes at `addr` (or NULL), as connect() requires.
-    let remote = unsafe { sockaddr::from_raw(addr, len) };
+    let Ok(remote) = user_mem::read_sockaddr(addr, len) else {
+        return;
+    };
     table::settle(fd, |t| {
         if inode(fd) != Some(t.ino) {
             inc(&COUNTERS.stale_fd);
@@ -140,7 +227,7 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
         // SAFETY: fd is open (checked above) and only borrowed during this call.
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
         let rt = &active.runtime;
-        let verdict = rt.decide_connect(remote, t.facts);
+        let verdict = rt.decide_connect(remote, decision_facts(&t));
         let applied = match verdict {
             // A tracked socket is the plain TCP socket the program opened (TCP first; the inode
             // check above proves it is still that socket): for a TCP verdict there is nothing to
@@ -151,6 +238,7 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
                 Applied {
                     verdict,
                     replaced: false,
+                    shared: false,
                 }
             }
             Verdict::Smc { .. } => rt.apply_connect(bfd, verdict),
@@ -163,10 +251,9 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
         // epoll registrations recorded so far (and those made until then).
         let source = local_address(bfd).ok().filter(|a| !a.ip().is_unspecified());
         let cookie = rt.watch_rescuable_connect(bfd, remote, 0)?;
-        Some(Tracked {
-            rescue: Some(Rescue { cookie, source }),
-            ..t
-        })
+        let mut kept = t;
+        kept.rescue = Some(Rescue { cookie, source });
+        Some(kept)
     });
 }
 
@@ -197,6 +284,10 @@ fn after_decision(
     }
     if !applied.replaced {
         return false;
+    }
+    if applied.shared {
+        // A listener configured and listening already, shared with other fds.
+        return true;
     }
     let kind = match applied.verdict {
         Verdict::Smc { kind, .. } => kind,
@@ -233,6 +324,11 @@ pub(crate) fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
         if kind.is_smc() && fast_open {
             continue;
         }
+        // AF_SMC refuses it; a listener that had it is shared by its fds instead.
+        let reuse_port = o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEPORT;
+        if kind == SocketKind::AfSmc && reuse_port {
+            continue;
+        }
         let bytes = o.bytes();
         // SAFETY: `bytes` is a valid buffer of the given length.
         let rc = unsafe {
@@ -256,19 +352,22 @@ pub(crate) fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
     }
 }
 
-/// Adds the new socket under `fd` to every epoll instance the old one was registered with.
+/// Adds the new socket under `fd` to every epoll instance the old one was registered with (each
+/// epoll fd held meanwhile, so the program cannot close it and reuse its number under us).
 pub(crate) fn reregister(fd: c_int, t: &Tracked) -> std::io::Result<()> {
     let mut result = Ok(());
     for reg in &t.regs {
-        if !table::epoll_alive(reg) {
-            continue;
-        }
         let mut ev = epoll_event {
             events: reg.events,
             u64: reg.data,
         };
         // SAFETY: ev is a valid epoll_event for the duration of the call.
-        let rc = unsafe { real::epoll_ctl()(reg.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        let added = table::with_live_epoll(reg, || unsafe {
+            real::epoll_ctl()(reg.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev)
+        });
+        let Some(rc) = added else {
+            continue; // the epoll instance is gone
+        };
         if rc == 0 {
             inc(&COUNTERS.epoll_reregistered);
         } else {

@@ -11,7 +11,7 @@
 //!   `connect()`; options the program set are carried over too.
 //!
 //! Interposed: `socket`, `setsockopt` (the mesh switch and per-cluster fallback options),
-//! `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
+//! `bind` (a new socket taking over a shared `AF_SMC` listener), `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
 //! `close_range`, `dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`). Accepted sockets are never touched.
 //! A tracked socket that is duplicated before `listen()`/`connect()` (Envoy duplicates a
 //! listener's socket for its workers when `enable_reuse_port` is false) gets its listener
@@ -22,6 +22,20 @@
 //! secure-execution process, or when the configuration is invalid, a hook is a plain call of the
 //! real function. Untracked fds cost one or two atomic loads. Configuration and environment
 //! variables: see [`state`]. Counters: see [`stats`] and `envoy_smc_preload_stats()`.
+//!
+//! What the host process does to itself:
+//! - `fork()`: a `pthread_atfork` child handler (registered when the library is loaded) frees
+//!   the fd slots the vanished threads held and drops the connects kept for the parent's
+//!   watchdog; the core restarts its watchdog in the child ([`envoy_smc::process`]).
+//! - `vfork()`/`posix_spawn` (Python's `subprocess` uses them): the child runs in the parent's
+//!   memory with its own fd table until it execs, so every hook whose fd has state checks the
+//!   pid first and, in such a child, only calls the real function: the child's `close_range`,
+//!   `dup2` and `close` before `exec` leave the parent's table alone.
+//! - signals: the close path (`close`, `dup2`, `dup3`, `close_range`) allocates nothing and
+//!   takes no lock a signal handler could meet (see [`table`]).
+//! - fd reuse: a decision or a rescue holds the fd's slot for its whole duration, and `close`/
+//!   `dup2` wait for it; `close_range(CLOSE_RANGE_UNSHARE)` (which closes nothing for the other
+//!   threads) and a failing `dup2`/`dup3` leave the table as it is.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
@@ -34,6 +48,24 @@ mod rescue;
 pub mod state;
 pub mod stats;
 mod table;
+mod user_mem;
+
+/// Runs when the library is loaded (before `main` under `LD_PRELOAD`): records this process as
+/// the owner of its memory (to tell a vfork child later) and registers the fork handler.
+extern "C" fn at_load() {
+    envoy_smc::process::install();
+    envoy_smc::process::on_fork_child(table::after_fork_in_child);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+/// False in a vfork/`posix_spawn` child, which runs in its parent's memory: it must not touch
+/// the library's state (one `getpid`; only asked on the slow paths).
+fn own_memory() -> bool {
+    !envoy_smc::process::shares_parent_memory()
+}
 
 thread_local! {
     static IN_LIBRARY: Cell<bool> = const { Cell::new(false) };
@@ -88,7 +120,7 @@ fn is_ip_stream_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
 /// The C `socket(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-    if !is_ip_stream_request(domain, ty, protocol) {
+    if !is_ip_stream_request(domain, ty, protocol) || !own_memory() {
         return real::socket()(domain, ty, protocol);
     }
     let Some(_guard) = Reentry::enter() else {
@@ -117,20 +149,78 @@ pub unsafe extern "C" fn setsockopt(
     value: *const c_void,
     len: socklen_t,
 ) -> c_int {
-    let rc = real::setsockopt()(fd, level, name, value, len);
-    if rc == 0 && !table::quiet(fd) {
-        if let Some(_guard) = Reentry::enter() {
-            body(|| hooks::sockopt_set(fd, level, name, value, len));
+    if !own_memory() {
+        return real::setsockopt()(fd, level, name, value, len);
+    }
+    if table::quiet(fd) {
+        let rc = real::setsockopt()(fd, level, name, value, len);
+        if rc != 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT {
+            if let Some(_guard) = Reentry::enter() {
+                if reuse_port_shared(fd) {
+                    return 0;
+                }
+            }
         }
+        return rc;
+    }
+    let Some(_guard) = Reentry::enter() else {
+        return real::setsockopt()(fd, level, name, value, len);
+    };
+    // Held across the call: a rescue in progress finishes first, so the option lands on the
+    // socket that stays under the fd, and is recorded for a later replacement.
+    let mut held = None;
+    body(|| held = table::hold(fd));
+    let rc = real::setsockopt()(fd, level, name, value, len);
+    if let (0, Some(h)) = (rc, held.as_mut()) {
+        body(|| hooks::sockopt_set(h, level, name, value, len));
+    }
+    drop(held);
+    if rc != 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT && reuse_port_shared(fd) {
+        return 0;
     }
     rc
+}
+
+/// After `setsockopt(SO_REUSEPORT)` failed (the caller holds the re-entrancy guard): true when
+/// the fd is an `AF_SMC` listener shared by its fds, which is what the option asked for. Envoy sets
+/// it again on the listen sockets a hot-restart parent passes over (they never went through
+/// `socket()` here); failing it would stop the new Envoy.
+fn reuse_port_shared(fd: c_int) -> bool {
+    let mut done = false;
+    body(|| done = hooks::reuse_port_on_shared_listener(fd));
+    done
+}
+
+/// # Safety
+/// The C `bind(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let rc = real::bind()(fd, addr, len);
+    // SAFETY: __errno_location returns this thread's errno slot.
+    if rc == 0
+        || unsafe { *libc::__errno_location() } != libc::EADDRINUSE
+        || table::quiet(fd)
+        || !own_memory()
+    {
+        return rc;
+    }
+    // A listener update's new socket on the address of a shared AF_SMC listener: take it over.
+    let mut joined = false;
+    if let Some(_guard) = Reentry::enter() {
+        body(|| joined = hooks::bind_in_use(fd, addr, len));
+    }
+    if joined {
+        0
+    } else {
+        rc
+    }
 }
 
 /// # Safety
 /// The C `listen(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    if !table::quiet(fd) {
+    if !table::quiet(fd) && own_memory() {
         if let Some(_guard) = Reentry::enter() {
             body(|| hooks::before_listen(fd));
         }
@@ -142,7 +232,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// The C `connect(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if !table::quiet(fd) {
+    if !table::quiet(fd) && own_memory() {
         if let Some(_guard) = Reentry::enter() {
             body(|| hooks::before_connect(fd, addr, len));
         }
@@ -159,28 +249,50 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
+    if table::quiet(fd) || !own_memory() {
+        return real::epoll_ctl()(epfd, op, fd, event);
+    }
+    let Some(_guard) = Reentry::enter() else {
+        return real::epoll_ctl()(epfd, op, fd, event);
+    };
+    // Held across the call, like setsockopt: a registration made while a rescue is under way
+    // goes to the new socket, and is recorded.
+    let mut held = None;
+    body(|| held = table::hold(fd));
     let rc = real::epoll_ctl()(epfd, op, fd, event);
-    if rc == 0 && !table::quiet(fd) {
-        if let Some(_guard) = Reentry::enter() {
-            body(|| hooks::epoll_registered(epfd, op, fd, event));
-        }
+    if let (0, Some(h)) = (rc, held.as_mut()) {
+        body(|| hooks::epoll_registered(h, epfd, op, event));
     }
     rc
 }
 
-/// Forgets what envoy-smc knew about `fd` (closed or about to be overwritten), unless the library
-/// itself is the caller.
+/// Forgets what envoy-smc knew about `fd` (closed), unless the library itself is the caller;
+/// waits while a decision or rescue holds it. Signal-safe (see `table::forget`).
 fn fd_gone(fd: c_int) {
-    if !table::quiet(fd) {
+    if !table::quiet(fd) && own_memory() {
         if let Some(_guard) = Reentry::enter() {
             body(|| table::forget(fd));
         }
     }
 }
 
+/// `dup2`/`dup3` onto `new`: the call runs with `new`'s slot held, and its state is dropped
+/// only if the call succeeded.
+fn overwriting(new: c_int, call: impl FnOnce() -> c_int) -> c_int {
+    if table::quiet(new) || !own_memory() {
+        return call();
+    }
+    match Reentry::enter() {
+        // Atomics and a futex only: nothing here can panic, so no panic boundary (which would
+        // also restore errno over the call's own).
+        Some(_guard) if !state::poisoned() => table::overwrite(new, call),
+        _ => call(),
+    }
+}
+
 /// A tracked socket is about to be duplicated.
 fn duplicating(fd: c_int) {
-    if !table::quiet(fd) {
+    if !table::quiet(fd) && own_memory() {
         if let Some(_guard) = Reentry::enter() {
             body(|| hooks::before_dup(fd));
         }
@@ -199,7 +311,12 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 /// The C `close_range(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+    // CLOEXEC closes nothing now; UNSHARE closes the range in a private copy of the fd table,
+    // leaving the other threads' fds (and their state) as they are; first > last is refused.
+    let closes_shared =
+        flags & (libc::CLOSE_RANGE_CLOEXEC as c_int | libc::CLOSE_RANGE_UNSHARE as c_int) == 0
+            && first <= last;
+    if closes_shared && own_memory() {
         if let Some(_guard) = Reentry::enter() {
             body(|| table::forget_range(first, last));
         }
@@ -221,22 +338,22 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 /// The C `dup2(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
-    if old != new {
-        fd_gone(new);
-        duplicating(old);
+    if old == new {
+        return real::dup2()(old, new);
     }
-    real::dup2()(old, new)
+    duplicating(old);
+    overwriting(new, || real::dup2()(old, new))
 }
 
 /// # Safety
 /// The C `dup3(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    if old != new {
-        fd_gone(new);
-        duplicating(old);
+    if old == new {
+        return real::dup3()(old, new, flags);
     }
-    real::dup3()(old, new, flags)
+    duplicating(old);
+    overwriting(new, || real::dup3()(old, new, flags))
 }
 
 unsafe fn fcntl_with(f: real::FcntlFn, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {

@@ -37,6 +37,7 @@ fn resolve(sym: &[u8]) -> Option<usize> {
 pub type SocketFn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
 pub type SetsockoptFn =
     unsafe extern "C" fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int;
+pub type BindFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
 pub type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 pub type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
 pub type EpollCtlFn = unsafe extern "C" fn(c_int, c_int, c_int, *mut epoll_event) -> c_int;
@@ -52,6 +53,7 @@ pub type FcntlFn = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
 
 real!(socket, "socket", SocketFn, sys_socket);
 real!(setsockopt, "setsockopt", SetsockoptFn, sys_setsockopt);
+real!(bind, "bind", BindFn, sys_bind);
 real!(listen, "listen", ListenFn, sys_listen);
 real!(connect, "connect", ConnectFn, sys_connect);
 real!(epoll_ctl, "epoll_ctl", EpollCtlFn, sys_epoll_ctl);
@@ -87,6 +89,9 @@ unsafe extern "C" fn sys_setsockopt(
         value,
         len,
     ))
+}
+unsafe extern "C" fn sys_bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    ret(libc::syscall(libc::SYS_bind, fd, addr, len))
 }
 unsafe extern "C" fn sys_listen(fd: c_int, backlog: c_int) -> c_int {
     ret(libc::syscall(libc::SYS_listen, fd, backlog))

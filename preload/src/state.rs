@@ -3,13 +3,19 @@
 //! Environment variables (read once):
 //! - `ENVOY_SMC_CONFIG`: path of the YAML/JSON configuration (`api/envoy_smc/v1/smc.proto`, proto3
 //!   JSON mapping). Unset: the default configuration (SMC only for opted-in workloads and
-//!   switched-on clusters — with no annotation source, every socket stays TCP). Unreadable or
-//!   invalid: one error line on stderr and the process stays on plain TCP.
+//!   switched-on clusters — with no annotation source, every socket stays TCP). Unreadable,
+//!   not a regular file (a FIFO, a device), larger than 1 MiB, nested too deeply or invalid:
+//!   one error line on stderr and the process stays on plain TCP (see
+//!   `envoy_smc::config::limits`; nothing blocks the first `socket()`).
 //! - `ENVOY_SMC_LOG`: a `tracing` filter for stderr (`debug` logs every decision, `off` silences
 //!   the library). Unset: warnings and errors only.
 //! - `ENVOY_SMC_STATS_FILE`: write the counters as Prometheus text to this path (`{pid}` is
 //!   replaced by the process id), every `ENVOY_SMC_STATS_INTERVAL` seconds (default 10; 0: only at
-//!   exit) and at exit.
+//!   exit) and at exit. Its directory must belong to this uid or root and not be writable by
+//!   others unless sticky; the file (0640) is written through a random temporary name and a
+//!   rename (see `stats`).
+//! - `ENVOY_SMC_STATE_DIR`: where the adaptive-fallback table is published
+//!   (`envoy_smc::adaptive::publish`).
 //! - `ENVOY_SMC_ASSUME_KERNEL`: for tests — `af_smc`, `ipproto_smc`, both comma-separated, or
 //!   `none`: what the kernel is taken to support instead of probing it.
 //!
@@ -74,6 +80,9 @@ pub struct PreloadCounters {
     pub dup_settled: AtomicU64,
     /// Panics caught at a hook boundary (the library then stops acting).
     pub internal_errors: AtomicU64,
+    /// Stuck connects not rescued because their options cannot all be carried over to a new
+    /// socket (too many, too long, or holding a pointer or an fd).
+    pub rescue_options_not_carried: AtomicU64,
 }
 
 pub static COUNTERS: PreloadCounters = PreloadCounters {
@@ -83,6 +92,7 @@ pub static COUNTERS: PreloadCounters = PreloadCounters {
     stale_fd: AtomicU64::new(0),
     dup_settled: AtomicU64::new(0),
     internal_errors: AtomicU64::new(0),
+    rescue_options_not_carried: AtomicU64::new(0),
 };
 
 pub fn inc(c: &AtomicU64) {
@@ -181,12 +191,20 @@ fn init_active() -> Lib {
         }
     };
     runtime.set_rescuer(std::sync::Arc::new(crate::rescue::PreloadRescuer));
+    // The adaptive-fallback table this process may publish goes with it.
+    // SAFETY: registering a plain extern "C" function with no arguments.
+    unsafe { libc::atexit(remove_table_at_exit) };
     tracing::debug!(
         "envoy-smc preload: active in pid {} ({})",
         std::process::id(),
         std::env::args().next().unwrap_or_default()
     );
     Lib::Active(Box::new(Active { runtime }))
+}
+
+extern "C" fn remove_table_at_exit() {
+    let _guard = crate::Reentry::enter();
+    let _ = std::panic::catch_unwind(envoy_smc::adaptive::publish::remove_own_table);
 }
 
 fn init_logging() {

@@ -3,8 +3,10 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
+
+use envoy_smc::owned_dir::OwnedDir;
 
 use crate::state::{self, COUNTERS};
 
@@ -49,6 +51,7 @@ pub fn render() -> String {
         ("stale_fd", &c.stale_fd),
         ("dup_settled", &c.dup_settled),
         ("internal_errors", &c.internal_errors),
+        ("rescue_options_not_carried", &c.rescue_options_not_carried),
     ] {
         let _ = writeln!(
             out,
@@ -75,29 +78,51 @@ pub fn render() -> String {
 
 /// `ENVOY_SMC_STATS_FILE` as given (read once).
 static TEMPLATE: OnceLock<Option<String>> = OnceLock::new();
+/// The process that started the writer: a fork child of it (same memory, another pid) writes
+/// only when the path names its own pid.
+static WRITER_PID: AtomicU32 = AtomicU32::new(0);
+/// Mode of the stats file: the proxy's group may read it (a node exporter, a sidecar scraper).
+const STATS_MODE: u32 = 0o640;
 
-/// The stats file of this process: `{pid}` is expanded at every write, so a forked child that
-/// exits writes its own file, not its parent's.
-fn path() -> Option<PathBuf> {
-    let t = TEMPLATE
+fn template() -> Option<&'static str> {
+    TEMPLATE
         .get_or_init(|| {
             let raw = std::env::var("ENVOY_SMC_STATS_FILE").ok()?;
             let raw = raw.trim();
             (!raw.is_empty()).then(|| raw.to_string())
         })
-        .as_ref()?;
-    Some(PathBuf::from(
-        t.replace("{pid}", &std::process::id().to_string()),
-    ))
+        .as_deref()
 }
 
-/// Writes the file atomically (temporary file + rename).
+/// The stats file of this process: `{pid}` is expanded at every write, so a forked child writes
+/// its own file. Without `{pid}` in the path only the process that started the writer writes:
+/// a forked child never overwrites its parent's file.
+fn path() -> Option<PathBuf> {
+    let t = template()?;
+    let pid = std::process::id();
+    if !t.contains("{pid}") && WRITER_PID.load(Ordering::Acquire) != pid {
+        return None;
+    }
+    Some(PathBuf::from(t.replace("{pid}", &pid.to_string())))
+}
+
+/// Writes the file atomically, in a directory that must be this uid's or root's and not
+/// writable by others unless sticky (like /tmp): a fresh temporary file with a random name,
+/// created exclusively without following symlinks, then renamed over the file.
 pub fn write_file() {
     let Some(path) = path() else {
         return;
     };
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = std::fs::write(&tmp, render()).and_then(|()| std::fs::rename(&tmp, &path));
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    let result = OwnedDir::for_output(dir)
+        .and_then(|d| d.write_atomic(name, render().as_bytes(), STATS_MODE));
     if let Err(e) = result {
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !WARNED.swap(true, Ordering::Relaxed) {
@@ -116,9 +141,10 @@ extern "C" fn write_at_exit() {
 
 /// Starts the periodic writer and the at-exit write if `ENVOY_SMC_STATS_FILE` is set.
 pub fn start_writer() {
-    if path().is_none() {
+    if template().is_none() {
         return;
     }
+    WRITER_PID.store(std::process::id(), Ordering::Release);
     // SAFETY: registering a plain extern "C" function with no arguments.
     unsafe { libc::atexit(write_at_exit) };
     write_file();

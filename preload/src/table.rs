@@ -2,25 +2,38 @@
 //!
 //! A two-level table: a static array of chunk pointers, each chunk 1024 slots, allocated the first
 //! time an fd in its range needs state and never freed. An fd without state costs one atomic load
-//! of the chunk pointer and, if the chunk exists, one of the slot's flags: that is all an
+//! of the chunk pointer and, if the chunk exists, one of the slot's word: that is all an
 //! untracked socket (an accepted connection, a socket envoy-smc decided about already, a file)
 //! pays in `close`, `setsockopt`, `epoll_ctl`, `connect`, `listen`.
 //!
-//! A slot holds:
-//! - `flags`: [`TRACKED`] (a socket envoy-smc may still make SMC), [`RESCUABLE`] (an SMC connect
-//!   in flight that the adaptive-fallback watchdog may hand back for a rescue) and [`EPOLL_SET`]
-//!   (this fd is an epoll instance in which a tracked socket is registered);
+//! A slot is three atomics:
+//! - `word`: [`TRACKED`] (a socket envoy-smc may still make SMC), [`RESCUABLE`] (an SMC connect
+//!   in flight that the adaptive-fallback watchdog may hand back for a rescue), [`EPOLL_SET`]
+//!   (this fd is an epoll instance in which a tracked socket is registered), and [`BUSY`]: a
+//!   thread owns the slot's record right now ([`Held`]);
 //! - `epoll_gen`: bumped when the fd, as an epoll instance, goes away, so that a registration
 //!   recorded against an epoll fd number is never replayed into a later epoll instance that
 //!   happens to get the same number;
-//! - the tracked socket's state behind a per-slot mutex. Envoy uses a socket from one thread at a
-//!   time, so the lock is uncontended; it also makes `close()` of an fd wait while envoy-smc is
-//!   replacing the socket under it (or rescuing a connect, from the watchdog thread).
+//! - `record`: the tracked socket's state, a [`Tracked`] that only the `BUSY` owner touches.
+//!
+//! `BUSY` is the slot's lock, and it is held for a whole operation: a decision before
+//! `connect()`/`listen()` (the socket may be replaced under the fd), a rescue of a stuck connect
+//! (from the watchdog thread), a `setsockopt`/`epoll_ctl` the program makes on the fd (so that
+//! what it sets lands on the socket that ends up under the fd, and is recorded). `close`,
+//! `dup2`/`dup3` onto the fd and `close_range` over it wait for `BUSY` to clear (a futex on the
+//! word) before the fd goes away, so no replacement or rescue can land on an fd number the
+//! program closed and reused.
+//!
+//! Signal safety: the close path (`forget`, `overwrite`) takes no lock a signal handler could
+//! meet and allocates nothing. A handler that interrupts a thread outside the library and closes
+//! a tracked fd at worst waits for another thread's `BUSY` section (which never waits on the
+//! program); a thread inside the library holds the re-entrancy guard, so a handler on it skips
+//! the table (see `lib.rs`). Records leave a slot by being pushed onto a lock-free list of
+//! retired records and are freed later, on the `socket()` path ([`track`]).
 
 use std::ffi::c_int;
 use std::ptr;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use envoy_smc::policy::SocketFacts;
 
@@ -30,15 +43,19 @@ pub const TRACKED: u32 = 1;
 pub const EPOLL_SET: u32 = 2;
 /// The fd is an SMC connect in flight, kept for a rescue until the watchdog lets it go.
 pub const RESCUABLE: u32 = 4;
+/// A thread owns the slot's record (the slot's lock).
+const BUSY: u32 = 8;
+/// Someone waits for `BUSY` to clear (the owner wakes them).
+const WAITERS: u32 = 16;
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 1 << 14;
 /// fds at or above this number are never tracked (they stay plain TCP).
 pub const MAX_FD: usize = CHUNK * CHUNKS;
 
-/// Socket options recorded per socket, at most (later ones are not replayed; see `Tracked`).
-const MAX_OPTS: usize = 16;
-/// Option values longer than this are not recorded.
+/// Socket options recorded per socket, at most: a socket with more can no longer be replaced.
+pub const MAX_OPTS: usize = 16;
+/// Longest option value recorded: a socket with a longer one can no longer be replaced.
 pub const MAX_OPT_LEN: usize = 64;
 
 /// An epoll registration of a tracked socket: where it was added and with what.
@@ -75,10 +92,13 @@ pub struct Tracked {
     pub facts: SocketFacts,
     pub regs: Vec<Registration>,
     pub opts: Vec<RecordedOpt>,
-    /// More options were set than `MAX_OPTS`, or one was too long to record.
+    /// An option could not be recorded (more than [`MAX_OPTS`], longer than [`MAX_OPT_LEN`], or
+    /// no value): a replacement could not carry every option, so the socket stays as it is.
     pub opts_overflow: bool,
     /// Set once the socket is an SMC connect in flight kept for a rescue.
     pub rescue: Option<Rescue>,
+    /// Link in the list of retired records.
+    retired_next: *mut Tracked,
 }
 
 /// What a rescue of an SMC connect in flight needs beyond the recorded options and epoll
@@ -90,6 +110,7 @@ pub struct Rescue {
     /// The source address the program bound before connecting, if it chose an IP address.
     pub source: Option<std::net::SocketAddr>,
 }
+
 impl Tracked {
     pub fn new(ino: u64) -> Tracked {
         Tracked {
@@ -99,10 +120,17 @@ impl Tracked {
             opts: Vec::new(),
             opts_overflow: false,
             rescue: None,
+            retired_next: ptr::null_mut(),
         }
     }
 
-    /// Records an option (the latest value of each level/name wins).
+    /// Whether every option set so far can be given to a replacement socket.
+    pub fn options_carried(&self) -> bool {
+        !self.opts_overflow && !self.facts.has(SocketFacts::OPTIONS_NOT_CARRIED)
+    }
+
+    /// Records an option (the latest value of each level/name wins). An option that cannot be
+    /// recorded marks the socket as one whose options cannot all be carried over.
     pub fn record_opt(&mut self, level: c_int, name: c_int, value: &[u8]) {
         if value.len() > MAX_OPT_LEN {
             self.opts_overflow = true;
@@ -155,40 +183,26 @@ impl Tracked {
 }
 
 pub struct Slot {
-    flags: AtomicU32,
+    word: AtomicU32,
     epoll_gen: AtomicU32,
-    inner: Mutex<Option<Box<Tracked>>>,
+    record: AtomicPtr<Tracked>,
 }
 
 impl Slot {
     fn new() -> Slot {
         Slot {
-            flags: AtomicU32::new(0),
+            word: AtomicU32::new(0),
             epoll_gen: AtomicU32::new(0),
-            inner: Mutex::new(None),
+            record: AtomicPtr::new(ptr::null_mut()),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Box<Tracked>>> {
-        // A panic while holding the lock poisons it; the state is still consistent (every
-        // mutation is a single assignment), and the library stops acting after a panic anyway.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 static TABLE: [AtomicPtr<Slot>; CHUNKS] = [const { AtomicPtr::new(ptr::null_mut()) }; CHUNKS];
 static TRACKED_NOW: AtomicI64 = AtomicI64::new(0);
 static RESCUABLE_NOW: AtomicI64 = AtomicI64::new(0);
-
-/// Adjusts the gauges for a state leaving a slot.
-fn gone(t: &Tracked) {
-    let gauge = if t.rescue.is_some() {
-        &RESCUABLE_NOW
-    } else {
-        &TRACKED_NOW
-    };
-    gauge.fetch_sub(1, Ordering::Relaxed);
-}
+/// Records taken out of slots, freed on the next `track` (never on the close path).
+static RETIRED: AtomicPtr<Tracked> = AtomicPtr::new(ptr::null_mut());
 
 fn index(fd: c_int) -> Option<(usize, usize)> {
     let fd = usize::try_from(fd).ok()?;
@@ -225,42 +239,218 @@ fn slot_or_alloc(fd: c_int) -> Option<&'static Slot> {
     Some(unsafe { &*chunk.add(i) })
 }
 
+fn futex(word: &AtomicU32, op: c_int, val: u32) {
+    // SAFETY: `word` is a valid, aligned u32 for the call's duration; no timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Exclusive use of a slot's record (the slot's `BUSY` bit), released on drop.
+pub struct Held {
+    slot: &'static Slot,
+}
+
+impl Held {
+    /// The record of the slot, if there is one.
+    pub fn tracked(&mut self) -> Option<&mut Tracked> {
+        let p = self.slot.record.load(Ordering::Acquire);
+        // SAFETY: only the BUSY owner dereferences the record, and we are it.
+        (!p.is_null()).then(|| unsafe { &mut *p })
+    }
+
+    /// Takes the record out of the slot, clearing `TRACKED` and `RESCUABLE`.
+    fn take(&mut self) -> Option<Box<Tracked>> {
+        let p = self.slot.record.swap(ptr::null_mut(), Ordering::AcqRel);
+        let was = self
+            .slot
+            .word
+            .fetch_and(!(TRACKED | RESCUABLE), Ordering::AcqRel);
+        if p.is_null() {
+            return None;
+        }
+        let gauge = if was & RESCUABLE != 0 {
+            &RESCUABLE_NOW
+        } else {
+            &TRACKED_NOW
+        };
+        gauge.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: records in slots come from Box::into_raw in `put`; the swap made it ours.
+        Some(unsafe { Box::from_raw(p) })
+    }
+
+    /// Puts `t` in the slot with state `flag` (`TRACKED` or `RESCUABLE`); the slot must be empty.
+    fn put(&mut self, t: Box<Tracked>, flag: u32) {
+        let gauge = if flag == RESCUABLE {
+            &RESCUABLE_NOW
+        } else {
+            &TRACKED_NOW
+        };
+        gauge.fetch_add(1, Ordering::Relaxed);
+        self.slot.record.store(Box::into_raw(t), Ordering::Release);
+        self.slot.word.fetch_or(flag, Ordering::AcqRel);
+    }
+
+    /// Drops the record (if any) without freeing memory here: it is retired.
+    fn clear(&mut self) {
+        if let Some(t) = self.take() {
+            retire(t);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let was = self
+            .slot
+            .word
+            .fetch_and(!(BUSY | WAITERS), Ordering::AcqRel);
+        if was & WAITERS != 0 {
+            futex(&self.slot.word, libc::FUTEX_WAKE, i32::MAX as u32);
+        }
+    }
+}
+
+/// Takes `slot`'s `BUSY` bit, waiting while another thread holds it, if `want(word)` holds
+/// (checked again after every wait). `None` when `want` says there is nothing to hold.
+fn acquire(slot: &'static Slot, want: impl Fn(u32) -> bool) -> Option<Held> {
+    loop {
+        let w = slot.word.load(Ordering::Acquire);
+        if !want(w) {
+            return None;
+        }
+        if w & BUSY == 0 {
+            if slot
+                .word
+                .compare_exchange_weak(w, w | BUSY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(Held { slot });
+            }
+            continue;
+        }
+        if w & WAITERS == 0
+            && slot
+                .word
+                .compare_exchange_weak(w, w | WAITERS, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            continue;
+        }
+        futex(&slot.word, libc::FUTEX_WAIT, w | WAITERS);
+    }
+}
+
+/// Takes `BUSY` on `slot` only if it is free within about `tries` short waits (for a second
+/// slot taken while one is held: never waits long, so no two threads can wait on each other).
+fn try_acquire(slot: &'static Slot, want: impl Fn(u32) -> bool, tries: u32) -> Option<Held> {
+    for _ in 0..tries {
+        let w = slot.word.load(Ordering::Acquire);
+        if !want(w) {
+            return None;
+        }
+        if w & BUSY == 0 {
+            if slot
+                .word
+                .compare_exchange_weak(w, w | BUSY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(Held { slot });
+            }
+            continue;
+        }
+        std::thread::yield_now();
+    }
+    None
+}
+
+fn has_state(w: u32) -> bool {
+    w & (TRACKED | RESCUABLE | EPOLL_SET) != 0
+}
+
+/// Pushes a record onto the retired list (lock-free, no allocation: the close path).
+fn retire(t: Box<Tracked>) {
+    let p = Box::into_raw(t);
+    let mut head = RETIRED.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: `p` is ours until the compare-and-swap publishes it.
+        unsafe { (*p).retired_next = head };
+        match RETIRED.compare_exchange_weak(head, p, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Frees the retired records (not on the close path).
+fn reclaim() {
+    let mut p = RETIRED.swap(ptr::null_mut(), Ordering::Acquire);
+    while !p.is_null() {
+        // SAFETY: retired records come from Box::into_raw; the swap made the list ours.
+        let t = unsafe { Box::from_raw(p) };
+        p = t.retired_next;
+    }
+}
+
 /// True when envoy-smc holds no state for `fd`: the hooks' fast path.
 #[inline]
 pub fn quiet(fd: c_int) -> bool {
-    slot(fd).is_none_or(|s| s.flags.load(Ordering::Acquire) == 0)
+    slot(fd).is_none_or(|s| s.word.load(Ordering::Acquire) == 0)
+}
+
+/// The epoll instance under this slot's fd number is gone (called with the slot held).
+fn retire_epoll(slot: &Slot) {
+    if slot.word.load(Ordering::Acquire) & EPOLL_SET != 0 {
+        slot.epoll_gen.fetch_add(1, Ordering::AcqRel);
+        slot.word.fetch_and(!EPOLL_SET, Ordering::AcqRel);
+    }
 }
 
 /// Starts tracking a socket just opened under `fd` (replacing any stale state of that number).
 pub fn track(fd: c_int, tracked: Tracked) {
+    reclaim();
     let Some(slot) = slot_or_alloc(fd) else {
         return;
     };
-    let mut inner = slot.lock();
+    let Some(mut held) = acquire(slot, |_| true) else {
+        return;
+    };
+    held.clear();
     retire_epoll(slot);
-    if let Some(old) = inner.replace(Box::new(tracked)) {
-        gone(&old);
-    }
-    TRACKED_NOW.fetch_add(1, Ordering::Relaxed);
-    slot.flags.fetch_and(!RESCUABLE, Ordering::Release);
-    slot.flags.fetch_or(TRACKED, Ordering::Release);
+    held.put(Box::new(tracked), TRACKED);
 }
 
-/// Drops every state of `fd`: it was closed or overwritten.
+/// Drops every state of `fd`: it is being closed or overwritten. Waits while a decision or a
+/// rescue holds the slot. No allocation, no lock a signal handler could meet.
 pub fn forget(fd: c_int) {
     let Some(slot) = slot(fd) else {
         return;
     };
-    if slot.flags.load(Ordering::Acquire) == 0 {
-        return;
+    if let Some(mut held) = acquire(slot, has_state) {
+        held.clear();
+        retire_epoll(slot);
     }
-    let mut inner = slot.lock();
-    if let Some(old) = inner.take() {
-        gone(&old);
+}
+
+/// Runs `replace` (the program's `dup2`/`dup3` onto `fd`) with the slot of `fd` held, and drops
+/// the state of `fd` only if it succeeded: a failing call leaves the fd, and its state, as they
+/// were. Returns what `replace` returned.
+pub fn overwrite(fd: c_int, replace: impl FnOnce() -> c_int) -> c_int {
+    let Some(mut held) = slot(fd).and_then(|s| acquire(s, has_state)) else {
+        return replace();
+    };
+    let rc = replace();
+    if rc >= 0 {
+        held.clear();
+        retire_epoll(held.slot);
     }
-    slot.flags
-        .fetch_and(!(TRACKED | RESCUABLE), Ordering::Release);
-    retire_epoll(slot);
+    rc
 }
 
 /// Forgets every fd in `first..=last` (close_range).
@@ -278,104 +468,114 @@ pub fn forget_range(first: u32, last: u32) {
     }
 }
 
-/// The epoll instance under this slot's fd number is gone.
-fn retire_epoll(slot: &Slot) {
-    if slot.flags.load(Ordering::Acquire) & EPOLL_SET != 0 {
-        slot.epoll_gen.fetch_add(1, Ordering::AcqRel);
-        slot.flags.fetch_and(!EPOLL_SET, Ordering::Release);
-    }
-}
-
 /// Marks `epfd` as an epoll instance holding a tracked socket; returns its generation.
 pub fn mark_epoll(epfd: c_int) -> Option<u32> {
     let slot = slot_or_alloc(epfd)?;
-    slot.flags.fetch_or(EPOLL_SET, Ordering::AcqRel);
+    slot.word.fetch_or(EPOLL_SET, Ordering::AcqRel);
     Some(slot.epoll_gen.load(Ordering::Acquire))
 }
 
+/// Runs `f` on `reg`'s epoll fd if it is still the epoll instance the registration was made in,
+/// holding that fd's slot so the program cannot close it meanwhile. `None` if it is gone, or
+/// busy for longer than a moment (the caller holds another slot: it must not wait long).
+pub fn with_live_epoll<R>(reg: &Registration, f: impl FnOnce() -> R) -> Option<R> {
+    let slot = slot(reg.epfd)?;
+    let _held = try_acquire(slot, |w| w & EPOLL_SET != 0, 1000)?;
+    (slot.epoll_gen.load(Ordering::Acquire) == reg.gen).then(f)
+}
+
 /// Whether `reg` still names the epoll instance it was made in.
+#[cfg(test)]
 pub fn epoll_alive(reg: &Registration) -> bool {
     slot(reg.epfd).is_some_and(|s| {
-        s.flags.load(Ordering::Acquire) & EPOLL_SET != 0
+        s.word.load(Ordering::Acquire) & EPOLL_SET != 0
             && s.epoll_gen.load(Ordering::Acquire) == reg.gen
     })
 }
 
-/// Runs `f` on the state of `fd` (tracked or kept for a rescue), if there is one.
-pub fn with_tracked<R>(fd: c_int, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
-    let slot = slot(fd)?;
-    if slot.flags.load(Ordering::Acquire) & (TRACKED | RESCUABLE) == 0 {
-        return None;
-    }
-    let mut inner = slot.lock();
-    inner.as_deref_mut().map(f)
+/// Holds the slot of `fd` while it is tracked or kept for a rescue (waiting for a decision or a
+/// rescue in progress to finish): the caller makes the program's call on the fd and records it.
+pub fn hold(fd: c_int) -> Option<Held> {
+    acquire(slot(fd)?, |w| w & (TRACKED | RESCUABLE) != 0)
 }
 
-/// Takes the tracked state of `fd` to decide about it: `f` runs with the slot locked (a
-/// concurrent `close` of the fd waits), and afterwards the fd is no longer tracked — unless `f`
-/// hands the state back with its `rescue` set, to be kept for the watchdog.
+/// Runs `f` on the state of `fd` (tracked or kept for a rescue), if there is one.
+#[cfg(test)]
+pub fn with_tracked<R>(fd: c_int, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
+    hold(fd)?.tracked().map(f)
+}
+
+/// Takes the tracked state of `fd` to decide about it: `f` runs with the slot held (a concurrent
+/// `close` of the fd waits), and afterwards the fd is no longer tracked — unless `f` hands the
+/// state back with its `rescue` set, to be kept for the watchdog.
 pub fn settle(fd: c_int, f: impl FnOnce(Tracked) -> Option<Tracked>) {
-    let Some(slot) = slot(fd) else {
+    let Some(mut held) = slot(fd).and_then(|s| acquire(s, |w| w & TRACKED != 0)) else {
+        return; // never tracked, closed meanwhile, or an SMC connect in flight already
+    };
+    let Some(tracked) = held.take() else {
         return;
     };
-    if slot.flags.load(Ordering::Acquire) & TRACKED == 0 {
-        return;
-    }
-    let mut inner = slot.lock();
-    if inner.as_ref().is_none_or(|t| t.rescue.is_some()) {
-        return; // closed meanwhile, or an SMC connect in flight already
-    }
-    let tracked = inner.take().map(|t| {
-        gone(&t);
-        *t
-    });
-    slot.flags.fetch_and(!TRACKED, Ordering::Release);
-    let kept = tracked.and_then(f).filter(|t| t.rescue.is_some());
-    if let Some(kept) = kept {
-        RESCUABLE_NOW.fetch_add(1, Ordering::Relaxed);
-        *inner = Some(Box::new(kept));
-        slot.flags.fetch_or(RESCUABLE, Ordering::Release);
+    let mut tracked = *tracked;
+    tracked.retired_next = ptr::null_mut();
+    if let Some(kept) = f(tracked).filter(|t| t.rescue.is_some()) {
+        held.put(Box::new(kept), RESCUABLE);
     }
 }
 
-/// Takes the state kept for a rescue of the connect on `fd` whose socket cookie is `cookie`, and
-/// runs `f` on it with the slot locked (a concurrent `close` of the fd waits). `None` if nothing
-/// is kept for that connect (closed, duplicated, or another socket by now).
-pub fn take_rescuable<R>(fd: c_int, cookie: u64, f: impl FnOnce(Tracked) -> R) -> Option<R> {
-    let slot = slot(fd)?;
-    let mut inner = slot.lock();
-    if inner
-        .as_ref()
+/// Runs `f` on the state kept for a rescue of the connect on `fd` whose socket cookie is
+/// `cookie`, holding the slot for the whole rescue (the program's `close`/`dup2` of the fd, and
+/// its `setsockopt`/`epoll_ctl` on it, wait until `f` is done); the state is dropped afterwards.
+/// `None` if nothing is kept for that connect (closed, duplicated, or another socket by now).
+pub fn rescue_with<R>(fd: c_int, cookie: u64, f: impl FnOnce(&Tracked) -> R) -> Option<R> {
+    let mut held = acquire(slot(fd)?, |w| w & RESCUABLE != 0)?;
+    if held
+        .tracked()
         .and_then(|t| t.rescue)
         .is_none_or(|r| r.cookie != cookie)
     {
         return None;
     }
-    let t = inner.take()?;
-    gone(&t);
-    slot.flags.fetch_and(!RESCUABLE, Ordering::Release);
-    Some(f(*t))
+    let result = f(held.tracked()?);
+    held.clear();
+    Some(result)
 }
 
 /// Drops the state kept for a rescue of `fd`: for the connect with `cookie`, or (`None`) for
 /// whichever connect it is.
 pub fn release_rescuable(fd: c_int, cookie: Option<u64>) {
-    let Some(slot) = slot(fd) else {
+    let Some(mut held) = slot(fd).and_then(|s| acquire(s, |w| w & RESCUABLE != 0)) else {
         return;
     };
-    if slot.flags.load(Ordering::Acquire) & RESCUABLE == 0 {
-        return;
-    }
-    let mut inner = slot.lock();
-    let matches = inner
-        .as_ref()
+    let matches = held
+        .tracked()
         .and_then(|t| t.rescue)
         .is_some_and(|r| cookie.is_none_or(|c| c == r.cookie));
     if matches {
-        if let Some(t) = inner.take() {
-            gone(&t);
+        held.clear();
+    }
+}
+
+/// In a fork child: the threads that held slots are gone, and the watchdog that was to rescue
+/// kept connects is the parent's. Frees every held slot (dropping its half-changed record) and
+/// drops the records kept for a rescue. Runs single-threaded; no allocation.
+pub extern "C" fn after_fork_in_child() {
+    for chunk in TABLE.iter() {
+        let chunk = chunk.load(Ordering::Acquire);
+        if chunk.is_null() {
+            continue;
         }
-        slot.flags.fetch_and(!RESCUABLE, Ordering::Release);
+        for i in 0..CHUNK {
+            // SAFETY: a non-null chunk has CHUNK slots that are never freed.
+            let slot = unsafe { &*chunk.add(i) };
+            let w = slot.word.load(Ordering::Acquire);
+            if w & (BUSY | RESCUABLE) == 0 {
+                continue;
+            }
+            slot.word.fetch_and(!(BUSY | WAITERS), Ordering::AcqRel);
+            let mut held = Held { slot };
+            held.clear();
+            std::mem::forget(held); // nothing to release or wake
+        }
     }
 }
 
@@ -438,10 +638,10 @@ mod tests {
             None
         });
         assert!(!ran, "a second connect() does not decide again");
-        assert_eq!(take_rescuable(fd, 41, |t| t.ino), None, "another socket");
-        assert_eq!(take_rescuable(fd, 42, |t| t.ino), Some(7));
+        assert_eq!(rescue_with(fd, 41, |t| t.ino), None, "another socket");
+        assert_eq!(rescue_with(fd, 42, |t| t.ino), Some(7));
         assert!(quiet(fd));
-        assert_eq!(take_rescuable(fd, 42, |t| t.ino), None, "only once");
+        assert_eq!(rescue_with(fd, 42, |t| t.ino), None, "only once");
     }
 
     #[test]
@@ -464,11 +664,64 @@ mod tests {
         keep(5201);
         forget(5201);
         assert!(quiet(5201));
-        assert_eq!(take_rescuable(5201, 9, |_| ()), None);
+        assert_eq!(rescue_with(5201, 9, |_| ()), None);
         // A state handed back without a rescue is not kept.
         track(5202, Tracked::new(1));
         settle(5202, Some);
         assert!(quiet(5202));
+    }
+
+    #[test]
+    fn a_close_waits_for_the_rescue_holding_the_slot() {
+        let fd = 5300;
+        track(fd, Tracked::new(1));
+        settle(fd, |mut t| {
+            t.rescue = Some(Rescue {
+                cookie: 5,
+                source: None,
+            });
+            Some(t)
+        });
+        let (entered, go) = (
+            std::sync::Arc::new(std::sync::Barrier::new(2)),
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
+        let (e, g) = (entered.clone(), go.clone());
+        let rescuer = std::thread::spawn(move || {
+            rescue_with(fd, 5, |_| {
+                e.wait();
+                while !g.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                std::time::Instant::now()
+            })
+        });
+        entered.wait();
+        let closer = std::thread::spawn(move || {
+            forget(fd);
+            std::time::Instant::now()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!closer.is_finished(), "close went ahead during the rescue");
+        go.store(true, Ordering::Release);
+        let rescue_end = rescuer.join().unwrap().unwrap();
+        let close_end = closer.join().unwrap();
+        assert!(close_end >= rescue_end);
+        assert!(quiet(fd));
+    }
+
+    #[test]
+    fn a_failing_overwrite_keeps_the_state() {
+        let fd = 5400;
+        track(fd, Tracked::new(3));
+        assert_eq!(overwrite(fd, || -1), -1);
+        assert_eq!(
+            with_tracked(fd, |t| t.ino),
+            Some(3),
+            "dup2 failed: still tracked"
+        );
+        assert_eq!(overwrite(fd, || fd), fd);
+        assert!(quiet(fd));
     }
 
     #[test]
@@ -483,8 +736,10 @@ mod tests {
             data: 2,
         };
         assert!(epoll_alive(&reg));
+        assert_eq!(with_live_epoll(&reg, || 7), Some(7));
         forget(epfd);
         assert!(!epoll_alive(&reg));
+        assert_eq!(with_live_epoll(&reg, || 7), None);
         let gen2 = mark_epoll(epfd).unwrap();
         assert_ne!(gen, gen2);
         assert!(!epoll_alive(&reg));
@@ -505,19 +760,21 @@ mod tests {
     }
 
     #[test]
-    fn options_keep_the_latest_value_and_bound_their_number() {
+    fn options_keep_the_latest_value_and_an_overflow_stops_replacement() {
         let mut t = Tracked::new(1);
         t.record_opt(1, 2, &1i32.to_ne_bytes());
         t.record_opt(1, 2, &0i32.to_ne_bytes());
         assert_eq!(t.opts.len(), 1);
         assert_eq!(t.opts[0].bytes(), &0i32.to_ne_bytes());
+        assert!(t.options_carried());
         for n in 0..40 {
             t.record_opt(9, n, &[1]);
         }
         assert_eq!(t.opts.len(), MAX_OPTS);
-        assert!(t.opts_overflow);
-        t.record_opt(1, 3, &[0; MAX_OPT_LEN + 1]);
-        assert!(t.opts_overflow);
+        assert!(!t.options_carried(), "the 17th option cannot be carried");
+        let mut long = Tracked::new(1);
+        long.record_opt(6, 14, &[0; MAX_OPT_LEN + 1]);
+        assert!(!long.options_carried(), "TCP_MD5SIG is longer than a slot");
     }
 
     #[test]
@@ -537,5 +794,88 @@ mod tests {
         assert!(quiet(7020));
         forget_range(7000, 7010);
         assert!(quiet(7010));
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    /// A child forked while another thread holds a slot (a rescue in progress) can still close
+    /// that fd: the fork handler freed the slot, whose holder does not exist in the child.
+    #[test]
+    fn a_fork_child_can_close_an_fd_whose_slot_another_thread_held() {
+        let fd = 5600;
+        track(fd, Tracked::new(1));
+        settle(fd, |mut t| {
+            t.rescue = Some(Rescue {
+                cookie: 1,
+                source: None,
+            });
+            Some(t)
+        });
+        let inside = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (i, r) = (inside.clone(), release.clone());
+        let holder = std::thread::spawn(move || {
+            rescue_with(fd, 1, |_| {
+                i.wait();
+                while !r.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+            })
+        });
+        inside.wait();
+        // SAFETY: the child only calls the table and _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            forget(fd);
+            let code = if quiet(fd) { 0 } else { 1 };
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let t0 = std::time::Instant::now();
+        let mut status = 0;
+        let done = loop {
+            // SAFETY: polling our own child.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                break true;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                // SAFETY: killing and reaping our own stuck child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        release.store(true, Ordering::Release);
+        holder.join().unwrap();
+        assert!(
+            done,
+            "the fork child deadlocked on a slot its parent's thread held"
+        );
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+
+    /// `close_range(CLOSE_RANGE_UNSHARE)` closes the range in a private copy of the caller's fd
+    /// table: the other threads still have those fds, so their state stays.
+    #[test]
+    fn close_range_unshare_keeps_the_state_of_the_shared_fds() {
+        let fd = 5700;
+        track(fd, Tracked::new(1));
+        // A thread of its own: unsharing gives it a private fd table that ends with it.
+        std::thread::spawn(move || {
+            // SAFETY: closing a range in this thread's own (unshared) table.
+            unsafe { crate::close_range(fd as u32, fd as u32, libc::CLOSE_RANGE_UNSHARE as i32) };
+        })
+        .join()
+        .unwrap();
+        assert!(!quiet(fd), "UNSHARE closed nothing the others see");
+        // SAFETY: as above, without UNSHARE (fd 5700 is not open; close_range ignores that).
+        unsafe { crate::close_range(fd as u32, fd as u32, 0) };
+        assert!(quiet(fd));
     }
 }

@@ -10,7 +10,8 @@
 //!   Envoys.
 //! - In the SMC-R VM (`ENVOY_SMC_VM=1`; run with preload/tests/vm.sh): client Envoy on 10.9.0.1,
 //!   server Envoy on 10.9.0.2, for each mode (AF_SMC with `enable_reuse_port: false` on the
-//!   inbound listener, IPPROTO_SMC, AUTO): every request succeeds, the Envoy↔Envoy connections are
+//!   inbound listener, AF_SMC with Envoy's default (the workers' fds share one `AF_SMC` listener),
+//!   IPPROTO_SMC, AUTO): every request succeeds, the Envoy↔Envoy connections are
 //!   SMC-R (`envoy-smc status --json`, owned by the envoy processes, on the rxe device), the
 //!   loopback hops are TCP, the admin listeners answer each request within a second, nothing is
 //!   left in CLOSE-WAIT and each Envoy's fd count returns to its starting value. Also in the VM:
@@ -882,9 +883,11 @@ fn stock_envoy_pair_over_smc() {
     };
     let server_ip = "10.9.0.2";
     // (mode, inbound listener's enable_reuse_port, HTTP/2 between the Envoys)
+    // AF_SMC with Envoy's default enable_reuse_port: the workers' fds share one AF_SMC listener.
     let cases = [
         ("IPPROTO_SMC", true, false),
         ("AF_SMC", false, false),
+        ("AF_SMC", true, false),
         ("AUTO", true, true),
     ];
     for (mode, reuse_port, h2) in cases {

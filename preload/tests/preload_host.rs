@@ -29,6 +29,10 @@ fn role_entry() {
             "hammer" => hammer_role(),
             "secure_probe" => secure_probe_role(),
             "microbench" => microbench_role(),
+            "vfork_close_range" => vfork_close_range_role(),
+            "efault" => efault_role(),
+            "stats_go" => stats_go_role(),
+            "stats_fork" => stats_fork_role(),
             other => panic!("unknown role {other}"),
         }
     }
@@ -161,14 +165,15 @@ fn failed_replacement_keeps_the_tcp_socket_working() {
     }
 }
 
-/// The listener decisions: a selected AF_SMC listener with SO_REUSEPORT stays TCP
-/// (reuse_port_unsupported), an unselected one is plain TCP (listener_not_selected), a loopback
-/// one stays TCP (loopback) — and all of them serve.
+/// The listener decisions: a selected AF_SMC listener with SO_REUSEPORT is decided SMC (shared
+/// by its fds), which this kernel cannot open (replace_failed: it stays the TCP socket it was),
+/// an unselected one is plain TCP (listener_not_selected), a loopback one stays TCP (loopback) —
+/// and all of them serve.
 #[test]
 fn listener_decisions_are_counted_and_listeners_serve() {
     let Some(ip) = need_host_addr() else { return };
     let cases: [(IpAddr, bool, &str, &str); 3] = [
-        (ip.into(), true, "af_smc", "reuse_port_unsupported"),
+        (ip.into(), true, "af_smc", "replace_failed"),
         (ip.into(), false, "ipproto_smc", "listener_not_selected"),
         (Ipv4Addr::LOCALHOST.into(), true, "ipproto_smc", "loopback"),
     ];
@@ -245,9 +250,23 @@ fn mesh_switch_and_per_cluster_fallback_options_are_read() {
 fn bad_configuration_leaves_the_process_on_plain_tcp() {
     let bad = config("mode: SOMETIMES\nupstream: {allow: [\"10.0.0.0/33\"]}\n");
     let missing = temp_path("does-not-exist.yaml");
+    // A FIFO used to block the first socket() (and every thread after it) forever, /dev/zero
+    // to eat memory, deep nesting to cost seconds: each is now one clear line.
+    let fifo = temp_path("config.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let _fifo_cleanup = DirCleanup(fifo.clone());
+    let deep = config(&format!("upstream: {}", "[".repeat(200_000)));
     for (path, what) in [
         (bad.path().to_path_buf(), "invalid"),
         (missing, "cannot read"),
+        (fifo.clone(), "is a FIFO, not a regular file"),
+        (
+            "/dev/zero".into(),
+            "is a character device, not a regular file",
+        ),
+        (deep.path().to_path_buf(), "nested more than 32 levels deep"),
     ] {
         let lo = server(None, "127.0.0.1:0".parse().unwrap(), &[]);
         let out = RoleCmd::new(ENTRY, "client")
@@ -258,7 +277,7 @@ fn bad_configuration_leaves_the_process_on_plain_tcp() {
             )
             .env("ENVOY_SMC_TEST_CONNECTIONS", "3")
             .env("ENVOY_SMC_CONFIG", &path)
-            .run(T);
+            .run(Duration::from_secs(20));
         assert_all_connections_ok(&out, 3);
         let lines: Vec<_> = out
             .stderr
@@ -602,6 +621,7 @@ struct DirCleanup(std::path::PathBuf);
 impl Drop for DirCleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -654,4 +674,310 @@ print(f"RESULT ok={ok} fds_before={fds} fds_after={len(os.listdir('/proc/self/fd
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("RESULT ok=20 "), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// hardening: vfork children, bad pointers, option overflow, the stats file
+
+/// The library's gauge of tracked sockets, read in this process.
+fn tracked_here() -> u64 {
+    Stats::parse(&own_stats().unwrap()).tracked()
+}
+
+/// `posix_spawn`-style child: runs on its own stack in the parent's memory (CLONE_VM|
+/// CLONE_VFORK), overwrites one fd with dup2, closes everything from 3 up, and exits.
+extern "C" fn vfork_child(arg: *mut libc::c_void) -> c_int {
+    let fds = arg as *const c_int;
+    // SAFETY: the parent passes two fds and is suspended until this child exits.
+    unsafe {
+        libc::dup2(*fds, *fds.add(1));
+        libc::close_range(3, u32::MAX, 0);
+        libc::_exit(0)
+    }
+}
+
+/// Three tracked sockets; a vfork child closes every fd before "exec"; then the parent's sockets
+/// must still be tracked and decided when they connect.
+fn vfork_close_range_role() {
+    let target: SocketAddr = std::env::var("ENVOY_SMC_TEST_TARGET")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY (all blocks): plain syscalls on fds owned here; the child's stack outlives it.
+    let socks: Vec<c_int> = (0..3)
+        .map(|_| unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) })
+        .collect();
+    let before = tracked_here();
+    let mut stack = vec![0u8; 256 << 10];
+    let mut fds = [socks[0], socks[1]];
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
+        libc::clone(
+            vfork_child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            fds.as_mut_ptr().cast(),
+        )
+    };
+    assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let after = tracked_here();
+    let (ss, len) = sockaddr(target);
+    for &s in &socks {
+        unsafe { libc::connect(s, &ss as *const _ as *const libc::sockaddr, len) };
+    }
+    println!("RESULT before={before} after={after} child_status={status}");
+    print_own_stats();
+}
+
+/// A vfork child (CLONE_VM|CLONE_VFORK, as posix_spawn makes it) that calls dup2 and close_range
+/// before exiting leaves the parent's table alone: its three sockets stay tracked and are
+/// decided when they connect. (Before, they dropped from 3 to 0 and lost their decision.)
+#[test]
+fn a_vfork_child_leaves_the_parents_table_alone() {
+    let Some(ip) = need_host_addr() else { return };
+    let port = free_port(ip.into());
+    let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
+    let cfg = smc_config(1, true);
+    let out = RoleCmd::new(ENTRY, "vfork_close_range")
+        .preload()
+        .env("ENVOY_SMC_CONFIG", cfg.path())
+        .env("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")
+        .env(
+            "ENVOY_SMC_TEST_TARGET",
+            SocketAddr::new(ip.into(), port).to_string(),
+        )
+        .run(T);
+    out.assert_ok();
+    assert_eq!(out.result("child_status"), "0", "{}", out.describe());
+    assert_eq!(out.num("before"), 3, "{}", out.describe());
+    assert_eq!(out.num("after"), 3, "the child rewrote the parent's table");
+    assert_eq!(out.stats().tcp("replace_failed"), 3, "{}", out.describe());
+    srv.finish(T).assert_ok();
+}
+
+/// The same with CPython's subprocess (vfork + close_range in the child before exec).
+#[test]
+fn python_subprocess_leaves_the_parents_table_alone() {
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("1")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let cfg = smc_config(1, true);
+    let script = r#"
+import ctypes, socket, subprocess
+socks = [socket.socket() for _ in range(3)]
+lib = ctypes.CDLL(None)
+def tracked():
+    n = lib.envoy_smc_preload_stats(None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    lib.envoy_smc_preload_stats(buf, n + 1)
+    for line in buf.value.decode().splitlines():
+        if line.startswith("envoy_smc_preload_tracked_sockets "):
+            return int(line.split()[1])
+before = tracked()
+subprocess.run(["true"], check=True, close_fds=True)
+print(f"RESULT before={before} after={tracked()}")
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("LD_PRELOAD", preload_lib())
+        .env("ENVOY_SMC_CONFIG", cfg.path())
+        .env("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("RESULT before=3 after=3"), "{stdout}");
+}
+
+fn efault_role() {
+    // SAFETY: plain syscalls; the address pointer is deliberately invalid.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        let rc = libc::connect(fd, 8 as *const libc::sockaddr, 16);
+        println!(
+            "RESULT rc={rc} errno={} tracked={}",
+            errno(),
+            tracked_here()
+        );
+    }
+}
+
+/// `connect()` with a bad address pointer on a tracked socket returns EFAULT, as without the
+/// library (it used to die of SIGSEGV reading the address).
+#[test]
+fn connect_with_a_bad_address_pointer_is_efault_not_a_crash() {
+    let cfg = smc_config(1, true);
+    let out = RoleCmd::new(ENTRY, "efault")
+        .preload()
+        .env("ENVOY_SMC_CONFIG", cfg.path())
+        .env("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")
+        .run(T);
+    out.assert_ok();
+    assert_eq!(out.result("rc"), "-1");
+    assert_eq!(out.num("errno"), libc::EFAULT as i64);
+    assert_eq!(
+        out.result("tracked"),
+        "1",
+        "still undecided: a later connect decides"
+    );
+}
+
+/// More options than the library records (17), or one longer than a slot: the socket must stay
+/// as it is, counted as `options_not_carried` (before, the options past the 16th were silently
+/// dropped from the SMC replacement).
+#[test]
+fn a_socket_whose_options_cannot_all_be_carried_stays_as_it_is() {
+    let Some(ip) = need_host_addr() else { return };
+    let port = free_port(ip.into());
+    let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
+    let cfg = smc_config(1, true);
+    let seventeen = "1:18:1,1:9:1,1:2:1,1:5:0,1:6:0,1:10:0,1:12:1,1:29:0,6:2:1400,6:1:1,6:4:60,\
+                     6:5:10,6:6:5,6:12:1,6:18:10000,6:25:131072,1:7:65536";
+    let sixteen = &seventeen[..seventeen.rfind(',').unwrap()];
+    let target = SocketAddr::new(ip.into(), port);
+    for (opts, reason) in [
+        (sixteen, "replace_failed"),
+        (seventeen, "options_not_carried"),
+    ] {
+        let out = client(
+            Some(&cfg),
+            target,
+            2,
+            &[
+                ("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc"),
+                ("ENVOY_SMC_TEST_OPTS", opts),
+            ],
+        );
+        assert_all_connections_ok(&out, 2);
+        assert_eq!(out.stats().tcp(reason), 2, "{opts}: {}", out.describe());
+    }
+    srv.finish(T).assert_ok();
+}
+
+fn stats_go_role() {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    // SAFETY: plain syscalls on an fd owned here.
+    unsafe { libc::close(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0)) };
+}
+
+/// A local user prepares the stats file's directory and plants symlinks under the names a root
+/// proxy writes (the old predictable temporary `<name>.tmp.<pid>`, and the file itself) pointing
+/// at a root 0600 file; then the root process writes its stats: the file must be untouched.
+#[test]
+fn a_planted_stats_dir_cannot_make_root_overwrite_its_files() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0
+        || std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root and setpriv (the attacker runs as nobody)");
+        return;
+    }
+    let target = temp_path("root-secret");
+    std::fs::write(&target, b"root's secret\n").unwrap();
+    let _t = DirCleanup(target.clone());
+    let dir = temp_path("planted-stats");
+    let _d = DirCleanup(dir.clone());
+    let mut r = RoleCmd::new(ENTRY, "stats_go")
+        .preload()
+        .env("ENVOY_SMC_STATS_FILE", dir.join("stats.prom"))
+        .env("ENVOY_SMC_STATS_INTERVAL", "0");
+    r.cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = spawn_retrying(&mut r.cmd);
+    let pid = child.id();
+    let script = format!(
+        "mkdir -m 0777 {d} && ln -s {t} {d}/stats.tmp.{pid} && ln -s {t} {d}/stats.prom",
+        d = dir.display(),
+        t = target.display()
+    );
+    let planted = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        planted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&planted.stderr)
+    );
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"root's secret\n",
+        "the root-owned file was overwritten"
+    );
+}
+
+fn stats_fork_role() {
+    // SAFETY: plain syscalls; the child leaves with exit() so that its at-exit write runs.
+    unsafe {
+        libc::close(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::close(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0));
+            libc::exit(0);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+    let path = std::env::var("ENVOY_SMC_STATS_FILE").unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let file_pid = text
+        .split("pid=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("none")
+        .to_string();
+    println!("RESULT file_pid={file_pid} me={}", std::process::id());
+}
+
+/// With a stats path without `{pid}`, a forked child that exits does not overwrite its
+/// parent's file.
+#[test]
+fn a_fork_child_never_overwrites_its_parents_stats_file() {
+    let path = temp_path("stats-shared.prom");
+    let _p = DirCleanup(path.clone());
+    let out = RoleCmd::new(ENTRY, "stats_fork")
+        .preload()
+        .env("ENVOY_SMC_STATS_FILE", &path)
+        .env("ENVOY_SMC_STATS_INTERVAL", "0")
+        .run(T);
+    out.assert_ok();
+    assert_eq!(
+        out.result("file_pid"),
+        out.result("me"),
+        "{}",
+        out.describe()
+    );
 }

@@ -189,21 +189,22 @@ fn smc_r_client_and_listener_with_epoll_carry_over() {
     }
 }
 
-/// The other outcomes, each with every edge: an AF_SMC listener that Envoy gave SO_REUSEPORT
-/// stays TCP and serves SMC clients (fallback PEERNOSMC); a client kept on TCP by the
-/// per-cluster option is a plain TCP socket; an SMC client to an unselected (plain TCP) listener
-/// falls back (PEERNOSMC); a client without the mesh switch stays TCP.
+/// The other outcomes, each with every edge: an AF_SMC listener that Envoy gave SO_REUSEPORT is
+/// an AF_SMC listener all the same (SO_REUSEPORT left off, shared by the listener's fds) and
+/// serves SMC-R; a client kept on TCP by the per-cluster option is a plain TCP socket; an SMC
+/// client to an unselected (plain TCP) listener falls back (PEERNOSMC); a client without the mesh
+/// switch stays TCP.
 #[test]
 fn tcp_outcomes_keep_every_edge() {
     if !in_vm() {
         return;
     }
-    // AF_SMC + SO_REUSEPORT: stays TCP (reuse_port_unsupported); clients fall back PEERNOSMC
+    // AF_SMC + SO_REUSEPORT: an AF_SMC listener (Envoy's default listener options in AF_SMC mode)
     let port = 20100;
     let cfg = mode_config("AF_SMC", port);
     let listen: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
     let srv = server(Some(&cfg), listen, &[("ENVOY_SMC_TEST_REUSE_PORT", "1")]);
-    assert!(srv.ready.contains("kind=TCP"), "{}", srv.ready);
+    assert!(srv.ready.contains("kind=AF_SMC"), "{}", srv.ready);
     let out = client(
         Some(&cfg),
         listen,
@@ -214,22 +215,19 @@ fn tcp_outcomes_keep_every_edge() {
         ],
     );
     assert_all_connections_ok(&out, 2);
-    // (kind_after is not asserted for fallbacks: once the kernel falls back, the fd's file points
-    // at the internal TCP socket and SO_DOMAIN/SO_PROTOCOL say TCP; smc_diag, by inode, is the
-    // proof that the fd holds an SMC socket)
     for c in conns(&out) {
-        assert_eq!(c["diag_mode"], "FALLBACK", "{c:?}");
-        assert_eq!(c["diag_reason"], "0x03010000", "PEERNOSMC expected: {c:?}");
+        assert_eq!(c["diag_mode"], "SMCR", "{c:?}");
     }
     assert_eq!(out.stats().get("socket_replaced"), 2);
     let srv = srv.finish(T);
     srv.assert_ok();
     assert_eq!(
-        srv.stats().tcp("reuse_port_unsupported"),
+        srv.stats().get("smc_listen_af_smc"),
         1,
         "{}",
         srv.describe()
     );
+    assert_eq!(srv.stats().tcp("reuse_port_unsupported"), 0);
 
     // an SMC listener; a client kept on TCP by the per-cluster option; a client of a config
     // that needs the mesh switch and does not get it

@@ -6,17 +6,28 @@
 //! at most `WAYS` atomic loads; with nothing held anywhere they are a single load. Writes (trip,
 //! probe, recover) are rare and use compare-and-swap. Memory is bounded by `max_destinations`;
 //! when a destination's slots are full the entry that expires first is forgotten.
+//!
+//! The hash is keyed per process ([`RandomState`]): nobody can compute in advance which
+//! destinations share a window and evict a held entry. Slots live in chunks of [`CHUNK`],
+//! allocated the first time a destination lands in one, so a large `max_destinations` costs
+//! memory only as destinations are remembered. Nothing here takes a lock (a process that forks
+//! while another thread is inside the table cannot leave a lock held in the child).
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
 
 use crate::config::AdaptiveSettings;
 
 /// Slots probed per destination.
 const WAYS: usize = 8;
+/// Slots allocated together.
+const CHUNK: usize = 64;
 
 const UNTIL_BITS: u32 = 40;
 const UNTIL_MASK: u64 = (1 << UNTIL_BITS) - 1;
@@ -84,6 +95,8 @@ type Label = (SocketAddr, u64);
 struct Slot {
     key: AtomicU64,
     state: AtomicU64,
+    /// The address and phase start, for status only (never read on the connect path).
+    label: ArcSwapOption<Label>,
 }
 
 /// A remembered destination, for status output.
@@ -101,9 +114,9 @@ pub struct Entry {
 /// The black-hole breaker of one runtime.
 pub struct Breaker {
     settings: AdaptiveSettings,
-    slots: Box<[Slot]>,
-    /// Addresses and phase start times, for status only (never read on the connect path).
-    labels: Box<[Mutex<Option<Label>>]>,
+    /// `mask + 1` slots in chunks of [`CHUNK`]; a null chunk holds only empty slots.
+    chunks: Box<[AtomicPtr<Slot>]>,
+    hasher: std::collections::hash_map::RandomState,
     mask: usize,
     /// Entries currently Open or Probing: zero makes every read a single load.
     held: AtomicUsize,
@@ -116,32 +129,40 @@ pub struct Breaker {
 impl std::fmt::Debug for Breaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Breaker")
-            .field("slots", &self.slots.len())
+            .field("slots", &(self.mask + 1))
             .field("held", &self.held)
             .finish()
     }
 }
 
-/// The 64-bit key of a destination (never 0, which marks an empty slot).
-fn key_of(dest: SocketAddr) -> u64 {
-    let ip = crate::config::canonical(dest.ip());
-    let mut h = std::hash::DefaultHasher::new();
-    match ip {
-        IpAddr::V4(v4) => u32::from(v4).hash(&mut h),
-        IpAddr::V6(v6) => u128::from(v6).hash(&mut h),
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        for chunk in self.chunks.iter() {
+            let p = chunk.swap(ptr::null_mut(), Ordering::AcqRel);
+            if !p.is_null() {
+                // SAFETY: non-null chunks come from Box::into_raw of CHUNK-long slices in
+                // `slot_or_alloc` and are freed once, here.
+                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, CHUNK)) });
+            }
+        }
     }
-    dest.port().hash(&mut h);
-    h.finish().max(1)
 }
 
 impl Breaker {
     pub fn new(settings: AdaptiveSettings) -> Breaker {
         // Twice the slots of the destinations to remember keeps 8-way windows from overflowing.
-        let n = (settings.max_destinations.max(WAYS as u32) as usize * 2).next_power_of_two();
+        let n = (settings
+            .max_destinations
+            .clamp(CHUNK as u32, crate::config::limits::MAX_DESTINATIONS)
+            as usize
+            * 2)
+        .next_power_of_two();
         Breaker {
             settings,
-            slots: (0..n).map(|_| Slot::default()).collect(),
-            labels: (0..n).map(|_| Mutex::new(None)).collect(),
+            chunks: (0..n / CHUNK)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
             mask: n - 1,
             held: AtomicUsize::new(0),
             changes: AtomicU64::new(0),
@@ -159,18 +180,70 @@ impl Breaker {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The 64-bit key of a destination (never 0, which marks an empty slot).
+    fn key_of(&self, dest: SocketAddr) -> u64 {
+        let ip = match crate::config::canonical(dest.ip()) {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        self.hasher.hash_one((ip, dest.port())).max(1)
+    }
+
+    /// Slot `i` if its chunk exists.
+    fn slot(&self, i: usize) -> Option<&Slot> {
+        let p = self.chunks[i / CHUNK].load(Ordering::Acquire);
+        // SAFETY: a non-null chunk points at CHUNK slots that live as long as the breaker.
+        (!p.is_null()).then(|| unsafe { &*p.add(i % CHUNK) })
+    }
+
+    /// Slot `i`, allocating its chunk if needed.
+    fn slot_or_alloc(&self, i: usize) -> &Slot {
+        let cell = &self.chunks[i / CHUNK];
+        let mut p = cell.load(Ordering::Acquire);
+        if p.is_null() {
+            let fresh: Box<[Slot]> = (0..CHUNK).map(|_| Slot::default()).collect();
+            let fresh = Box::into_raw(fresh).cast::<Slot>();
+            match cell.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => p = fresh,
+                Err(other) => {
+                    // SAFETY: `fresh` came from Box::into_raw just above and was never shared.
+                    drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(fresh, CHUNK)) });
+                    p = other;
+                }
+            }
+        }
+        // SAFETY: as in `slot`.
+        unsafe { &*p.add(i % CHUNK) }
+    }
+
     fn find(&self, key: u64) -> Option<usize> {
         (0..WAYS)
             .map(|i| (key as usize).wrapping_add(i) & self.mask)
-            .find(|&i| self.slots[i].key.load(Ordering::Acquire) == key)
+            .find(|&i| {
+                self.slot(i)
+                    .is_some_and(|s| s.key.load(Ordering::Acquire) == key)
+            })
     }
 
     /// The state of `key` in slot `i`, if the slot still holds it.
     fn state_at(&self, i: usize, key: u64) -> Option<(u64, State)> {
-        let word = self.slots[i].state.load(Ordering::Acquire);
+        let slot = self.slot(i)?;
+        let word = slot.state.load(Ordering::Acquire);
         let (check, state) = State::unpack(word);
-        (check == key >> CHECK_SHIFT && self.slots[i].key.load(Ordering::Acquire) == key)
+        (check == key >> CHECK_SHIFT && slot.key.load(Ordering::Acquire) == key)
             .then_some((word, state))
+    }
+
+    /// Whether `dest` is held or probing now (read-only; for the watchdog).
+    pub fn is_held(&self, dest: SocketAddr) -> bool {
+        if self.held.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let key = self.key_of(dest);
+        self.find(key)
+            .and_then(|i| self.state_at(i, key))
+            .is_some_and(|(_, s)| s.phase != Phase::Closed)
     }
 
     /// May a connect to `dest` use SMC now? Lock-free; no allocation.
@@ -178,7 +251,7 @@ impl Breaker {
         if self.held.load(Ordering::Acquire) == 0 {
             return Admission::Smc;
         }
-        let key = key_of(dest);
+        let key = self.key_of(dest);
         let Some(i) = self.find(key) else {
             return Admission::Smc;
         };
@@ -190,14 +263,15 @@ impl Breaker {
             Phase::Open | Phase::Probing if now_ms < state.until => Admission::Hold,
             // Hold-down over, or the last probe never reported: one connection may try SMC.
             Phase::Open | Phase::Probing => {
-                let probe_window =
-                    u64::from(self.settings.detect_after_ms + self.settings.probe_timeout_ms) * 4;
+                let probe_window = (u64::from(self.settings.detect_after_ms)
+                    + u64::from(self.settings.probe_timeout_ms))
+                    * 4;
                 let next = State {
                     phase: Phase::Probing,
                     until: now_ms + probe_window,
                     ..state
                 };
-                match self.slots[i].state.compare_exchange(
+                match self.slot_or_alloc(i).state.compare_exchange(
                     word,
                     next.pack(key >> CHECK_SHIFT),
                     Ordering::AcqRel,
@@ -217,14 +291,15 @@ impl Breaker {
     /// `dest` was proven black-holed: hold it on TCP, longer for each repeat offence. Returns the
     /// hold-down.
     pub fn trip(&self, dest: SocketAddr, now_ms: u64) -> Duration {
-        let key = key_of(dest);
+        let key = self.key_of(dest);
         let check = key >> CHECK_SHIFT;
         let i = match self.find(key) {
             Some(i) => i,
             None => self.claim(key, now_ms),
         };
+        let slot = self.slot_or_alloc(i);
         loop {
-            let word = self.slots[i].state.load(Ordering::Acquire);
+            let word = slot.state.load(Ordering::Acquire);
             let (old_check, old) = State::unpack(word);
             let mine = old_check == check && word != 0;
             // Held already (other connects that stalled in the same episode): one offence, not
@@ -248,7 +323,7 @@ impl Breaker {
                 strikes,
                 until: now_ms + hold,
             };
-            if self.slots[i]
+            if slot
                 .state
                 .compare_exchange(word, next.pack(check), Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -268,7 +343,7 @@ impl Breaker {
         if self.held.load(Ordering::Acquire) == 0 {
             return false;
         }
-        let key = key_of(dest);
+        let key = self.key_of(dest);
         let Some(i) = self.find(key) else {
             return false;
         };
@@ -283,7 +358,8 @@ impl Breaker {
             strikes: state.strikes,
             until: now_ms,
         };
-        if self.slots[i]
+        if self
+            .slot_or_alloc(i)
             .state
             .compare_exchange(
                 word,
@@ -303,10 +379,13 @@ impl Breaker {
     /// Names slot `i` for status output; `since` starts a new phase (`None` keeps the current
     /// start). Counts a change for [`Breaker::changes`].
     fn label(&self, i: usize, dest: SocketAddr, since: Option<u64>) {
-        if let Ok(mut label) = self.labels[i].lock() {
-            let since = since.or(label.filter(|l| l.0 == dest).map(|l| l.1));
-            *label = Some((dest, since.unwrap_or_else(|| self.now_ms())));
-        }
+        let slot = self.slot_or_alloc(i);
+        let old = slot.label.load_full();
+        let since = since.or(old.filter(|l| l.0 == dest).map(|l| l.1));
+        slot.label.store(Some(Arc::new((
+            dest,
+            since.unwrap_or_else(|| self.now_ms()),
+        ))));
         self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -320,29 +399,31 @@ impl Breaker {
     fn claim(&self, key: u64, now_ms: u64) -> usize {
         let window = || (0..WAYS).map(|i| (key as usize).wrapping_add(i) & self.mask);
         for i in window() {
-            if self.slots[i]
+            let slot = self.slot_or_alloc(i);
+            if slot
                 .key
                 .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
                 return i;
             }
-            if self.slots[i].key.load(Ordering::Acquire) == key {
+            if slot.key.load(Ordering::Acquire) == key {
                 return i;
             }
         }
         // Evict: prefer a closed entry, then the one that expires first.
         let victim = window()
             .min_by_key(|&i| {
-                let (_, s) = State::unpack(self.slots[i].state.load(Ordering::Acquire));
+                let (_, s) = State::unpack(self.slot_or_alloc(i).state.load(Ordering::Acquire));
                 (s.phase != Phase::Closed && s.until > now_ms, s.until)
             })
             .unwrap_or(key as usize & self.mask);
-        let (_, old) = State::unpack(self.slots[victim].state.swap(0, Ordering::AcqRel));
+        let slot = self.slot_or_alloc(victim);
+        let (_, old) = State::unpack(slot.state.swap(0, Ordering::AcqRel));
         if old.phase != Phase::Closed {
             self.held.fetch_sub(1, Ordering::AcqRel);
         }
-        self.slots[victim].key.store(key, Ordering::Release);
+        slot.key.store(key, Ordering::Release);
         victim
     }
 
@@ -350,7 +431,13 @@ impl Breaker {
     pub fn entries(&self) -> Vec<Entry> {
         let wall = |ms: u64| self.wall_epoch + Duration::from_millis(ms);
         let mut out = Vec::new();
-        for (i, slot) in self.slots.iter().enumerate() {
+        let allocated = (0..self.chunks.len())
+            .filter(|&c| !self.chunks[c].load(Ordering::Acquire).is_null())
+            .flat_map(|c| c * CHUNK..(c + 1) * CHUNK);
+        for i in allocated {
+            let Some(slot) = self.slot(i) else {
+                continue;
+            };
             let key = slot.key.load(Ordering::Acquire);
             if key == 0 {
                 continue;
@@ -358,10 +445,10 @@ impl Breaker {
             let Some((_, state)) = self.state_at(i, key) else {
                 continue;
             };
-            let Some((destination, since)) = self.labels[i].lock().ok().and_then(|l| *l) else {
+            let Some(&(destination, since)) = slot.label.load().as_deref() else {
                 continue;
             };
-            if key_of(destination) != key {
+            if self.key_of(destination) != key {
                 continue;
             }
             out.push(Entry {

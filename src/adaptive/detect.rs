@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `SO_COOKIE`: a socket's unique id, to notice an fd number that was closed and reused.
 const SO_COOKIE: libc::c_int = 57;
@@ -114,105 +114,116 @@ fn raw(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// Connects a plain TCP socket to `dest` and closes it again, within `timeout`.
-pub fn tcp_probe(dest: SocketAddr, timeout: Duration) -> ProbeOutcome {
-    let (storage, len) = crate::ffi::sockaddr::from_socket_addr(dest);
-    let domain = if dest.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: socket(2) with constant arguments.
-    let fd = match raw(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        )
-    }) {
-        Ok(fd) => fd as libc::c_int,
-        Err(_) => return ProbeOutcome::Failed,
-    };
-    let outcome = probe_on(fd, &storage, len, timeout);
-    // SAFETY: fd was opened above and is closed once.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
-    outcome
+/// A plain TCP connect to a destination, in flight: proof that TCP works on the path when it
+/// completes. Non-blocking, so one thread can run many at once ([`TcpProbe::poll_many`]); the
+/// socket is closed when the probe is dropped.
+#[derive(Debug)]
+pub struct TcpProbe {
+    fd: libc::c_int,
 }
 
-fn probe_on(
-    fd: libc::c_int,
-    storage: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-    timeout: Duration,
-) -> ProbeOutcome {
-    // SAFETY: storage holds a valid address of `len` bytes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_connect,
-            fd,
-            (storage as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc == 0 {
-        return ProbeOutcome::Connected;
-    }
-    if io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-        return ProbeOutcome::Failed;
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return ProbeOutcome::Failed;
-        }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
+impl TcpProbe {
+    /// Starts connecting to `dest`. `Err` carries the outcome when it is known at once.
+    pub fn start(dest: SocketAddr) -> Result<TcpProbe, ProbeOutcome> {
+        let (storage, len) = crate::ffi::sockaddr::from_socket_addr(dest);
+        let domain = if dest.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
         };
-        let ts = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
-            tv_nsec: left.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: one valid pollfd, a valid timespec, no signal mask.
-        let n = unsafe {
+        // SAFETY: socket(2) with constant arguments.
+        let fd = match raw(unsafe {
             libc::syscall(
-                libc::SYS_ppoll,
-                &mut pfd as *mut libc::pollfd,
-                1,
-                &ts as *const libc::timespec,
-                std::ptr::null::<libc::sigset_t>(),
-                0,
+                libc::SYS_socket,
+                domain,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_TCP,
+            )
+        }) {
+            Ok(fd) => fd as libc::c_int,
+            Err(_) => return Err(ProbeOutcome::Failed),
+        };
+        let probe = TcpProbe { fd };
+        // SAFETY: storage holds a valid address of `len` bytes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_connect,
+                fd,
+                (&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
+                len,
             )
         };
-        if n < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return ProbeOutcome::Failed;
+        if rc == 0 {
+            return Err(ProbeOutcome::Connected);
         }
-        if n == 0 {
-            continue;
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(ProbeOutcome::Failed);
         }
+        Ok(probe)
+    }
+
+    /// The outcome once the socket reported `revents` (writable, error or hang-up).
+    fn outcome(&self) -> ProbeOutcome {
         let mut err: libc::c_int = 0;
         let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: err is a writable int and elen says so.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_getsockopt,
-                fd,
+                self.fd,
                 libc::SOL_SOCKET,
                 libc::SO_ERROR,
                 &mut err as *mut libc::c_int,
                 &mut elen as *mut libc::socklen_t,
             )
         };
-        return if rc == 0 && err == 0 {
+        if rc == 0 && err == 0 {
             ProbeOutcome::Connected
         } else {
             ProbeOutcome::Failed
+        }
+    }
+
+    /// Waits up to `timeout` for any of `probes` to finish; returns the finished ones' indexes
+    /// and outcomes (empty on timeout or interruption).
+    pub fn poll_many(probes: &[&TcpProbe], timeout: Duration) -> Vec<(usize, ProbeOutcome)> {
+        let mut fds: Vec<libc::pollfd> = probes
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
+        // SAFETY: `fds` has fds.len() valid entries; a valid timespec; no signal mask.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_ppoll,
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &ts as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                0,
+            )
+        };
+        if n <= 0 {
+            return Vec::new();
+        }
+        fds.iter()
+            .enumerate()
+            .filter(|(_, f)| f.revents != 0)
+            .map(|(i, _)| (i, probes[i].outcome()))
+            .collect()
+    }
+}
+
+impl Drop for TcpProbe {
+    fn drop(&mut self) {
+        // SAFETY: fd was opened by `start` and is closed once, here.
+        unsafe { libc::syscall(libc::SYS_close, self.fd) };
     }
 }

@@ -4,11 +4,15 @@
 //! - [`breaker`]: the per-destination memory (lock-free reads, bounded).
 //! - [`detect`]: `TCP_INFO` of a connecting socket and the plain TCP probe.
 //! - [`watchdog`]: the thread that watches SMC connects in flight and trips the breaker.
+//! - [`probes`]: its plain TCP probes, concurrent, with per-destination verdicts remembered.
+//! - [`inbox`]: the lock-free hand-over of new connects to the watchdog thread.
 //! - [`rescue`]: what an entry point does to save a connect already stuck behind a black hole.
 //! - [`publish`]: the table as a file per process, for `envoy-smc status`.
 
 pub mod breaker;
 pub mod detect;
+pub mod inbox;
+pub mod probes;
 pub mod publish;
 pub mod rescue;
 pub mod watchdog;

@@ -5,6 +5,7 @@
 //! value that was wrong.
 
 mod json;
+pub mod limits;
 mod validate;
 
 use std::fmt;
@@ -99,6 +100,7 @@ impl std::error::Error for ConfigError {}
 
 /// Reads the configuration from Envoy's serialized `envoy_smc.v1.SmcConfig` bytes and validates it.
 pub fn from_proto_bytes(bytes: &[u8]) -> Result<SmcConfig, ConfigError> {
+    limits::check_size(bytes.len())?;
     let config = <SmcConfig as prost::Message>::decode(bytes).map_err(|e| {
         ConfigError::new(
             "",
@@ -110,24 +112,26 @@ pub fn from_proto_bytes(bytes: &[u8]) -> Result<SmcConfig, ConfigError> {
 }
 
 /// Reads the configuration from YAML or JSON text (proto3 JSON mapping) and validates it.
-/// An empty document is the default configuration.
+/// An empty document is the default configuration. Size, nesting and list lengths are bounded
+/// before the text is parsed or converted ([`limits`]).
 pub fn from_yaml(text: &str) -> Result<SmcConfig, ConfigError> {
+    limits::check_text(text)?;
     let value: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Null
     } else {
         serde_yaml::from_str(text)
             .map_err(|e| ConfigError::new("", format!("not valid YAML/JSON: {e}")))?
     };
+    limits::check_value(&value)?;
     let config = json::to_config(&value)?;
     validate::validate(&config)?;
     Ok(config)
 }
 
-/// Reads the configuration from a YAML/JSON file.
+/// Reads the configuration from a YAML/JSON file: a regular file of at most
+/// [`limits::MAX_CONFIG_BYTES`] (a FIFO or a device is refused without reading it).
 pub fn from_file(path: &std::path::Path) -> Result<SmcConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
-    from_yaml(&text)
+    from_yaml(&limits::read_config_file(path)?)
 }
 
 /// Checks a configuration built in code or decoded elsewhere.

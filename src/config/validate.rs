@@ -118,6 +118,44 @@ fn check_option(path: &str, opt: &SocketOptionMatch) -> Result<(), ConfigError> 
     Ok(())
 }
 
+/// Most entries in `listeners.ports`.
+pub const MAX_LISTENER_PORTS: usize = 1024;
+/// Most entries in each of `upstream.allow` and `upstream.deny`.
+pub const MAX_CIDRS: usize = 4096;
+/// Most entries in each of `upstream.allow_ports` and `upstream.deny_ports`.
+pub const MAX_PORT_RANGES: usize = 1024;
+/// Most entries in `opt_in.annotations`.
+pub const MAX_ANNOTATIONS: usize = 1024;
+/// Range of `adaptive_fallback.detect_after_ms` and `probe_timeout_ms` (0: the default).
+pub const DETECT_MS: (u32, u32) = (100, 60_000);
+/// Range of `adaptive_fallback.hold_down_ms` (0: the default): up to a day.
+pub const HOLD_DOWN_MS: (u32, u32) = (1, 86_400_000);
+/// Largest `adaptive_fallback.max_hold_down_ms`: a week.
+pub const MAX_HOLD_DOWN_MS: u32 = 604_800_000;
+/// Largest `adaptive_fallback.max_destinations` (the table is allocated as it fills).
+pub const MAX_DESTINATIONS: u32 = 1 << 20;
+
+fn check_len(path: &str, len: usize, max: usize) -> Result<(), ConfigError> {
+    if len > max {
+        return Err(ConfigError::new(
+            path,
+            format!("{len} entries, more than the limit of {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `v` is 0 (the default) or within `lo..=hi`.
+fn check_range(path: &str, v: u32, (lo, hi): (u32, u32)) -> Result<(), ConfigError> {
+    if v != 0 && !(lo..=hi).contains(&v) {
+        return Err(ConfigError::new(
+            path,
+            format!("{v} is outside {lo}..={hi} (0 or unset: the default)"),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
     if Mode::try_from(config.mode).is_err() {
         return Err(ConfigError::new(
@@ -152,6 +190,11 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
                 format!("\"{a}\" is not an annotation key"),
             ));
         }
+        check_len(
+            "opt_in.annotations",
+            opt_in.annotations.len(),
+            MAX_ANNOTATIONS,
+        )?;
         if opt_in.annotations.keys().any(|k| k.is_empty()) {
             return Err(ConfigError::new(
                 "opt_in.annotations",
@@ -160,6 +203,7 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
         }
     }
     if let Some(l) = &config.listeners {
+        check_len("listeners.ports", l.ports.len(), MAX_LISTENER_PORTS)?;
         for (i, &p) in l.ports.iter().enumerate() {
             if p == 0 || p > 65535 {
                 return Err(ConfigError::new(
@@ -177,12 +221,31 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
     }
     if let Some(a) = &config.adaptive_fallback {
         let eff = super::AdaptiveSettings::from_config(config);
-        if a.max_destinations > 1 << 20 {
-            return Err(ConfigError::new(
-                "adaptive_fallback.max_destinations",
-                format!("{} is more than 1048576", a.max_destinations),
-            ));
-        }
+        check_range(
+            "adaptive_fallback.detect_after_ms",
+            a.detect_after_ms,
+            DETECT_MS,
+        )?;
+        check_range(
+            "adaptive_fallback.probe_timeout_ms",
+            a.probe_timeout_ms,
+            DETECT_MS,
+        )?;
+        check_range(
+            "adaptive_fallback.hold_down_ms",
+            a.hold_down_ms,
+            HOLD_DOWN_MS,
+        )?;
+        check_range(
+            "adaptive_fallback.max_hold_down_ms",
+            a.max_hold_down_ms,
+            (1, MAX_HOLD_DOWN_MS),
+        )?;
+        check_range(
+            "adaptive_fallback.max_destinations",
+            a.max_destinations,
+            (1, MAX_DESTINATIONS),
+        )?;
         if eff.max_hold_down_ms < eff.hold_down_ms {
             return Err(ConfigError::new(
                 "adaptive_fallback.max_hold_down_ms",
@@ -195,6 +258,7 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
     }
     if let Some(u) = &config.upstream {
         for (name, list) in [("allow", &u.allow), ("deny", &u.deny)] {
+            check_len(&format!("upstream.{name}"), list.len(), MAX_CIDRS)?;
             for (i, s) in list.iter().enumerate() {
                 parse_cidr(s).map_err(|m| ConfigError::new(format!("upstream.{name}[{i}]"), m))?;
             }
@@ -203,6 +267,7 @@ pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
             ("allow_ports", &u.allow_ports),
             ("deny_ports", &u.deny_ports),
         ] {
+            check_len(&format!("upstream.{name}"), list.len(), MAX_PORT_RANGES)?;
             for (i, s) in list.iter().enumerate() {
                 parse_port_range(s)
                     .map_err(|m| ConfigError::new(format!("upstream.{name}[{i}]"), m))?;

@@ -3,6 +3,8 @@
 //! smc_diag reports `IPPROTO_SMC` sockets with zero addresses (FACTS.md) but the right ports; the
 //! SMC socket's internal TCP socket (clcsock) carries the addresses. [`fill_addresses`] finds it
 //! by its (local port, peer port) pair and copies them, only when exactly one TCP socket matches.
+//! That covers sockets accepted by an `IPPROTO_SMC` listener too, which smc_diag reports as
+//! `AF_SMC` with zero addresses (see [`SmcSocket::accepted_by_ipproto_listener`]).
 
 use std::net::SocketAddr;
 
@@ -81,14 +83,24 @@ pub fn tcp_dump() -> Result<Vec<TcpEndpoint>, DiagError> {
 pub fn fill_addresses_from(socks: &mut [SmcSocket], tcp: &[TcpEndpoint]) -> usize {
     let mut filled = 0;
     for s in socks.iter_mut().filter(|s| s.addresses_unknown()) {
+        // Accepted sockets say AF_SMC whatever the listener's family: any TCP family matches.
+        let any_family = s.accepted_by_ipproto_listener();
         let mut found = tcp.iter().filter(|t| {
             t.local.port() == s.local.port()
                 && t.peer.port() == s.peer.port()
-                && t.local.is_ipv6() == s.local.is_ipv6()
+                && (any_family || t.local.is_ipv6() == s.local.is_ipv6())
         });
         if let (Some(t), None) = (found.next(), found.next()) {
             s.local = t.local;
             s.peer = t.peer;
+            if any_family {
+                // Now known: the inet family of this IPPROTO_SMC socket (keeps `flavour()` right).
+                s.family = if t.local.is_ipv6() {
+                    libc::AF_INET6 as u8
+                } else {
+                    libc::AF_INET as u8
+                };
+            }
             filled += 1;
         }
     }

@@ -6,6 +6,7 @@
 //!   per-reason fallback counters, UEIDs (list/add/remove), SEID, handshake limitation;
 //! - [`dibs`]: SMC-D devices in sysfs (the loopback device pods on one node share);
 //! - [`procs`]: socket inode -> processes;
+//! - [`netns`], [`nsdump`]: every network namespace of the node, entered one at a time;
 //! - [`inet_diag`]: TCP sockets, to give `IPPROTO_SMC` sockets their addresses;
 //! - [`check`]: one SMC connect, classified (SMC-R / SMC-D / fallback / black hole);
 //! - [`decline`]: `SMC_CLC_DECL_*` codes and their names.
@@ -19,6 +20,8 @@ pub mod dibs;
 pub mod genl;
 pub mod inet_diag;
 pub mod netlink;
+pub mod netns;
+pub mod nsdump;
 pub mod procs;
 pub mod smc_diag;
 

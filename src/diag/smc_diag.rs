@@ -193,20 +193,30 @@ pub struct SmcSocket {
 impl SmcSocket {
     /// The flavour as envoy-smc names it: `AF_SMC` or `IPPROTO_SMC`.
     pub fn flavour(&self) -> &'static str {
-        if self.family as i32 == AF_SMC {
+        if self.family as i32 == AF_SMC && !self.accepted_by_ipproto_listener() {
             "AF_SMC"
         } else {
             "IPPROTO_SMC"
         }
     }
 
-    /// Whether the addresses are the kernel's zeros, not real ones: every `IPPROTO_SMC` socket,
-    /// and (Linux 7.3) the connections an `IPPROTO_SMC` listener accepts, which smc_diag
-    /// reports with family `AF_SMC` and zero addresses (a connected socket has a peer port).
-    pub fn addresses_unknown(&self) -> bool {
-        self.local.ip().is_unspecified()
+    /// A socket accepted by an `IPPROTO_SMC` listener. The kernel allocates accepted sockets as
+    /// `PF_SMC` with the listener's protocol (af_smc.c `smc_clcsock_accept`), and smc_diag copies
+    /// addresses only for protocols `SMCPROTO_SMC`/`SMCPROTO_SMC6` (smc_diag.c
+    /// `smc_diag_msg_common_fill`): so such a socket says family `AF_SMC` with zero addresses
+    /// while its ports are set. A real `AF_SMC` socket with a peer port always has addresses.
+    pub fn accepted_by_ipproto_listener(&self) -> bool {
+        self.family as i32 == AF_SMC
+            && self.peer.port() != 0
+            && self.local.ip().is_unspecified()
             && self.peer.ip().is_unspecified()
-            && (self.family as i32 != AF_SMC || self.peer.port() != 0)
+    }
+
+    /// Whether the addresses are the kernel's zeros of an `IPPROTO_SMC` socket, not real ones.
+    pub fn addresses_unknown(&self) -> bool {
+        (self.family as i32 != AF_SMC || self.accepted_by_ipproto_listener())
+            && self.local.ip().is_unspecified()
+            && self.peer.ip().is_unspecified()
     }
 
     /// The fallback reason, when the socket is on TCP.
@@ -385,6 +395,18 @@ pub fn parse_dump(msgs: &[netlink::OwnedMsg]) -> Result<Vec<SmcSocket>, ParseErr
 /// Every SMC socket in this network namespace. `Unavailable` when the kernel has no smc_diag
 /// (module not loaded, or no SMC at all).
 pub fn dump() -> Result<Vec<SmcSocket>, DiagError> {
+    dump_with(&dump_request())
+}
+
+/// [`dump`] without the optional attributes (connection, link, DMB info): state, mode,
+/// ports and the fallback reasons only, less for the kernel to write and for us to parse.
+pub fn dump_brief() -> Result<Vec<SmcSocket>, DiagError> {
+    let mut req = dump_request();
+    req[3] = 0;
+    dump_with(&req)
+}
+
+fn dump_with(req: &[u8]) -> Result<Vec<SmcSocket>, DiagError> {
     let mut sock = NlSocket::open(libc::NETLINK_SOCK_DIAG)
         .map_err(|e| DiagError::io("NETLINK_SOCK_DIAG socket", e))?;
     let msgs = sock
@@ -392,7 +414,7 @@ pub fn dump() -> Result<Vec<SmcSocket>, DiagError> {
             "smc_diag dump",
             SOCK_DIAG_BY_FAMILY,
             libc::NLM_F_DUMP as u16,
-            &dump_request(),
+            req,
         )
         .map_err(|e| match e.errno() {
             Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) | Some(libc::EAFNOSUPPORT) => {

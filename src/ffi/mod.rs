@@ -68,8 +68,9 @@ pub struct envoy_smc_runtime {
 pub struct envoy_smc_socket_state {
     /// Internal bits (mesh switch seen, per-cluster fallback seen, SO_REUSEPORT, fast open).
     pub facts: u32,
-    /// envoy-smc may still make this socket SMC. When false, every other call on it is a no-op.
-    pub tracked: bool,
+    /// Non-zero: envoy-smc may still make this socket SMC. Zero: every other call on it is a
+    /// no-op. A plain integer, so any value a caller writes is defined behaviour.
+    pub tracked: u8,
     /// When not tracked: why the socket stays plain (an `envoy_smc_tcp_reason`); 0 when tracked.
     pub reason: u32,
 }
@@ -83,10 +84,11 @@ pub struct envoy_smc_verdict {
     pub kind: u32,
     /// For TCP: why (see `envoy_smc_reason_name`); 0 for SMC.
     pub reason: u32,
-    /// For SMC listeners: set SMC_LIMIT_HS.
-    pub limit_handshake: bool,
-    /// The socket under the fd was replaced: register the fd with epoll again where it was.
-    pub replaced: bool,
+    /// Non-zero for SMC listeners: set SMC_LIMIT_HS (a plain integer, like `tracked`).
+    pub limit_handshake: u8,
+    /// Non-zero: the socket under the fd was replaced; register the fd with epoll again where it
+    /// was.
+    pub replaced: u8,
 }
 
 /// A workload annotation (the native extension passes node.metadata.ANNOTATIONS). The strings
@@ -109,14 +111,14 @@ impl From<Verdict> for envoy_smc_verdict {
                     SocketKind::Tcp => envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP,
                 } as u32,
                 reason: 0,
-                limit_handshake: limit_hs,
-                replaced: false,
+                limit_handshake: u8::from(limit_hs),
+                replaced: 0,
             },
             Verdict::Tcp(reason) => envoy_smc_verdict {
                 kind: envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32,
                 reason: reason as u32,
-                limit_handshake: false,
-                replaced: false,
+                limit_handshake: 0,
+                replaced: 0,
             },
         }
     }
@@ -127,7 +129,7 @@ impl envoy_smc_verdict {
         const TCP: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32;
         const AF_SMC: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_AF_SMC as u32;
         const IPPROTO_SMC: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_IPPROTO_SMC as u32;
-        let limit_hs = self.limit_handshake;
+        let limit_hs = self.limit_handshake != 0;
         match self.kind {
             TCP => TcpReason::from_u32(self.reason).map(Verdict::Tcp),
             AF_SMC => Some(Verdict::Smc {
@@ -146,7 +148,7 @@ impl envoy_smc_verdict {
 impl From<Applied> for envoy_smc_verdict {
     fn from(a: Applied) -> Self {
         let mut v = envoy_smc_verdict::from(a.verdict);
-        v.replaced = a.replaced;
+        v.replaced = u8::from(a.replaced);
         v
     }
 }
@@ -197,7 +199,8 @@ pub extern "C" fn envoy_smc_abi_version() -> u32 {
 }
 
 /// Creates a runtime from YAML or JSON text (`len` bytes at `text`, need not be NUL-terminated;
-/// the proto3 JSON mapping of envoy_smc.v1.SmcConfig). On success writes the runtime to `*out`.
+/// the proto3 JSON mapping of envoy_smc.v1.SmcConfig; at most 1 MiB, nesting and list lengths
+/// bounded as for every loader). On success writes the runtime to `*out`.
 /// On ENVOY_SMC_INVALID_CONFIG and `err` non-NULL, writes to `*err` a message naming the field,
 /// which the caller frees with `envoy_smc_string_free`.
 /// NULL `text` or `out`: ENVOY_SMC_NULL_ARGUMENT. A panic: ENVOY_SMC_INTERNAL_ERROR.
@@ -214,6 +217,10 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_yaml(
     guard(ENVOY_SMC_INTERNAL_ERROR, || {
         if text.is_null() || out.is_null() {
             return ENVOY_SMC_NULL_ARGUMENT;
+        }
+        if let Err(e) = crate::config::limits::check_size(len) {
+            error_string(&e.to_string(), err);
+            return ENVOY_SMC_INVALID_CONFIG;
         }
         // SAFETY: the caller guarantees `len` readable bytes at `text`.
         let bytes = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) };
@@ -244,6 +251,20 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_proto(
     guard(ENVOY_SMC_INTERNAL_ERROR, || {
         if out.is_null() || (bytes.is_null() && len != 0) || (annotations.is_null() && n != 0) {
             return ENVOY_SMC_NULL_ARGUMENT;
+        }
+        if let Err(e) = crate::config::limits::check_size(len) {
+            error_string(&e.to_string(), err);
+            return ENVOY_SMC_INVALID_CONFIG;
+        }
+        if n > crate::config::limits::MAX_ITEMS {
+            error_string(
+                &format!(
+                    "{n} annotations, more than the limit of {}",
+                    crate::config::limits::MAX_ITEMS
+                ),
+                err,
+            );
+            return ENVOY_SMC_INVALID_CONFIG;
         }
         let data = if len == 0 {
             &[][..]
@@ -335,8 +356,8 @@ pub unsafe extern "C" fn envoy_smc_socket(
     let fd = plain();
     if !state.is_null() {
         let (tracked, reason) = match decision {
-            Ok(()) => (fd >= 0, 0),
-            Err(r) => (false, r as u32),
+            Ok(()) => (u8::from(fd >= 0), 0),
+            Err(r) => (0, r as u32),
         };
         // SAFETY: state is non-null and writable (the caller's contract).
         unsafe {
@@ -372,7 +393,7 @@ pub unsafe extern "C" fn envoy_smc_note_sockopt(
         }
         // SAFETY: state is non-null (checked) and owned by the calling thread.
         let state = unsafe { &mut *state };
-        if !state.tracked {
+        if state.tracked == 0 {
             return;
         }
         // SAFETY: the caller guarantees optlen readable bytes at optval.
@@ -383,12 +404,16 @@ pub unsafe extern "C" fn envoy_smc_note_sockopt(
     })
 }
 
-fn untracked_tcp() -> envoy_smc_verdict {
-    envoy_smc_verdict::from(Verdict::Tcp(TcpReason::NotIpStream))
+/// The verdict for a socket envoy-smc no longer tracks: TCP, for the reason the state records
+/// (`not_ip_stream` when it records none).
+fn untracked_tcp(state: &envoy_smc_socket_state) -> envoy_smc_verdict {
+    let reason = TcpReason::from_u32(state.reason).unwrap_or(TcpReason::NotIpStream);
+    envoy_smc_verdict::from(Verdict::Tcp(reason))
 }
 
 /// Decides, for the bound socket `fd` about to listen, whether it is an SMC listener. Writes the
-/// verdict to `*out`; changes nothing (see `envoy_smc_apply_listen`). An untracked state gives TCP.
+/// verdict to `*out`; changes nothing (see `envoy_smc_apply_listen`). An untracked state gives TCP
+/// with the state's own reason.
 /// NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
 ///
 /// # Safety
@@ -409,8 +434,8 @@ pub unsafe extern "C" fn envoy_smc_decide_listen(
         }
         // SAFETY: checked non-null; the caller's contract.
         let state = unsafe { *state };
-        let verdict = if !state.tracked {
-            untracked_tcp()
+        let verdict = if state.tracked == 0 {
+            untracked_tcp(&state)
         } else if fd < 0 {
             return ENVOY_SMC_INVALID_ARGUMENT;
         } else {
@@ -427,7 +452,8 @@ pub unsafe extern "C" fn envoy_smc_decide_listen(
 }
 
 /// Decides whether a client socket connecting to `addr` (`addrlen` bytes) uses SMC. Writes the
-/// verdict to `*out`; changes nothing (see `envoy_smc_apply_connect`). An untracked state gives TCP.
+/// verdict to `*out`; changes nothing (see `envoy_smc_apply_connect`). An untracked state gives TCP
+/// with the state's own reason (e.g. `kernel_lacks_smc`).
 /// NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; an address that is not IPv4/IPv6:
 /// ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
 ///
@@ -450,8 +476,8 @@ pub unsafe extern "C" fn envoy_smc_decide_connect(
         }
         // SAFETY: checked non-null; the caller's contract.
         let state = unsafe { *state };
-        let verdict = if !state.tracked {
-            untracked_tcp()
+        let verdict = if state.tracked == 0 {
+            untracked_tcp(&state)
         } else {
             // SAFETY: the caller guarantees addr/addrlen.
             let Some(remote) = (unsafe { sockaddr::from_raw(addr, addrlen) }) else {
@@ -482,7 +508,7 @@ fn apply(
         }
         // SAFETY: checked non-null; the caller's contract.
         let (state, v) = unsafe { (*state, *verdict) };
-        if !state.tracked {
+        if state.tracked == 0 {
             return ENVOY_SMC_OK;
         }
         let Some(decided) = v.to_verdict() else {
@@ -539,6 +565,57 @@ pub unsafe extern "C" fn envoy_smc_apply_connect(
     verdict: *mut envoy_smc_verdict,
 ) -> envoy_smc_result {
     apply(rt, fd, state, verdict, false)
+}
+
+/// After `bind()` of the socket `fd` (described by `state`) to `addr` (`addrlen` bytes) failed with
+/// EADDRINUSE: if the socket would be one of this process's shared AF_SMC listeners (its port
+/// selected, SO_REUSEPORT set, AF_SMC mode) and such a listener listens at `addr` already, puts
+/// that listener under `fd` and writes true to `*joined`: report the bind as done (the fd
+/// listens already; a later listen() only sets the backlog) and decide nothing more for it. This
+/// is how a listener update that opens new sockets while the old listener drains takes the
+/// listener over. Otherwise writes false and nothing changed. Counted as `listen_shared`.
+/// NULL `rt`/`state`/`addr`/`joined`: ENVOY_SMC_NULL_ARGUMENT; a non-IP address or a bad fd:
+/// ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR. Call it from the thread that
+/// owns `fd`.
+///
+/// # Safety
+/// `addr` must point at `addrlen` readable bytes; `state` and `joined` NULL or valid; `fd` open.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_smc_join_shared_listener(
+    rt: *const envoy_smc_runtime,
+    fd: c_int,
+    state: *const envoy_smc_socket_state,
+    addr: *const libc::sockaddr,
+    addrlen: libc::socklen_t,
+    joined: *mut bool,
+) -> envoy_smc_result {
+    guard(ENVOY_SMC_INTERNAL_ERROR, || {
+        let Some(rt) = runtime(rt) else {
+            return ENVOY_SMC_NULL_ARGUMENT;
+        };
+        if state.is_null() || addr.is_null() || joined.is_null() {
+            return ENVOY_SMC_NULL_ARGUMENT;
+        }
+        // SAFETY: joined is non-null and writable (the caller's contract).
+        unsafe { *joined = false };
+        // SAFETY: checked non-null; the caller's contract.
+        let state = unsafe { *state };
+        // SAFETY: the caller guarantees addr/addrlen.
+        let Some(local) = (unsafe { sockaddr::from_raw(addr, addrlen) }) else {
+            return ENVOY_SMC_INVALID_ARGUMENT;
+        };
+        if fd < 0 {
+            return ENVOY_SMC_INVALID_ARGUMENT;
+        }
+        if state.tracked != 0 {
+            // SAFETY: the caller guarantees fd is open for the duration of the call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let done = rt.join_shared_listener(fd, local, SocketFacts(state.facts));
+            // SAFETY: as above.
+            unsafe { *joined = done };
+        }
+        ENVOY_SMC_OK
+    })
 }
 
 /// Decide and apply in one call, before listen(). See the two functions it combines.

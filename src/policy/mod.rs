@@ -72,6 +72,9 @@ impl SocketFacts {
     pub const REUSE_PORT: u32 = 1 << 2;
     /// A TCP fast-open option was set to a non-zero value (SMC cannot carry it).
     pub const FAST_OPEN: u32 = 1 << 3;
+    /// An option was set that a replacement socket cannot be given (it holds a pointer or an
+    /// fd, or the entry point could not record it): the socket must stay as it is.
+    pub const OPTIONS_NOT_CARRIED: u32 = 1 << 4;
 
     pub fn has(&self, bit: u32) -> bool {
         self.0 & bit != 0
@@ -256,14 +259,18 @@ impl Policy {
         Ok(())
     }
 
-    /// Before `listen()`: an SMC listener for selected ports, a plain TCP socket for every other
-    /// (never an SMC socket with the fallback switch: its accepted sockets lose epoll wakeups).
-    pub fn before_listen(
-        &self,
-        local: SocketAddr,
-        facts: SocketFacts,
-        current: SocketKind,
-    ) -> Verdict {
+    /// Before `listen()`: an SMC listener for the selected ports of an opted-in workload, a plain
+    /// TCP socket for every other (never an SMC socket with the fallback switch: its accepted
+    /// sockets lose epoll wakeups).
+    ///
+    /// Decided by the port alone, never by socket options: a listener's options reach Envoy by
+    /// LDS, and Envoy 1.40 rejects a listener update that changes them when `enable_reuse_port`
+    /// is false (the only setting under which it used to take an `AF_SMC` listener) and opens
+    /// new sockets for it otherwise, so a switch on a listener cannot be turned live. An SMC
+    /// listener serves TCP clients too (per-connection fallback): the mesh switch on the clients'
+    /// clusters decides which connections use SMC. With `SO_REUSEPORT` (Envoy's default) an
+    /// `AF_SMC` listener is shared by the workers' fds (`smc::SharedListeners`).
+    pub fn before_listen(&self, local: SocketAddr, facts: SocketFacts) -> Verdict {
         let kind = match self.smc {
             Ok(kind) => kind,
             Err(reason) => return Verdict::Tcp(reason),
@@ -273,17 +280,10 @@ impl Policy {
         } else if config::canonical(local.ip()).is_loopback() {
             // A wildcard (0.0.0.0, ::) listener is not loopback: it serves every address.
             TcpReason::Loopback
-        } else if facts.has(SocketFacts::KEEP_TCP) {
-            TcpReason::KeptOnTcp
-        } else if !self.always_on && !facts.has(SocketFacts::SWITCH_ON) {
-            TcpReason::MeshSwitchAbsent
         } else if facts.has(SocketFacts::FAST_OPEN) {
             TcpReason::FastOpen
-        } else if kind == SocketKind::AfSmc
-            && facts.has(SocketFacts::REUSE_PORT)
-            && current != SocketKind::IpprotoSmc
-        {
-            TcpReason::ReusePortUnsupported
+        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) {
+            TcpReason::OptionsNotCarried
         } else {
             return Verdict::Smc {
                 kind,
@@ -319,6 +319,8 @@ impl Policy {
             TcpReason::PortNotAllowed
         } else if facts.has(SocketFacts::FAST_OPEN) {
             TcpReason::FastOpen
+        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) {
+            TcpReason::OptionsNotCarried
         } else {
             return Verdict::Smc {
                 kind,
@@ -351,10 +353,17 @@ fn opted_in(config: &SmcConfig, env: &Environment) -> bool {
         return is_true(v);
     }
     if !opt_in.annotations_file.is_empty() {
-        if let Ok(text) = std::fs::read_to_string(&opt_in.annotations_file) {
-            if let Some(v) = downward_api_value(&text, key) {
-                return is_true(&v);
+        let path = std::path::Path::new(&opt_in.annotations_file);
+        let cap = crate::config::limits::MAX_ANNOTATIONS_FILE_BYTES;
+        match crate::config::limits::read_regular_file(path, cap, "annotations file") {
+            Ok(bytes) => {
+                if let Some(v) = downward_api_value(&String::from_utf8_lossy(&bytes), key) {
+                    return is_true(&v);
+                }
             }
+            // Missing is "no annotations"; anything else is worth a line.
+            Err(e) if path.exists() => tracing::warn!("envoy-smc: opt_in.annotations_file: {e}"),
+            Err(_) => {}
         }
     }
     annotation_true(key, env)

@@ -31,7 +31,8 @@ pub enum TcpReason {
     PortNotAllowed = 11,
     /// The listener's port is not in `listeners.ports`.
     ListenerNotSelected = 12,
-    /// An `AF_SMC` listener cannot carry the `SO_REUSEPORT` Envoy set on it.
+    /// No longer given (listeners with `SO_REUSEPORT` share one `AF_SMC` listener); the number
+    /// and the counter stay reserved.
     ReusePortUnsupported = 13,
     /// The socket uses TCP fast open, which SMC cannot carry.
     FastOpen = 14,
@@ -42,11 +43,15 @@ pub enum TcpReason {
     /// The destination dropped SMC's SYNs (TCP option 254) while plain TCP worked: it is held on
     /// TCP for a while (adaptive fallback).
     BlackHoleHoldDown = 17,
+    /// The socket carries options a replacement socket cannot be given (one holding a pointer
+    /// or an fd, like `SO_ATTACH_FILTER`/`SO_ATTACH_BPF`/`SO_ATTACH_REUSEPORT_*`; or, in the
+    /// preload library, more or longer options than it records): it stays as it is.
+    OptionsNotCarried = 18,
 }
 
 impl TcpReason {
     /// Every reason, in number order.
-    pub const ALL: [TcpReason; 17] = [
+    pub const ALL: [TcpReason; 18] = [
         TcpReason::Disabled,
         TcpReason::NotOptedIn,
         TcpReason::KernelLacksSmc,
@@ -64,6 +69,7 @@ impl TcpReason {
         TcpReason::NotIpStream,
         TcpReason::ReplaceFailed,
         TcpReason::BlackHoleHoldDown,
+        TcpReason::OptionsNotCarried,
     ];
 
     /// A short snake_case name, used in counters, logs and JSON.
@@ -86,6 +92,7 @@ impl TcpReason {
             TcpReason::NotIpStream => "not_ip_stream",
             TcpReason::ReplaceFailed => "replace_failed",
             TcpReason::BlackHoleHoldDown => "black_hole_hold_down",
+            TcpReason::OptionsNotCarried => "options_not_carried",
         }
     }
 
@@ -95,7 +102,7 @@ impl TcpReason {
             TcpReason::Disabled => "SMC is disabled (mode: OFF)",
             TcpReason::NotOptedIn => "the workload has not opted in (its opt-in annotation is not \"true\")",
             TcpReason::KernelLacksSmc => "the kernel cannot open SMC sockets of the configured mode",
-            TcpReason::MeshSwitchAbsent => "the cluster or listener does not carry the mesh switch (no EnvoyFilter patch)",
+            TcpReason::MeshSwitchAbsent => "the cluster does not carry the mesh switch (no EnvoyFilter patch)",
             TcpReason::KeptOnTcp => "the cluster is kept on TCP (per-cluster fallback)",
             TcpReason::Loopback => "loopback address",
             TcpReason::LocalAddress => "the destination is this host's own address",
@@ -105,13 +112,16 @@ impl TcpReason {
             TcpReason::PortNotAllowed => "the destination port is not in upstream.allow_ports",
             TcpReason::ListenerNotSelected => "the listener's port is not in listeners.ports",
             TcpReason::ReusePortUnsupported => {
-                "AF_SMC listeners cannot use SO_REUSEPORT (set enable_reuse_port: false on the listener, or use IPPROTO_SMC)"
+                "AF_SMC listeners cannot use SO_REUSEPORT (no longer given: such listeners are shared)"
             }
             TcpReason::FastOpen => "the socket uses TCP fast open, which SMC cannot carry",
             TcpReason::NotIpStream => "not an IP stream socket",
             TcpReason::ReplaceFailed => "replacing the socket with an SMC socket failed",
             TcpReason::BlackHoleHoldDown => {
                 "the destination drops SYNs carrying SMC's TCP option while plain TCP works; held on TCP for a while"
+            }
+            TcpReason::OptionsNotCarried => {
+                "the socket carries options a replacement socket cannot be given (a filter or BPF program, or too many or too long options); it stays as it is"
             }
         }
     }
@@ -132,7 +142,7 @@ mod tests {
             assert_eq!(TcpReason::from_u32(*r as u32), Some(*r));
         }
         assert_eq!(TcpReason::from_u32(0), None);
-        assert_eq!(TcpReason::from_u32(18), None);
+        assert_eq!(TcpReason::from_u32(19), None);
         let mut names: Vec<_> = TcpReason::ALL.iter().map(|r| r.name()).collect();
         names.dedup();
         assert_eq!(names.len(), TcpReason::ALL.len());

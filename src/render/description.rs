@@ -26,7 +26,7 @@ pub struct Description {
     pub keep_tcp: Vec<KeepTcp>,
     /// Keep `PassthroughCluster` (traffic to destinations outside the mesh registry) on TCP.
     pub egress_tcp: bool,
-    /// The inbound listener port (Istio: 15006).
+    /// The inbound listener port (Istio: 15006): an SMC listener by this port alone (never patched).
     pub listener_port: u16,
     /// The node metadata (string values) an `EnvoyFilter` requires of a proxy
     /// (`match.proxy.metadata`); empty: no such match.
@@ -417,7 +417,7 @@ impl Description {
             return Err(err(
                 "listener_port",
                 format!(
-                    "{listener_port} is not one of the configuration's listeners.ports {:?}: the patched listener would stay TCP",
+                    "{listener_port} is not one of the configuration's listeners.ports {:?}: the inbound listener would stay TCP",
                     listeners.ports
                 ),
             ));

@@ -6,16 +6,18 @@
 mod host;
 mod probe;
 mod replace;
+mod shared;
 mod socket;
 pub(crate) mod sys;
 
 pub use host::local_addresses;
 pub use probe::KernelSupport;
-pub use replace::{reconnect_tcp, replace_socket, SockOpt};
+pub use replace::{reconnect_tcp, replace_socket, replace_socket_without, SockOpt};
+pub use shared::{Shared, SharedListeners};
 pub use socket::{
     apply_fallback_switch, is_ip_stream, open_socket, set_limit_handshake, socket_kind, SocketKind,
 };
 pub use sys::{
-    AF_SMC, IPPROTO_SMC, SMCPROTO_SMC, SMCPROTO_SMC6, SMC_LIMIT_HS, SOL_SMC, TCP_FASTOPEN,
-    TCP_FASTOPEN_CONNECT,
+    option_holds_reference, AF_SMC, IPPROTO_SMC, SMCPROTO_SMC, SMCPROTO_SMC6, SMC_LIMIT_HS,
+    SOL_SMC, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT,
 };

@@ -63,6 +63,7 @@ const COPIED_V6: &[(libc::c_int, libc::c_int, bool)] = &[
 const MAX_COPIED: usize = 32;
 
 /// What the old socket carried, captured before the switch-over.
+#[derive(Clone)]
 struct Snapshot {
     kind: SocketKind,
     ipv6: bool,
@@ -164,12 +165,30 @@ impl Snapshot {
 /// a socket of the old kind with the same options and address is put back and the bind error is
 /// returned.
 pub fn replace_socket(fd: BorrowedFd<'_>, to: SocketKind, extra: &[SockOpt]) -> io::Result<()> {
+    replace_socket_without(fd, to, extra, &[])
+}
+
+/// Like [`replace_socket`], leaving the options in `left_out` (level, name) off the new socket:
+/// `SO_REUSEPORT`, which an `AF_SMC` socket refuses, for a listener that is shared instead. A
+/// socket put back after a failed bind carries them again.
+pub fn replace_socket_without(
+    fd: BorrowedFd<'_>,
+    to: SocketKind,
+    extra: &[SockOpt],
+    left_out: &[(libc::c_int, libc::c_int)],
+) -> io::Result<()> {
     let snap = Snapshot::take(fd)?;
     if snap.kind == to && extra.is_empty() {
         return Ok(());
     }
     let raw = fd.as_raw_fd();
-    let new = snap.build(to, extra)?;
+    let mut wanted = snap.clone();
+    for slot in wanted.opts.iter_mut() {
+        if slot.is_some_and(|o| left_out.contains(&(o.level, o.name))) {
+            *slot = None;
+        }
+    }
+    let new = wanted.build(to, extra)?;
     match snap.install(new, raw) {
         Ok(()) => Ok(()),
         Err(err) => {

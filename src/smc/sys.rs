@@ -15,6 +15,21 @@ pub const SMC_LIMIT_HS: libc::c_int = 1;
 pub const TCP_FASTOPEN: libc::c_int = 23;
 pub const TCP_FASTOPEN_CONNECT: libc::c_int = 30;
 
+/// Whether a socket option's value refers to something outside the option bytes (a pointer to
+/// a filter program, an fd of a BPF program): setting the same bytes on another socket later
+/// would read a stale pointer or name another fd, so such an option cannot be carried over to a
+/// replacement socket.
+pub fn option_holds_reference(level: libc::c_int, name: libc::c_int) -> bool {
+    level == libc::SOL_SOCKET
+        && matches!(
+            name,
+            libc::SO_ATTACH_FILTER
+                | libc::SO_ATTACH_BPF
+                | libc::SO_ATTACH_REUSEPORT_CBPF
+                | libc::SO_ATTACH_REUSEPORT_EBPF
+        )
+}
+
 /// Runs a libc call and maps its `-1` to the thread's `errno` as an `io::Error`.
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{

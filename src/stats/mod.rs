@@ -44,12 +44,33 @@ pub enum Counter {
     /// were made, closed meanwhile, or the TCP socket could not be set up): they end at the
     /// program's connect timeout.
     BlackHoleRescueFailed = 32,
+    // 33: `tcp.options_not_carried` (TcpReason 18, added after the adaptive counters).
+    /// Plain TCP probes the watchdog ran to tell a black hole from a destination that is down
+    /// (one per destination at a time; verdicts are remembered for a while).
+    TcpProbes = 34,
+    /// Listen fds that took over an `AF_SMC` listener shared with other fds of the same address
+    /// (a listener's per-worker sockets, or a listener update's new sockets).
+    ListenShared = 35,
 }
 
 /// Index of the first per-reason counter, minus one (reason numbers start at 1).
 const REASON_BASE: usize = 8;
+/// Reasons numbered up to this one are counted at `REASON_BASE + n`; later ones at
+/// `LATER_REASON_BASE + (n - FIRST_LATER_REASON)` (counter numbers are never reused).
+const FIRST_LATER_REASON: usize = 18;
+const LATER_REASON_BASE: usize = 33;
 /// Number of counters.
-pub const COUNTERS: usize = 33;
+pub const COUNTERS: usize = 36;
+
+/// The counter index of a TCP reason.
+fn reason_index(reason: TcpReason) -> usize {
+    let n = reason as usize;
+    if n < FIRST_LATER_REASON {
+        REASON_BASE + n
+    } else {
+        LATER_REASON_BASE + n - FIRST_LATER_REASON
+    }
+}
 
 const FIXED: [&str; 9] = [
     "sockets_seen",
@@ -90,6 +111,12 @@ const ADAPTIVE: [&str; 7] = [
     "adaptive.rescued",
     "adaptive.rescue_failed",
 ];
+/// Counters added later, in index order from 33.
+const LATER: [&str; 3] = [
+    "tcp.options_not_carried",
+    "adaptive.tcp_probes",
+    "listen_shared",
+];
 
 /// The name of counter `i`, as exported (`smc.<name>` in Envoy).
 pub fn counter_name(i: usize) -> Option<&'static str> {
@@ -97,6 +124,7 @@ pub fn counter_name(i: usize) -> Option<&'static str> {
         .iter()
         .chain(REASONS.iter())
         .chain(ADAPTIVE.iter())
+        .chain(LATER.iter())
         .nth(i)
         .copied()
 }
@@ -120,8 +148,12 @@ impl Stats {
         self.counters[c as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, c: Counter, n: u64) {
+        self.counters[c as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn inc_tcp(&self, reason: TcpReason) {
-        self.counters[REASON_BASE + reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.counters[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn inc_smc_connect(&self, kind: SocketKind) {
@@ -145,7 +177,7 @@ impl Stats {
     }
 
     pub fn tcp(&self, reason: TcpReason) -> u64 {
-        self.counters[REASON_BASE + reason as usize].load(Ordering::Relaxed)
+        self.counters[reason_index(reason)].load(Ordering::Relaxed)
     }
 
     /// Every counter, in index order.
@@ -176,8 +208,13 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), COUNTERS);
-        assert_eq!(FIXED.len() + REASONS.len() + ADAPTIVE.len(), COUNTERS);
-        assert_eq!(REASONS.len(), TcpReason::ALL.len());
+        assert_eq!(
+            FIXED.len() + REASONS.len() + ADAPTIVE.len() + LATER.len(),
+            COUNTERS
+        );
+        assert_eq!(REASONS.len(), FIRST_LATER_REASON - 1);
+        assert_eq!(names[Counter::TcpProbes as usize], "adaptive.tcp_probes");
+        assert_eq!(names[Counter::ListenShared as usize], "listen_shared");
         assert_eq!(
             names[Counter::ConnectsWatched as usize],
             "adaptive.connects_watched"
@@ -193,7 +230,7 @@ mod tests {
         assert_eq!(names.len(), COUNTERS);
         assert_eq!(counter_name(COUNTERS), None);
         for r in TcpReason::ALL {
-            assert_eq!(names[REASON_BASE + r as usize], format!("tcp.{}", r.name()));
+            assert_eq!(names[reason_index(r)], format!("tcp.{}", r.name()));
         }
     }
 }

@@ -136,6 +136,8 @@ static void test_round_trip(envoy_smc_runtime *rt) {
   memset(&v, 0xaa, sizeof v);
   CHECK(envoy_smc_before_connect(rt, cfd, &cs, (struct sockaddr *)&any, sizeof any, &v) == ENVOY_SMC_OK);
   CHECK(v.kind == ENVOY_SMC_KIND_TCP);
+  /* An untracked state decides TCP for the state's own reason, not "not an IP stream". */
+  CHECK(v.reason == cs.reason);
   CHECK(connect(cfd, (struct sockaddr *)&any, sizeof any) == 0);
   int afd = accept(lfd, NULL, NULL);
   CHECK(afd >= 0);
@@ -189,6 +191,13 @@ static void test_argument_errors(envoy_smc_runtime *rt) {
   CHECK(envoy_smc_decide_listen(rt, pfd, &tracked, NULL) == ENVOY_SMC_NULL_ARGUMENT);
   CHECK(envoy_smc_decide_listen(rt, -1, &tracked, &v) == ENVOY_SMC_INVALID_ARGUMENT);
   CHECK(envoy_smc_decide_listen(rt, pfd, &untracked, &v) == ENVOY_SMC_OK && v.kind == ENVOY_SMC_KIND_TCP);
+  /* The fields C writes are plain integers: any non-zero value means "tracked", defined
+     behaviour for every value. */
+  envoy_smc_socket_state two = {.facts = 0, .tracked = 2, .reason = 0};
+  CHECK(envoy_smc_decide_listen(rt, -1, &two, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  envoy_smc_socket_state lacks = {.facts = 0, .tracked = 0, .reason = ENVOY_SMC_TCP_REASON_KERNEL_LACKS_SMC};
+  CHECK(envoy_smc_decide_connect(rt, &lacks, (struct sockaddr *)&dst, sizeof dst, &v) == ENVOY_SMC_OK);
+  CHECK(v.kind == ENVOY_SMC_KIND_TCP && v.reason == ENVOY_SMC_TCP_REASON_KERNEL_LACKS_SMC);
   CHECK(envoy_smc_decide_connect(rt, &tracked, NULL, 0, &v) == ENVOY_SMC_NULL_ARGUMENT);
   CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&un, sizeof un, &v) == ENVOY_SMC_INVALID_ARGUMENT);
   CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&dst, 4, &v) == ENVOY_SMC_INVALID_ARGUMENT);

@@ -16,20 +16,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> u8 {
+    // The same bounds as every other loader: a regular file (or standard input) of at most
+    // 1 MiB, nesting and list lengths checked before parsing (envoy_smc::config::limits).
     let loaded = if args.file.as_os_str() == "-" {
-        let mut text = String::new();
-        match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
-            Ok(_) => envoy_smc::config::from_yaml(&text),
-            Err(e) => {
-                eprintln!("envoy-smc: cannot read standard input: {e}");
-                return exit::USAGE;
-            }
-        }
+        envoy_smc::config::limits::read_config_stream(std::io::stdin().lock())
+            .and_then(|text| envoy_smc::config::from_yaml(&text))
     } else {
         envoy_smc::config::from_file(&args.file)
     };
     let config = match loaded {
         Ok(c) => c,
+        Err(e) if e.field.is_empty() && e.message.starts_with("cannot read") => {
+            eprintln!("envoy-smc: {e}");
+            return exit::USAGE;
+        }
         Err(e) => {
             eprintln!(
                 "envoy-smc: invalid configuration {}: {e}",

@@ -605,6 +605,8 @@ pub fn run(args: Args) -> u8 {
         }
     }
 
+    let (_, agent) = crate::agent_support::summary(ver);
+    push("node agent", Status::Info, agent, None);
     let sysctls = sysctls();
     let ready = !checks.iter().any(|c| c.status == Status::Fail);
     let smcr_usable = !active.is_empty() && smcr.iter().any(|d| d.ports.iter().any(|p| p.active));

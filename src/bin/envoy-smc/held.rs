@@ -6,13 +6,20 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use envoy_smc::adaptive::publish::{read_tables, state_dir, ProcessTable};
+use envoy_smc::adaptive::publish::{read_tables_checked, state_dir, ProcessTable};
+use envoy_smc::owned_dir::printable;
 
 /// The tables of running processes in `dir` (default: the state directory), filtered like the
-/// connections (`--pid`, `--comm`).
+/// connections (`--pid`, `--comm`). Files that were not trusted or not readable are named on
+/// stderr (escaped).
 pub fn load(dir: Option<&Path>, pid: Option<u32>, comm: Option<&str>) -> Vec<ProcessTable> {
     let dir = dir.map_or_else(state_dir, PathBuf::from);
-    read_tables(&dir, Path::new("/proc"))
+    let found = read_tables_checked(&dir, Path::new("/proc"));
+    for why in &found.skipped {
+        eprintln!("envoy-smc status: adaptive-fallback table skipped: {why}");
+    }
+    found
+        .tables
         .into_iter()
         .filter(|t| pid.is_none_or(|p| p == t.pid))
         .filter(|t| comm.is_none_or(|c| c == t.comm))
@@ -66,7 +73,7 @@ pub fn table_at(tables: &[ProcessTable], now: u64) -> String {
         let _ = writeln!(
             o,
             "{:<20} {:<47} {:<10} {:>7} {:<12} {}",
-            format!("{}/{}", t.comm, t.pid),
+            format!("{}/{}", printable(&t.comm), t.pid),
             d.destination.to_string(),
             d.state,
             d.strikes,
@@ -74,13 +81,25 @@ pub fn table_at(tables: &[ProcessTable], now: u64) -> String {
             next
         );
     }
+    for t in tables.iter().filter(|t| t.omitted > 0) {
+        let _ = writeln!(
+            o,
+            "{:<20} ({} more destinations not published)",
+            format!("{}/{}", printable(&t.comm), t.pid),
+            t.omitted
+        );
+    }
     o
 }
 
+/// A Prometheus label value: quotes, backslashes and newlines escaped as the format wants,
+/// other control characters as `\xNN`.
 fn lv(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    printable(
+        &s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
 }
 
 /// Prometheus gauges: one series per remembered destination.
@@ -147,6 +166,7 @@ mod tests {
                     next_retry_unix_ms: None,
                 },
             ],
+            omitted: 0,
         }]
     }
 

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent_support;
 mod check;
 mod config_cmd;
 mod doctor;
+mod exporter;
 mod held;
 mod render;
 mod status;
@@ -48,6 +50,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Live SMC connections with mode, fallback reason and process; kernel counters.
     Status(status::Args),
+    /// Serve Prometheus metrics about every network namespace of the node on /metrics.
+    Exporter(exporter::Args),
     /// Connect once over SMC to HOST:PORT and report SMC-R / SMC-D / fallback / black hole.
     Check(check::Args),
     /// List, add or remove the UEIDs that SMC-Rv2 needs.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Doctor(args) => doctor::run(args),
         Command::Status(args) => status::run(args),
+        Command::Exporter(args) => exporter::run(args),
         Command::Check(args) => check::run(args),
         Command::Ueid(args) => ueid::run(args),
         Command::Config(args) => config_cmd::run(args),

@@ -16,6 +16,8 @@ use envoy_smc::adaptive::publish::ProcessTable;
 
 use crate::{exit, held};
 
+mod all_netns;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Print JSON.
@@ -37,9 +39,14 @@ pub struct Args {
     #[arg(long)]
     no_listen: bool,
     /// Where proxies publish their adaptive-fallback tables (default: $ENVOY_SMC_STATE_DIR, else
-    /// /tmp/envoy-smc).
+    /// /run/envoy-smc for root, /tmp/envoy-smc-<uid> for other users). Only a directory nobody
+    /// but its owner can write is read, and in it only that owner's regular files.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
+    /// Every network namespace of the node (each pod's), not only this one: entered one at a
+    /// time from a helper thread (needs CAP_SYS_ADMIN); rows labelled with namespace and pod.
+    #[arg(long)]
+    all_netns: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +130,9 @@ fn black_holes(args: &Args) -> Vec<ProcessTable> {
 }
 
 pub fn run(args: Args) -> u8 {
+    if args.all_netns {
+        return all_netns::run(&args);
+    }
     let socks = match smc_diag::dump() {
         Ok(s) => s,
         Err(e) => return unavailable(&args, &e),
@@ -242,7 +252,7 @@ fn table(r: &Report) -> String {
         } else {
             c.processes
                 .iter()
-                .map(|p| format!("{}/{}", p.comm, p.pid))
+                .map(|p| format!("{}/{}", envoy_smc::owned_dir::printable(&p.comm), p.pid))
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -353,11 +363,13 @@ fn table(r: &Report) -> String {
     o
 }
 
-/// Escapes a Prometheus label value.
+/// Escapes a Prometheus label value (control characters as `\xNN`).
 fn lv(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    envoy_smc::owned_dir::printable(
+        &s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
 }
 
 fn prometheus(r: &Report) -> String {

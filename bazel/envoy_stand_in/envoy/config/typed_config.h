@@ -1,5 +1,7 @@
 // Stand-in (tests only) for Envoy's envoy/config/typed_config.h: the factory base every
-// bootstrap extension factory derives from.
+// bootstrap extension factory derives from. configType() stands in for the real configTypes():
+// the full name of the message createEmptyConfigProto() returns, which the registry matches
+// against a typed_config's type URL.
 #pragma once
 
 #include <string>
@@ -21,6 +23,7 @@ public:
 class TypedFactory : public UntypedFactory {
 public:
   virtual ProtobufTypes::MessagePtr createEmptyConfigProto() PURE;
+  std::string configType() { return createEmptyConfigProto()->GetDescriptor()->full_name(); }
 };
 
 } // namespace Config

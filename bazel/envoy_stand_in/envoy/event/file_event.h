@@ -1,5 +1,7 @@
-// Stand-in (tests only) for Envoy's envoy/event/file_event.h: FileReadyType, FileTriggerType,
-// FileReadyCb and FileEvent, as the shim's IoHandle re-creates its file event with them.
+// Stand-in (tests only) for Envoy's envoy/event/file_event.h: FileReadyType (:14-21),
+// FileTriggerType (:23-39), FileReadyCb = std::function<absl::Status(uint32_t)> (:59) and
+// FileEvent, as the shim's IoHandle re-creates its file event with them (line numbers of the
+// 1.40-dev version read for the earlier stand-in).
 #pragma once
 
 #include <cstdint>

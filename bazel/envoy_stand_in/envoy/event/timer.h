@@ -1,4 +1,6 @@
-// Stand-in (tests only) for Envoy's envoy/event/timer.h: the Timer calls the stats flush uses.
+// Stand-in (tests only) for Envoy's envoy/event/timer.h: TimerCb and the Timer members the
+// counter mirror uses (enableTimer(std::chrono::milliseconds, const ScopeTrackedObject* =
+// nullptr), disableTimer, enabled), with the real signatures.
 #pragma once
 
 #include <chrono>

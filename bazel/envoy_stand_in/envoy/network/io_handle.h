@@ -1,6 +1,10 @@
 // Stand-in (tests only) for Envoy's envoy/network/io_handle.h: the IoHandle members the shim
-// overrides or calls, with the real signatures. The data-path members (readv, writev, sendmsg,
-// recvmsg, ...) are left out: the shim does not touch them, which is the point.
+// overrides or calls, with the real signatures (class :41, fdDoNotUse :56, close :61 returning
+// Api::IoCallUint64Result, isOpen :66, bind :235, listen :243, accept :251, connect :260,
+// setOption :265, getOption :271, domain :292, duplicate :310, initializeFileEvent :323,
+// activateFileEvents :330, enableFileEvents :336, resetFileEvents :341; line numbers of the stored
+// 1.3x-era version read). The data-path members (readv, writev, sendmsg, recvmsg, ...) are left
+// out: the shim does not touch them, which is the point.
 #pragma once
 
 #include <sys/socket.h>
@@ -8,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "envoy/api/io_error.h"
 #include "envoy/api/os_sys_calls_common.h"
 #include "envoy/common/platform.h"
 #include "envoy/common/pure.h"
@@ -29,8 +34,7 @@ public:
 
   virtual os_fd_t fdDoNotUse() const PURE;
   virtual bool isOpen() const PURE;
-  // Real: returns Api::IoCallUint64Result; the stand-in returns the close(2) result.
-  virtual Api::SysCallIntResult close() PURE;
+  virtual Api::IoCallUint64Result close() PURE;
   virtual Api::SysCallIntResult bind(Address::InstanceConstSharedPtr address) PURE;
   virtual Api::SysCallIntResult listen(int backlog) PURE;
   virtual std::unique_ptr<IoHandle> accept(struct sockaddr* addr, socklen_t* addrlen) PURE;

@@ -1,5 +1,7 @@
-// Stand-in (tests only) for Envoy's envoy/network/socket_interface.h: SocketCreationOptions and
-// the SocketInterface the shim implements (both socket() overloads).
+// Stand-in (tests only) for Envoy's envoy/network/socket_interface.h: SocketCreationOptions (:15,
+// mptcp_enabled_ :18, max_addresses_cache_size_ :24) and the SocketInterface the shim implements
+// (:32; socket() :46-47 and :57-58, ipFamilySupported :64; line numbers of the stored version
+// read, which has the options' operator== too).
 #pragma once
 
 #include <cstddef>

@@ -1,6 +1,11 @@
-// Stand-in (tests only) for Envoy's envoy/server/bootstrap_extension_config.h: the bootstrap
-// extension and its factory. In Envoy 1.40 onServerInitialized takes the Server::Instance
-// (earlier releases: no argument); the shim overrides neither hook, so it builds against both.
+// Stand-in (tests only) for Envoy's envoy/server/bootstrap_extension_config.h: BootstrapExtension
+// and its factory. The hooks are those of Envoy 1.40: onServerInitialized(Server::Instance&) and
+// onWorkerThreadInitialized() (as the 1.40-dev bootstrap extensions override them, e.g.
+// source/extensions/bootstrap/certificate_providers/local/config.h). Envoy 57198c44 (istio-proxy
+// 1.28) declares onServerInitialized() without the argument (istio/proxy 1.28.10
+// source/extensions/common/workload_discovery/api.cc:243 overrides it so); the shim overrides
+// neither hook and builds against both. createBootstrapExtension throws EnvoyException on bad
+// config and must not use the cluster manager (the factory's contract in the real header).
 #pragma once
 
 #include <memory>
@@ -20,7 +25,9 @@ class Instance;
 class BootstrapExtension {
 public:
   virtual ~BootstrapExtension() = default;
+  // After config_.initialize() and the stats flush timer, before the guard dogs and workers.
   virtual void onServerInitialized(Instance& server) PURE;
+  // On each worker thread, once it runs.
   virtual void onWorkerThreadInitialized() PURE;
 };
 

@@ -1,5 +1,8 @@
 // Stand-in (tests only) for the StatsConfig part of Envoy's envoy/server/configuration.h: the
-// stats flush interval the shim copies the library's counters at.
+// server's stats configuration, which exists only after config_.initialize() (the real
+// ServerFactoryContext::statsConfig() returns *stats_config_, created by MainImpl::initialize in
+// source/server/configuration_impl.h). The shim no longer uses it; the stand-in server keeps it
+// so that a shim reading it at creation fails here as it would crash in Envoy.
 #pragma once
 
 #include <chrono>

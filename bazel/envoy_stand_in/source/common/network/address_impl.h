@@ -1,7 +1,9 @@
 // Stand-in (tests only) for Envoy's source/common/network/address_impl.h: Address::forceV6()
 // (false on Linux unless a runtime flag says otherwise; always false here) and minimal
 // Ipv4Instance / Ipv6Instance / PipeInstance for tests to build addresses with. The real
-// classes resolve, validate and cache far more; these only fill a sockaddr.
+// classes resolve, validate and cache far more; these only fill a sockaddr. The Ipv4Instance and
+// Ipv6Instance constructors take the real ones' parameters (a SocketInterface* before v6only);
+// the socket interface is ignored.
 #pragma once
 
 #include <sys/un.h>
@@ -30,7 +32,8 @@ protected:
 
 class Ipv4Instance : public InstanceBase, public Ip {
 public:
-  Ipv4Instance(const std::string& address, uint32_t port);
+  Ipv4Instance(const std::string& address, uint32_t port,
+               const SocketInterface* sock_interface = nullptr);
   const Ip* ip() const override { return this; }
   Type type() const override { return Type::Ip; }
   const std::string& addressAsString() const override { return address_; }
@@ -44,7 +47,8 @@ private:
 
 class Ipv6Instance : public InstanceBase, public Ip, public Ipv6 {
 public:
-  Ipv6Instance(const std::string& address, uint32_t port, bool v6only = true);
+  Ipv6Instance(const std::string& address, uint32_t port,
+               const SocketInterface* sock_interface = nullptr, bool v6only = true);
   const Ip* ip() const override { return this; }
   Type type() const override { return Type::Ip; }
   const std::string& addressAsString() const override { return address_; }

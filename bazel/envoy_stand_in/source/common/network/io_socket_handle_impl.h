@@ -1,7 +1,11 @@
 // Stand-in (tests only) for Envoy's source/common/network/io_socket_handle_impl.h and its base
 // io_socket_handle_base_impl.h: the POSIX socket IoHandle the shim's handle derives from. Same
-// constructor, protected members (fd_, socket_v6only_, domain_, file_event_) and virtuals as
-// the real classes for what the shim uses; plain syscalls instead of Api::OsSysCallsSingleton.
+// constructor (io_socket_handle_impl.h:31-33), protected members (base: fd_, socket_v6only_,
+// domain_; file_event_ :103) and virtuals as the real classes for what the shim uses (close :45
+// returning Api::IoCallUint64Result, bind/listen/accept/connect :69-72, initializeFileEvent :73,
+// duplicate :76, activateFileEvents/enableFileEvents :78-79, resetFileEvents :81; line numbers of
+// the stored 1.3x-era version read, whose constructor Envoy 1.40's sockmap handle still calls);
+// plain syscalls instead of Api::OsSysCallsSingleton.
 #pragma once
 
 #include "envoy/common/platform.h"
@@ -43,7 +47,7 @@ public:
   }
   ~IoSocketHandleImpl() override;
 
-  Api::SysCallIntResult close() override;
+  Api::IoCallUint64Result close() override;
   Api::SysCallIntResult bind(Address::InstanceConstSharedPtr address) override;
   Api::SysCallIntResult listen(int backlog) override;
   IoHandlePtr accept(struct sockaddr* addr, socklen_t* addrlen) override;

@@ -1,0 +1,101 @@
+//! monitoring/: the PrometheusRule for the Prometheus Operator carries exactly the rule groups
+//! that `promtool` checks and unit-tests (monitoring/check.sh, run by scripts/test.sh), and every
+//! metric the alerts use is one `envoy-smc exporter` serves.
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn yaml(path: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn prometheusrule_groups_are_the_promtool_checked_ones() {
+    let plain = yaml("monitoring/envoy-smc.rules.yaml");
+    let cr = yaml("monitoring/prometheusrule.yaml");
+    assert_eq!(cr["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(cr["kind"], "PrometheusRule");
+    assert_eq!(cr["spec"]["groups"], plain["groups"]);
+}
+
+#[test]
+fn alerts_use_only_metrics_the_exporter_serves() {
+    let exporter =
+        std::fs::read_to_string(format!("{ROOT}/src/bin/envoy-smc/exporter/metrics.rs")).unwrap();
+    let plain = yaml("monitoring/envoy-smc.rules.yaml");
+    let mut n = 0;
+    for rule in plain["groups"][0]["rules"].as_array().unwrap() {
+        let expr = rule["expr"].as_str().unwrap();
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("envoy_smc_") {
+                assert!(
+                    exporter.contains(&format!("\"{word}\"")),
+                    "{}: {word} is not a metric of the exporter",
+                    rule["alert"]
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 5);
+}
+
+fn docs(path: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+fn kind<'a>(all: &'a [Value], k: &str) -> &'a Value {
+    all.iter()
+        .find(|d| d["kind"] == k)
+        .unwrap_or_else(|| panic!("no {k}"))
+}
+
+#[test]
+fn node_agent_runs_the_exporter_with_the_capabilities_it_needs_and_no_more() {
+    let all = docs("monitoring/node-agent.yaml");
+    let ds = kind(&all, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true, "the exporter reads every pod's /proc");
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..3], ["exporter", "--listen", "0.0.0.0:9977"]);
+    assert_eq!(c["ports"][0]["containerPort"], 9977);
+    assert_eq!(c["ports"][0]["name"], "metrics");
+    assert_eq!(c["readinessProbe"]["exec"]["command"][1], "doctor");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"])
+    );
+    let labels = &ds["spec"]["selector"]["matchLabels"];
+    assert_eq!(&ds["spec"]["template"]["metadata"]["labels"], labels);
+    let svc = kind(&all, "Service");
+    assert_eq!(&svc["spec"]["selector"], labels);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+    let pm = kind(&all, "PodMonitor");
+    assert_eq!(&pm["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    // The CLI really has these arguments.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_envoy-smc"))
+        .args(["exporter", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(a), "exporter has no {a}: {help}");
+    }
+}
