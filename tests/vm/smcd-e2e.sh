@@ -114,7 +114,7 @@ check "check: SMC-D on lo (exit $chk_rc)" has "SMC-D, state ACTIVE, device lo (l
 
 # ---- 3. the Envoy pair in one netns (the preload test bed) ----
 echo "== preload_envoy stock_envoy_pair_over_smc (SMC-D expected)"
-if (cd "$repo/preload" && CARGO_MANIFEST_DIR=$repo/preload "$exe" --exact stock_envoy_pair_over_smc \
+if (cd "$repo/preload" && CARGO_MANIFEST_DIR=$repo/preload "$exe" --include-ignored --exact stock_envoy_pair_over_smc \
     --test-threads=1 --nocapture) >"$work/pair-test.txt" 2>&1; then
   pair_rc=0
 else
