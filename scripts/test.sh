@@ -74,7 +74,7 @@ if [ "$run_vm" = 1 ]; then
   step bench bash bench/run.sh --short
   # Adaptive fallback end to end: a stock Envoy pair, a path dropping SMC's SYNs (about 1 min).
   step adaptive bash tests/vm/adaptive-e2e.sh
-  # The newest kernel, built from linux-source-7.3 (SMC-D loopback, BTF; cached in .cache/vm):
+  # The newest kernel, built from linux-source-7.3 (SMC-D loopback, BTF; cached in ~/.cache/envoy-smc/vm):
   # the SMC-R suite and adaptive fallback again on it, and SMC-D loopback end to end.
   step vm-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built bash tests/vm/suite.sh
   step adaptive-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built ENVOY_SMC_VM_SMCD_LOOPBACK=off bash tests/vm/adaptive-e2e.sh --no-build

@@ -14,7 +14,7 @@
 # when the config changes. Build deps: flex bison bc libelf-dev libssl-dev dwarves (pahole) make
 # gcc xz-utils (scripts/install-deps.sh installs them; so does this script if it can).
 #
-# Environment: ENVOY_SMC_VM_CACHE (default <repo>/.cache/vm), ENVOY_SMC_VM_MIRROR (Debian mirror),
+# Environment: ENVOY_SMC_VM_CACHE (default ~/.cache/envoy-smc/vm, or $XDG_CACHE_HOME/envoy-smc/vm), ENVOY_SMC_VM_MIRROR (Debian mirror),
 # ENVOY_SMC_VM_KERNEL_SOURCE (package, default linux-source-7.3), ENVOY_SMC_VM_KERNEL_SUITE
 # (default trixie-backports), ENVOY_SMC_KERNEL_JOBS (default: the number of CPUs).
 # Exit status: 0 with the image path on stdout; 1 when it cannot be fetched or built; 2 usage.
@@ -22,7 +22,9 @@ set -euo pipefail
 
 SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SELF_DIR/../.." && pwd)
-CACHE=${ENVOY_SMC_VM_CACHE:-$REPO/.cache/vm}
+# A per-user cache (like cargo's), shared by every checkout of this user: the kernel package and
+# the built kernel are fetched/built once per machine, not once per clone.
+CACHE=${ENVOY_SMC_VM_CACHE:-${XDG_CACHE_HOME:-${HOME:-$REPO}/.cache}/envoy-smc/vm}
 PKG=${ENVOY_SMC_VM_KERNEL_SOURCE:-linux-source-7.3}
 SUITE=${ENVOY_SMC_VM_KERNEL_SUITE:-trixie-backports}
 JOBS=${ENVOY_SMC_KERNEL_JOBS:-$(nproc)}

@@ -17,7 +17,9 @@ set -euo pipefail
 
 SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SELF_DIR/../.." && pwd)
-CACHE=${ENVOY_SMC_VM_CACHE:-$REPO/.cache/vm}
+# A per-user cache (like cargo's), shared by every checkout of this user: the kernel package and
+# the built kernel are fetched/built once per machine, not once per clone.
+CACHE=${ENVOY_SMC_VM_CACHE:-${XDG_CACHE_HOME:-${HOME:-$REPO}/.cache}/envoy-smc/vm}
 ENVOY_SMC_BIN=${ENVOY_SMC_BIN:-$REPO/target/debug/envoy-smc}
 TIMEOUT=${ENVOY_SMC_VM_TIMEOUT:-600}
 MEM=${ENVOY_SMC_VM_MEM:-2048}
@@ -84,7 +86,7 @@ options:
   -h, --help       this text
 
 environment: ENVOY_SMC_BIN (envoy-smc CLI used for `ueid add`, default <repo>/target/debug/envoy-smc),
-ENVOY_SMC_VM_CACHE (default <repo>/.cache/vm), ENVOY_SMC_VM_KERNEL (a linux-image-* package name, stock kernel),
+ENVOY_SMC_VM_CACHE (default ~/.cache/envoy-smc/vm, or $XDG_CACHE_HOME/envoy-smc/vm), ENVOY_SMC_VM_KERNEL (a linux-image-* package name, stock kernel),
 ENVOY_SMC_VM_MIRROR (Debian mirror URL), ENVOY_SMC_VM_MEM (MiB, 2048), ENVOY_SMC_VM_SMP (2),
 ENVOY_SMC_VM_MODULES (more kernel modules to load at boot), ENVOY_SMC_VM_APPEND (kernel args).
 EOF
