@@ -14,9 +14,13 @@
 #   BENCH_WARMUP     seconds of unrecorded load per pair before the first phase
 #   BENCH_CONNS, BENCH_THREADS, BENCH_BODY_SIZE, BENCH_ENVOY_CONCURRENCY, BENCH_APP_PORT
 #   BENCH_SNAPSHOTS  1: around every run, `envoy-smc status --json` and the rxe counters (VM)
+#   BENCH_PINGPONG   "ROUNDS:TRIPS:SIZE" (optional): before the Envoys start, ROUNDS interleaved
+#                    runs of BENCH_PINGPONG_BIN (bench/pingpong.c) per kind, tcp and smc, each
+#                    TRIPS round trips of SIZE bytes between 10.9.0.1 and 10.9.0.2
 #   BENCH_REPO, BENCH_ECHO, BENCH_PRELOAD, BENCH_ENVOY_SMC, ENVOY_BIN, BENCH_WRK
 # Output: BENCH_DIR/runs.tsv (phase round pair file) and the files it names, envoy logs and the
-# preload libraries' stats files (<pair>-<role>.prom), pids.tsv, driver.log.
+# preload libraries' stats files (<pair>-<role>.prom), pids.tsv, driver.log; pingpong.tsv (round
+# kind file) and its files.
 #
 # Under TCG every exec of a binary costs 0.1-0.5 s, so this script uses bash builtins
 # (/dev/tcp for HTTP, read -t for sleeping) wherever it can.
@@ -167,6 +171,29 @@ CLK_TCK=${BENCH_CLK_TCK:-100}
 : >"$D/pids.tsv"
 : >"$D/runs.tsv"
 log "start: pairs ${PAIRS[*]}, phases ${PHASES[*]}, $CONNS connections, $BENCH_BODY_SIZE-byte bodies"
+
+# the raw socket ping-pong (no Envoy): the upper bound of what SMC can change for one hop
+: >"$D/pingpong.tsv"
+if [ -n "${BENCH_PINGPONG:-}" ]; then
+  IFS=: read -r pp_rounds pp_trips pp_size <<<"$BENCH_PINGPONG"
+  pp_kinds=(tcp smc)
+  pp_port=19000
+  for ((r = 1; r <= pp_rounds; r++)); do
+    order=("${pp_kinds[@]}")
+    ((r % 2 == 0)) && order=(smc tcp)
+    for k in "${order[@]}"; do
+      base=$D/pingpong-$r-$k
+      pp_port=$((pp_port + 1))
+      snapshot "$base.before"
+      log "ping-pong round $r/$pp_rounds: $k ($pp_trips round trips of $pp_size bytes)"
+      "$BENCH_PINGPONG_BIN" --kind "$k" --client 10.9.0.1 --server 10.9.0.2 --port "$pp_port" \
+        --rounds "$pp_trips" --warmup $((pp_trips / 10)) --size "$pp_size" >"$base.json" 2>"$base.err" ||
+        die "pingpong $k failed: $(cat "$base.err")"
+      snapshot "$base.after"
+      printf '%s\t%s\t%s\n' "$r" "$k" "${base##*/}" >>"$D/pingpong.tsv"
+    done
+  done
+fi
 
 # the app
 ECHO_IN=$TMP/bench-echo.$$

@@ -3,12 +3,13 @@
 
     bench/report.py RUN_DIR --json OUT.json --svg OUT.svg [--strict]
 
-Reads RUN_DIR/meta.txt, RUN_DIR/vm/ (SMC off vs on in the SMC-R VM) and RUN_DIR/host/ (stock
-Envoy vs Envoy under the preload library on the plain kernel), as bench/driver.sh left them.
-Prints a table and a final summary line, writes the results as JSON and the latency
-distributions as SVG. Exit status: 0 if every part ran, no request failed and the SMC-on run's
-Envoy<->Envoy connections were SMC-R (and, with --strict, the plain-kernel QPS ratio met its
-target); 1 otherwise. Standard library only.
+Reads RUN_DIR/meta.txt, RUN_DIR/vm/ (SMC off vs on in the SMC-R VM), RUN_DIR/host/ (stock
+Envoy vs Envoy under the preload library on the plain kernel) and RUN_DIR/smcd/ (SMC off vs on,
+and the raw ping-pong TCP vs SMC-D, in the VM on the built kernel with SMC-D loopback), as
+bench/driver.sh left them. Prints a table and a final summary line, writes the results as JSON
+and the latency distributions as SVG. Exit status: 0 if every part ran, no request failed and
+the SMC-on runs' Envoy<->Envoy connections were SMC-R (VM) and SMC-D (SMC-D VM) (and, with
+--strict, the plain-kernel QPS ratio met its target); 1 otherwise. Standard library only.
 """
 import argparse
 import json
@@ -18,6 +19,7 @@ import statistics
 import sys
 
 PCTS = [("p50", 50), ("p75", 75), ("p90", 90), ("p99", 99), ("p99_9", 99.9)]
+HEADER = "  %-22s %9s %8s %8s %8s %8s %8s  %s" % ("", "QPS", "P50", "P75", "P90", "P99", "P99.9", "failed")
 QPS_TARGET = 0.98
 
 
@@ -201,9 +203,9 @@ def fb_delta(before, after):
     return out
 
 
-def smcr_delta(before, after):
+def smcr_delta(before, after, tech="smcr"):
     def get(st):
-        return ((st or {}).get("kernel_stats") or {}).get("smcr") or {}
+        return ((st or {}).get("kernel_stats") or {}).get(tech) or {}
     b, a = get(before), get(after)
     return {k: a.get(k, 0) - b.get(k, 0) for k in ("client_v2_success", "server_v2_success", "tx_bytes", "rx_bytes", "tx_count", "rx_count")}
 
@@ -216,8 +218,10 @@ def rxe_delta(before, after):
     return out
 
 
-def smc_evidence(run, pids_by_role):
-    """What smc_diag, the kernel counters and rxe say about one VM run's pair."""
+def smc_evidence(run, pids_by_role, tech="SMCR"):
+    """What smc_diag, the kernel counters and rxe say about one VM run's pair. tech: the mode the
+    SMC-on pair's Envoy<->Envoy connections must have: SMCR (on an rxe device) or SMCD (on the
+    loopback device)."""
     st_after = run["after"]["status"]
     st_before = run["before"]["status"]
     cpid, spid = pids_by_role["client"], pids_by_role["server"]
@@ -228,6 +232,9 @@ def smc_evidence(run, pids_by_role):
         return sum(1 for c in non_listen if any(o["pid"] == pid for o in c["processes"]) and pred(c))
 
     def smcr_active(c):
+        if tech == "SMCD":
+            return (c.get("mode") == "SMCD" and c.get("state") == "ACTIVE"
+                    and str(c.get("smcd_device", "")).startswith("lo") and bool(c.get("dmb")))
         link = c.get("link") or {}
         return c.get("mode") == "SMCR" and c.get("state") == "ACTIVE" and str(link.get("ib_device", "")).startswith("rxe")
 
@@ -236,7 +243,8 @@ def smc_evidence(run, pids_by_role):
         if c.get("mode") == "TCP":
             name = ((c.get("fallback") or {}).get("reason") or {}).get("name", "unknown")
             fallbacks[name] = fallbacks.get(name, 0) + 1
-    devices = sorted({(c.get("link") or {}).get("ib_device") for c in non_listen if c.get("link")})
+    devices = sorted({(c.get("link") or {}).get("ib_device") for c in non_listen if c.get("link")}
+                     | {c.get("smcd_device") for c in non_listen if c.get("smcd_device")})
     cs = run["client_stats"]
     rxe = rxe_delta(run["before"]["rxe"], run["after"]["rxe"])
     return {
@@ -254,6 +262,7 @@ def smc_evidence(run, pids_by_role):
         "by_mode_state": _by_mode_state(non_listen),
         "kernel_fallbacks_during_run": fb_delta(st_before, st_after),
         "kernel_smcr_during_run": smcr_delta(st_before, st_after),
+        "kernel_smcd_during_run": smcr_delta(st_before, st_after, "smcd"),
         "rxe_packets_during_run": rxe,
         "rxe_packets_total": sum(v.get("sent_pkts", 0) + v.get("rcvd_pkts", 0) for v in rxe.values()),
         "client_upstream_cx_active": cs.get("cluster.server_sidecar.upstream_cx_active"),
@@ -361,6 +370,175 @@ def fmt_x(v):
     return "%7.3fx" % v if v is not None else "       -"
 
 
+VM_PARTS = {
+    # key: (directory, meta rc key, title lines, mode of the SMC-on pair, seconds key, on-label)
+    "vm": ("vm", "vm_rc", [
+        "1. SMC-R VM: client sidecar Envoy (10.9.0.1) -> server sidecar Envoy (10.9.0.2:15006) -> echo app,",
+        "   both under the preload library; qemu TCG + Soft-RoCE: EMULATED, ratios only, nothing about real RDMA speed"],
+        "SMCR", "BENCH_VM_SECONDS", "SMC-R"),
+    "smcd": ("smcd", "smcd_rc", [
+        "3. SMC-D VM (kernel built from linux-source-7.3, dibs loopback device lo): the same Envoy pair; the",
+        "   Envoy<->Envoy hop is SMC-D (shared memory in one kernel, no NIC emulated); qemu TCG: ratios only"],
+        "SMCD", "BENCH_SMCD_SECONDS", "SMC-D"),
+}
+
+
+def vm_section(key, run_dir, meta, P, problems, panels, summary):
+    """One VM part (SMC off vs on through the Envoy pair); returns its JSON block or None."""
+    sub, rc_key, titles, tech, secs_key, tech_name = VM_PARTS[key]
+    vm_dir = os.path.join(run_dir, sub)
+    vm_rc = meta.get(rc_key, "skipped")
+    if vm_rc == "skipped":
+        return None
+    runs, pids, preload = load_side(vm_dir)
+    vm = {"rc": vm_rc, "pids": pids, "tech": tech}
+    P("")
+    for t in titles:
+        P(t)
+    if vm_rc != "0":
+        problems.append("the %s part failed (exit %s; see %s/vm.stderr)" % (key, vm_rc, vm_dir))
+    agg = {p: aggregate([r for r in runs if r["phase"] == "keepalive" and r["pair"] == p]) for p in ("off", "on")}
+    vm["keepalive"] = agg
+    if agg["off"] and agg["on"]:
+        vm["ratio_on_over_off"] = {"qps": ratio(agg["on"]["qps"], agg["off"]["qps"])} | {
+            k: ratio(agg["on"]["latency_ms"][k], agg["off"]["latency_ms"][k]) for k, _ in PCTS}
+        P(HEADER + "   (latency in ms; %d x %s s per mode)" % (agg["on"]["rounds"], meta.get(secs_key)))
+        for p, label in (("off", "SMC off (MODE_OFF)"), ("on", "SMC on (MODE_AUTO)")):
+            g = agg[p]
+            P("  %-22s %9.1f %s %s %s %s %s  %d" % (label, g["qps"], *(fmt_ms(g["latency_ms"][k]) for k, _ in PCTS), g["failed_requests"]))
+            if g["failed_requests"]:
+                problems.append("%s %s: %d failed requests %s" % (key, p, g["failed_requests"], g["errors"]))
+        r = vm["ratio_on_over_off"]
+        r["envoy_cpu_per_request"] = ratio(agg["on"]["envoy_cpu_us_per_request"] or 0, agg["off"]["envoy_cpu_us_per_request"] or 0)
+        P("  %-22s %8.3fx %s" % ("on / off", r["qps"], " ".join(fmt_x(r[k]) for k, _ in PCTS)))
+        P("  CPU of both Envoys per request (emulated): off %s us, on %s us (%sx)" % (
+            agg["off"]["envoy_cpu_us_per_request"], agg["on"]["envoy_cpu_us_per_request"], r["envoy_cpu_per_request"]))
+        panels.append(("%s VM (emulated): SMC off vs on" % tech_name, [
+            ("SMC off: %.0f QPS" % agg["off"]["qps"], "#1f77b4", agg["off"]["distribution_ms"],
+             [(pc, agg["off"]["latency_ms"][k]) for k, pc in PCTS]),
+            ("SMC on (%s): %.0f QPS" % (tech_name, agg["on"]["qps"]), "#d62728", agg["on"]["distribution_ms"],
+             [(pc, agg["on"]["latency_ms"][k]) for k, pc in PCTS]),
+        ]))
+    else:
+        problems.append("%s: no complete SMC off/on runs" % key)
+    # evidence per run
+    ev_runs = []
+    for r in runs:
+        if r["phase"] != "keepalive":
+            continue
+        roles = {"client": pids.get(r["pair"] + "-client"), "server": pids.get(r["pair"] + "-server")}
+        ev = smc_evidence(r, roles, tech)
+        ev_runs.append({"round": r["round"], "pair": r["pair"], "evidence": ev,
+                        "wrk": wrk_summary(r["wrk"]) if r["wrk"] else None})
+        fk = ev["kernel_fallbacks_during_run"]
+        if r["pair"] == "on":
+            kt = ev["kernel_smcd_during_run"] if tech == "SMCD" else ev["kernel_smcr_during_run"]
+            P("  SMC on, round %d: Envoy<->Envoy connections %s ACTIVE: client Envoy %d, server Envoy %d (client's "
+              "upstream connections: %s) on %s; fallbacks during the run: kernel client %d, server %d, pair's sockets %d %s; "
+              "%s handshakes +%d; %s bytes tx +%d%s"
+              % (r["round"], tech, ev["client_smcr_active"], ev["server_smcr_active"], ev["client_upstream_cx_active"],
+                 ",".join(d for d in ev["rdma_devices"] if d) or "-", fk["client"], fk["server"], ev["pair_fallbacks"],
+                 ev["pair_fallbacks_by_reason"] or "", tech_name, kt["client_v2_success"], tech_name, kt["tx_bytes"],
+                 "; rxe packets +%d" % ev["rxe_packets_total"] if tech == "SMCR" else ""))
+            carried = ev["rxe_packets_total"] > 0 if tech == "SMCR" else kt["tx_bytes"] > 0
+            proven = (ev["status_available"] and ev["client_smcr_active"] >= 1 and ev["server_smcr_active"] >= 1
+                      and ev["pair_fallbacks"] == 0 and fk["client"] == 0 and fk["server"] == 0 and carried)
+            ev["smc_proven"] = proven
+            if not proven:
+                problems.append("%s SMC on, round %d: the Envoy<->Envoy connections are not proven %s: %s"
+                                % (key, r["round"], tech_name, json.dumps({k: ev[k] for k in ("status_error", "client_smcr_active", "server_smcr_active", "pair_fallbacks_by_reason", "kernel_fallbacks_during_run", "rxe_packets_total", "kernel_smcd_during_run")})))
+        else:
+            P("  SMC off, round %d: SMC sockets held by the pair: %d; fallbacks during the run: kernel client %d, "
+              "server %d; rxe packets +%d (client's upstream connections: %s, plain TCP)"
+              % (r["round"], ev["pair_smc_sockets"], fk["client"], fk["server"], ev["rxe_packets_total"],
+                 ev["client_upstream_cx_active"]))
+            if ev["pair_smc_sockets"]:
+                problems.append("%s SMC off, round %d: the pair holds %d SMC sockets" % (key, r["round"], ev["pair_smc_sockets"]))
+        for k in ("client_upstream_rq_5xx", "client_upstream_cx_connect_fail"):
+            if ev[k]:
+                problems.append("%s %s round %d: %s = %s" % (key, r["pair"], r["round"], k, ev[k]))
+    vm["runs"] = ev_runs
+    vm["preload_stats"] = {k: preload_summary(v) for k, v in preload.items()}
+    for name in ("off-client", "off-server", "on-client", "on-server"):
+        s = vm["preload_stats"].get(name)
+        if s:
+            P("  preload stats %-10s state %s; TCP by reason %s; %s" % (
+                name, s["state"], s["tcp_by_reason"] or "{}",
+                ", ".join("%s %s" % (k, v) for k, v in sorted(s["counters"].items())
+                          if k.startswith(("smc_", "socket_replaced", "errors", "preload_epoll", "fallback_switch")))))
+    if tech == "SMCD":
+        vm["pingpong"] = pingpong_section(vm_dir, P, problems)
+    if agg.get("off") and agg.get("on"):
+        proven_all = all(e["evidence"].get("smc_proven") for e in ev_runs if e["pair"] == "on")
+        line = "%s qps off %.0f on %.0f (%.2fx) p99 %.1f->%.1f ms (%.2fx) fallbacks %d %s %s" % (
+            "VM" if key == "vm" else "SMC-D VM",
+            agg["off"]["qps"], agg["on"]["qps"], vm["ratio_on_over_off"]["qps"],
+            agg["off"]["latency_ms"]["p99"], agg["on"]["latency_ms"]["p99"], vm["ratio_on_over_off"]["p99"] or 0,
+            sum(e["evidence"]["kernel_fallbacks_during_run"]["client"] + e["evidence"]["kernel_fallbacks_during_run"]["server"]
+                + e["evidence"]["pair_fallbacks"] for e in ev_runs),
+            tech_name, "proven" if proven_all else "NOT proven")
+        pp = vm.get("pingpong") or {}
+        if pp.get("ratio_smc_over_tcp"):
+            line += "; ping-pong p50 %.0f->%.0f us (%.2fx)" % (
+                pp["tcp"]["p50_us"], pp["smc"]["p50_us"], pp["ratio_smc_over_tcp"]["p50_us"])
+        summary.append(line)
+    return vm
+
+
+PP_KEYS = [("p50_us", "P50"), ("p90_us", "P90"), ("p99_us", "P99"), ("p99_9_us", "P99.9"), ("mean_us", "mean")]
+
+
+def pingpong_section(d, P, problems):
+    """The raw ping-pong runs (TCP vs SMC-D, interleaved rounds): medians over rounds, ratios, and
+    the proof that the smc runs were SMC-D (the kernel's SMC-D byte counter grew by at least the
+    bytes sent) and the tcp runs were not."""
+    rows = []
+    for line in read_text(os.path.join(d, "pingpong.tsv")).splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        rnd, kind, base = parts
+        b = os.path.join(d, base)
+        res = read_json(b + ".json")
+        before, after = read_json(b + ".before.status.json"), read_json(b + ".after.status.json")
+        rows.append({"round": int(rnd), "kind": kind, "result": res,
+                     "smcd_delta": smcr_delta(before, after, "smcd")})
+    if not rows:
+        return None
+    out = {"runs": rows}
+    P("  raw socket ping-pong (bench/pingpong.c, no Envoy: the upper bound), 10.9.0.1 -> 10.9.0.2, one connection:")
+    P("  %-22s %9s %8s %8s %8s %8s %8s %9s" % ("", "trips/s", "P50", "P90", "P99", "P99.9", "mean", "CPU/trip"))
+    for kind, label in (("tcp", "TCP"), ("smc", "SMC-D (IPPROTO_SMC)")):
+        rs = [r for r in rows if r["kind"] == kind and r["result"]]
+        if not rs:
+            problems.append("ping-pong: no %s runs" % kind)
+            continue
+        med = {k: round(statistics.median(r["result"][k] for r in rs), 2)
+               for k, _ in PP_KEYS + [("round_trips_per_s", ""), ("cpu_us_per_round_trip", ""), ("connect_us", "")]}
+        med["rounds"] = len(rs)
+        med["trips_per_round"] = rs[0]["result"]["rounds"]
+        med["size"] = rs[0]["result"]["size"]
+        out[kind] = med
+        P("  %-22s %9.0f %s %8.1fus" % (label, med["round_trips_per_s"],
+                                       " ".join("%8.1f" % med[k] for k, _ in PP_KEYS), med["cpu_us_per_round_trip"]))
+        for r in rs:
+            sent = r["result"]["rounds"] * r["result"]["size"] * 2
+            grew = r["smcd_delta"]["tx_bytes"]
+            if kind == "smc" and grew < sent:
+                problems.append("ping-pong round %d: SMC-D carried %d bytes, the run sent %d: not SMC-D" % (r["round"], grew, sent))
+            if kind == "tcp" and grew > 0:
+                problems.append("ping-pong round %d: the TCP run moved %d SMC-D bytes" % (r["round"], grew))
+    if out.get("tcp") and out.get("smc"):
+        out["ratio_smc_over_tcp"] = {k: ratio(out["smc"][k], out["tcp"][k])
+                                     for k, _ in PP_KEYS + [("round_trips_per_s", ""), ("cpu_us_per_round_trip", "")]}
+        rr = out["ratio_smc_over_tcp"]
+        P("  %-22s %8.3fx %s %8.3fx   (latency in us, median of %d rounds of %d round trips of %d bytes;"
+          % ("SMC-D / TCP", rr["round_trips_per_s"], " ".join(fmt_x(rr[k]) for k, _ in PP_KEYS),
+             rr["cpu_us_per_round_trip"], out["smc"]["rounds"], out["smc"]["trips_per_round"], out["smc"]["size"]))
+        P("  %-22s  SMC-D bytes counted by the kernel >= bytes sent in every SMC-D run, none in the TCP runs)" % "")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -377,98 +555,13 @@ def main():
     P("envoy-smc benchmark: profile %s, %s connections, %s-byte POST bodies, wrk %s, Envoy %s (--concurrency %s), "
       "preload library: %s build" % (meta.get("profile"), meta.get("BENCH_CONNS"), meta.get("BENCH_BODY_SIZE"), meta.get("wrk"),
                                      meta.get("envoy"), meta.get("BENCH_ENVOY_CONCURRENCY"), meta.get("preload_build", "?")))
-    header = "  %-22s %9s %8s %8s %8s %8s %8s  %s" % ("", "QPS", "P50", "P75", "P90", "P99", "P99.9", "failed")
     panels = []
     summary = []
 
-    # -- 1. the VM
-    vm_dir = os.path.join(run_dir, "vm")
-    vm_rc = meta.get("vm_rc", "skipped")
-    if vm_rc != "skipped":
-        runs, pids, preload = load_side(vm_dir)
-        vm = {"rc": vm_rc, "pids": pids}
-        P("")
-        P("1. SMC-R VM: client sidecar Envoy (10.9.0.1) -> server sidecar Envoy (10.9.0.2:15006) -> echo app,")
-        P("   both under the preload library; qemu TCG + Soft-RoCE: EMULATED, ratios only, nothing about real RDMA speed")
-        if vm_rc != "0":
-            problems.append("the VM part failed (exit %s; see %s/vm.stderr)" % (vm_rc, vm_dir))
-        agg = {p: aggregate([r for r in runs if r["phase"] == "keepalive" and r["pair"] == p]) for p in ("off", "on")}
-        vm["keepalive"] = agg
-        if agg["off"] and agg["on"]:
-            vm["ratio_on_over_off"] = {"qps": ratio(agg["on"]["qps"], agg["off"]["qps"])} | {
-                k: ratio(agg["on"]["latency_ms"][k], agg["off"]["latency_ms"][k]) for k, _ in PCTS}
-            P(header + "   (latency in ms; %d x %s s per mode)" % (agg["on"]["rounds"], meta.get("BENCH_VM_SECONDS")))
-            for p, label in (("off", "SMC off (MODE_OFF)"), ("on", "SMC on (MODE_AUTO)")):
-                g = agg[p]
-                P("  %-22s %9.1f %s %s %s %s %s  %d" % (label, g["qps"], *(fmt_ms(g["latency_ms"][k]) for k, _ in PCTS), g["failed_requests"]))
-                if g["failed_requests"]:
-                    problems.append("VM %s: %d failed requests %s" % (p, g["failed_requests"], g["errors"]))
-            r = vm["ratio_on_over_off"]
-            r["envoy_cpu_per_request"] = ratio(agg["on"]["envoy_cpu_us_per_request"] or 0, agg["off"]["envoy_cpu_us_per_request"] or 0)
-            P("  %-22s %8.3fx %s" % ("on / off", r["qps"], " ".join(fmt_x(r[k]) for k, _ in PCTS)))
-            P("  CPU of both Envoys per request (emulated): off %s us, on %s us (%sx)" % (
-                agg["off"]["envoy_cpu_us_per_request"], agg["on"]["envoy_cpu_us_per_request"], r["envoy_cpu_per_request"]))
-            panels.append(("SMC-R VM (emulated): SMC off vs on", [
-                ("SMC off: %.0f QPS" % agg["off"]["qps"], "#1f77b4", agg["off"]["distribution_ms"],
-                 [(pc, agg["off"]["latency_ms"][k]) for k, pc in PCTS]),
-                ("SMC on (SMC-R): %.0f QPS" % agg["on"]["qps"], "#d62728", agg["on"]["distribution_ms"],
-                 [(pc, agg["on"]["latency_ms"][k]) for k, pc in PCTS]),
-            ]))
-        else:
-            problems.append("VM: no complete SMC off/on runs")
-        # evidence per run
-        ev_runs = []
-        for r in runs:
-            if r["phase"] != "keepalive":
-                continue
-            roles = {"client": pids.get(r["pair"] + "-client"), "server": pids.get(r["pair"] + "-server")}
-            ev = smc_evidence(r, roles)
-            ev_runs.append({"round": r["round"], "pair": r["pair"], "evidence": ev,
-                            "wrk": wrk_summary(r["wrk"]) if r["wrk"] else None})
-            fk = ev["kernel_fallbacks_during_run"]
-            if r["pair"] == "on":
-                P("  SMC on, round %d: Envoy<->Envoy connections SMC-R ACTIVE: client Envoy %d, server Envoy %d (client's "
-                  "upstream connections: %s) on %s; fallbacks during the run: kernel client %d, server %d, pair's sockets %d %s; "
-                  "SMC-R handshakes +%d; SMC-R bytes tx +%d; rxe packets +%d"
-                  % (r["round"], ev["client_smcr_active"], ev["server_smcr_active"], ev["client_upstream_cx_active"],
-                     ",".join(d for d in ev["rdma_devices"] if d) or "-", fk["client"], fk["server"], ev["pair_fallbacks"],
-                     ev["pair_fallbacks_by_reason"] or "", ev["kernel_smcr_during_run"]["client_v2_success"],
-                     ev["kernel_smcr_during_run"]["tx_bytes"], ev["rxe_packets_total"]))
-                proven = (ev["status_available"] and ev["client_smcr_active"] >= 1 and ev["server_smcr_active"] >= 1
-                          and ev["pair_fallbacks"] == 0 and fk["client"] == 0 and fk["server"] == 0
-                          and ev["rxe_packets_total"] > 0)
-                ev["smc_r_proven"] = proven
-                if not proven:
-                    problems.append("VM SMC on, round %d: the Envoy<->Envoy connections are not proven SMC-R: %s"
-                                    % (r["round"], json.dumps({k: ev[k] for k in ("status_error", "client_smcr_active", "server_smcr_active", "pair_fallbacks_by_reason", "kernel_fallbacks_during_run", "rxe_packets_total")})))
-            else:
-                P("  SMC off, round %d: SMC sockets held by the pair: %d; fallbacks during the run: kernel client %d, "
-                  "server %d; rxe packets +%d (client's upstream connections: %s, plain TCP)"
-                  % (r["round"], ev["pair_smc_sockets"], fk["client"], fk["server"], ev["rxe_packets_total"],
-                     ev["client_upstream_cx_active"]))
-                if ev["pair_smc_sockets"]:
-                    problems.append("VM SMC off, round %d: the pair holds %d SMC sockets" % (r["round"], ev["pair_smc_sockets"]))
-            for k in ("client_upstream_rq_5xx", "client_upstream_cx_connect_fail"):
-                if ev[k]:
-                    problems.append("VM %s round %d: %s = %s" % (r["pair"], r["round"], k, ev[k]))
-        vm["runs"] = ev_runs
-        vm["preload_stats"] = {k: preload_summary(v) for k, v in preload.items()}
-        for name in ("off-client", "off-server", "on-client", "on-server"):
-            s = vm["preload_stats"].get(name)
-            if s:
-                P("  preload stats %-10s state %s; TCP by reason %s; %s" % (
-                    name, s["state"], s["tcp_by_reason"] or "{}",
-                    ", ".join("%s %s" % (k, v) for k, v in sorted(s["counters"].items())
-                              if k.startswith(("smc_", "socket_replaced", "errors", "preload_epoll", "fallback_switch")))))
+    # -- 1. the SMC-R VM
+    vm = vm_section("vm", run_dir, meta, P, problems, panels, summary)
+    if vm is not None:
         res["vm"] = vm
-        if agg.get("off") and agg.get("on"):
-            proven_all = all(e["evidence"].get("smc_r_proven") for e in ev_runs if e["pair"] == "on")
-            summary.append("VM qps off %.0f on %.0f (%.2fx) p99 %.1f->%.1f ms (%.2fx) fallbacks %d SMC-R %s" % (
-                agg["off"]["qps"], agg["on"]["qps"], vm["ratio_on_over_off"]["qps"],
-                agg["off"]["latency_ms"]["p99"], agg["on"]["latency_ms"]["p99"], vm["ratio_on_over_off"]["p99"] or 0,
-                sum(e["evidence"]["kernel_fallbacks_during_run"]["client"] + e["evidence"]["kernel_fallbacks_during_run"]["server"]
-                    + e["evidence"]["pair_fallbacks"] for e in ev_runs),
-                "proven" if proven_all else "NOT proven"))
 
     # -- 2. the plain kernel
     host_dir = os.path.join(run_dir, "host")
@@ -504,7 +597,7 @@ def main():
             unit = "QPS" if phase == "keepalive" else "conn/s"
             P("  %s (%d x %s s per variant):" % (what, agg["plain"]["rounds"],
                                                  meta.get("BENCH_HOST_SECONDS" if phase == "keepalive" else "BENCH_CLOSE_SECONDS")))
-            P(header.replace("      QPS", "%9s" % unit))
+            P(HEADER.replace("      QPS", "%9s" % unit))
             for p, label in (("plain", "stock Envoy"), ("preload", "Envoy + preload lib")):
                 g = agg[p]
                 P("  %-22s %9.1f %s %s %s %s %s  %d" % (label, g["qps"], *(fmt_ms(g["latency_ms"][k]) for k, _ in PCTS), g["failed_requests"]))
@@ -556,6 +649,11 @@ def main():
                 if s["state"] != "active":
                     problems.append("plain kernel: the preload library in %s is %s, not active" % (name, s["state"]))
         res["host"] = host
+
+    # -- 3. SMC-D loopback on the built kernel
+    smcd = vm_section("smcd", run_dir, meta, P, problems, panels, summary)
+    if smcd is not None:
+        res["smcd"] = smcd
 
     note = ["wrk, %s connections, %s-byte POST bodies, max QPS; median of rounds; profile %s, %s."
             % (meta.get("BENCH_CONNS"), meta.get("BENCH_BODY_SIZE"), meta.get("profile"), meta.get("stamp")),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh -- envoy-smc's load comparison, in one command. See bench/README.md.
 #
-#   bench/run.sh [--short] [--vm-only | --host-only] [--strict] [--keep-going]
+#   bench/run.sh [--short] [--vm-only | --host-only | --smcd-only] [--strict]
 #
 # 1. In the SMC-R VM (tests/vm/run.sh): client sidecar Envoy (10.9.0.1) -> server sidecar Envoy
 #    (10.9.0.2, inbound listener :15006) -> HTTP echo app (127.0.0.1), both Envoys under the
@@ -13,7 +13,11 @@
 # 2. On this machine's plain kernel (no SMC): the same Envoy pair, stock vs under the preload
 #    library, TCP only, interleaved rounds: the QPS ratio (target >= 0.98) and the connection
 #    rate with `Connection: close` (a new client->server sidecar connection per request).
-# 3. Results as JSON (bench/results/<stamp>.json, also latest.json), the latency plot (SVG), a
+# 3. In the VM on the kernel built from linux-source-7.3 (tests/vm/run.sh --kernel built), whose
+#    SMC-D loopback device makes the same Envoy pair's hop SMC-D (shared memory, no RDMA
+#    emulation): SMC off vs on as in 1., and a raw socket ping-pong (bench/pingpong.c), TCP vs
+#    SMC-D, as the upper bound. The first build of that kernel takes 10-25 min (cached after).
+# 4. Results as JSON (bench/results/<stamp>.json, also latest.json), the latency plot (SVG), a
 #    table and a final summary line. Everything targets loopback or the VM's 10.9.0.x.
 #
 # Profiles: default (full, by hand: ~10 min) and --short (CI: ~2-3 min).
@@ -25,15 +29,16 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
 PROFILE=full
-PARTS="vm host"
+PARTS="vm host smcd"
 STRICT=0
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case $1 in
     --short) PROFILE=short ;;
     --full) PROFILE=full ;;
     --vm-only) PARTS=vm ;;
     --host-only) PARTS=host ;;
+    --smcd-only) PARTS=smcd ;;
     --strict) STRICT=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
@@ -48,10 +53,12 @@ if [ "$PROFILE" = short ]; then
   : "${BENCH_VM_SECONDS:=4}" "${BENCH_VM_ROUNDS:=2}" "${BENCH_VM_WARMUP:=2}"
   : "${BENCH_HOST_SECONDS:=3}" "${BENCH_HOST_ROUNDS:=8}" "${BENCH_HOST_WARMUP:=2}"
   : "${BENCH_CLOSE_SECONDS:=2}" "${BENCH_CLOSE_ROUNDS:=4}"
+  : "${BENCH_SMCD_SECONDS:=4}" "${BENCH_SMCD_ROUNDS:=2}" "${BENCH_PINGPONG:=2:2000:64}"
 else
   : "${BENCH_VM_SECONDS:=20}" "${BENCH_VM_ROUNDS:=4}" "${BENCH_VM_WARMUP:=5}"
   : "${BENCH_HOST_SECONDS:=5}" "${BENCH_HOST_ROUNDS:=20}" "${BENCH_HOST_WARMUP:=5}"
   : "${BENCH_CLOSE_SECONDS:=4}" "${BENCH_CLOSE_ROUNDS:=10}"
+  : "${BENCH_SMCD_SECONDS:=20}" "${BENCH_SMCD_ROUNDS:=4}" "${BENCH_PINGPONG:=4:5000:64}"
 fi
 : "${BENCH_CONNS:=64}" "${BENCH_THREADS:=2}" "${BENCH_BODY_SIZE:=128}" "${BENCH_ENVOY_CONCURRENCY:=2}"
 export BENCH_CONNS BENCH_THREADS BENCH_BODY_SIZE BENCH_ENVOY_CONCURRENCY
@@ -105,6 +112,11 @@ if [ ! -x "$ECHO" ] || [ "$REPO/bench/echo.c" -nt "$ECHO" ]; then
   mkdir -p "$TARGET/bench"
   cc -O2 -Wall -o "$ECHO.tmp" "$REPO/bench/echo.c" && mv "$ECHO.tmp" "$ECHO"
 fi
+PINGPONG=$TARGET/bench/pingpong
+if [ ! -x "$PINGPONG" ] || [ "$REPO/bench/pingpong.c" -nt "$PINGPONG" ]; then
+  mkdir -p "$TARGET/bench"
+  cc -O2 -Wall -pthread -o "$PINGPONG.tmp" "$REPO/bench/pingpong.c" && mv "$PINGPONG.tmp" "$PINGPONG"
+fi
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$REPO/bench/results
@@ -121,7 +133,8 @@ msg "profile $PROFILE; raw results in ${RUN#"$REPO"/}"
   echo "host_kernel=$(uname -r)"
   echo "host_cpus=$(nproc)"
   echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
-  for v in BENCH_VM_SECONDS BENCH_VM_ROUNDS BENCH_VM_WARMUP BENCH_HOST_SECONDS BENCH_HOST_ROUNDS \
+  for v in BENCH_VM_SECONDS BENCH_VM_ROUNDS BENCH_VM_WARMUP BENCH_SMCD_SECONDS BENCH_SMCD_ROUNDS \
+    BENCH_PINGPONG BENCH_HOST_SECONDS BENCH_HOST_ROUNDS \
     BENCH_HOST_WARMUP BENCH_CLOSE_SECONDS BENCH_CLOSE_ROUNDS BENCH_CONNS BENCH_THREADS BENCH_BODY_SIZE \
     BENCH_ENVOY_CONCURRENCY BENCH_HOST_AA; do
     echo "$v=${!v:-}"
@@ -240,31 +253,39 @@ common_env=(BENCH_REPO="$REPO" BENCH_CONNS="$BENCH_CONNS" BENCH_THREADS="$BENCH_
   BENCH_WRK="$WRK" BENCH_CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)")
 
 # ---------------------------------------------------------------------------------------------
-# 1. the SMC-R VM
+# 1. the SMC-R VM, and 3. the SMC-D VM: the same Envoy pairs; run_vm_part DIR LABEL SECONDS ROUNDS
+# [run.sh options...] -> VM_PART_RC
+run_vm_part() {
+  local vmd=$1 label=$2 secs=$3 rounds=$4
+  shift 4
+  mkdir -p "$vmd/cfg"
+  # pair "on": the preload test's ports (inbound 15006); pair "off": its own ports
+  write_pair "$vmd/cfg" /tmp/cfg on 15000 15001 15010 10.9.0.2 15006 18080 MODE_AUTO
+  write_pair "$vmd/cfg" /tmp/cfg off 15100 15101 15110 10.9.0.2 15007 18080 MODE_OFF
+  validate_configs "$vmd/cfg"
+  local vm_env=("${common_env[@]}" BENCH_DIR=/tmp BENCH_PAIRS="off on"
+    BENCH_PHASES="keepalive:/:0:$secs:$rounds"
+    BENCH_WARMUP="$BENCH_VM_WARMUP" BENCH_APP_PORT=18080 BENCH_SNAPSHOTS=1)
+  [ -z "${VM_PINGPONG:-}" ] || vm_env+=(BENCH_PINGPONG="$VM_PINGPONG" BENCH_PINGPONG_BIN="$PINGPONG")
+  local env_args=() e
+  for e in "${vm_env[@]}"; do env_args+=(--env "$e"); done
+  local vm_timeout=$((300 + 2 * BENCH_VM_WARMUP + 2 * rounds * (secs + 30) + ${VM_EXTRA_SECONDS:-0}))
+  msg "$label: SMC off vs on, ${rounds}x${secs} s each (VM limit ${vm_timeout} s)"
+  set +e
+  ENVOY_SMC_BIN=$ENVOY_SMC "$REPO/tests/vm/run.sh" --quiet --timeout "$vm_timeout" --shared "$vmd" "$@" \
+    "${env_args[@]}" -- bash "$REPO/bench/driver.sh" >"$vmd/vm.stdout" 2>"$vmd/vm.stderr"
+  VM_PART_RC=$?
+  set -e
+  if [ "$VM_PART_RC" != 0 ]; then
+    msg "$label failed (exit $VM_PART_RC):"
+    tail -30 "$vmd/vm.stderr" >&2 || true
+  fi
+}
+
 VM_RC=skipped
 if [[ " $PARTS " == *" vm "* ]]; then
-  VMD=$RUN/vm
-  mkdir -p "$VMD/cfg"
-  # pair "on": the preload test's ports (inbound 15006); pair "off": its own ports
-  write_pair "$VMD/cfg" /tmp/cfg on 15000 15001 15010 10.9.0.2 15006 18080 MODE_AUTO
-  write_pair "$VMD/cfg" /tmp/cfg off 15100 15101 15110 10.9.0.2 15007 18080 MODE_OFF
-  validate_configs "$VMD/cfg"
-  vm_env=("${common_env[@]}" BENCH_DIR=/tmp BENCH_PAIRS="off on"
-    BENCH_PHASES="keepalive:/:0:$BENCH_VM_SECONDS:$BENCH_VM_ROUNDS"
-    BENCH_WARMUP="$BENCH_VM_WARMUP" BENCH_APP_PORT=18080 BENCH_SNAPSHOTS=1)
-  env_args=()
-  for e in "${vm_env[@]}"; do env_args+=(--env "$e"); done
-  vm_timeout=$((300 + 2 * BENCH_VM_WARMUP + 2 * BENCH_VM_ROUNDS * (BENCH_VM_SECONDS + 30)))
-  msg "1/2 SMC-R VM: SMC off vs on, ${BENCH_VM_ROUNDS}x${BENCH_VM_SECONDS} s each (VM limit ${vm_timeout} s)"
-  set +e
-  ENVOY_SMC_BIN=$ENVOY_SMC "$REPO/tests/vm/run.sh" --quiet --timeout "$vm_timeout" --shared "$VMD" \
-    "${env_args[@]}" -- bash "$REPO/bench/driver.sh" >"$VMD/vm.stdout" 2>"$VMD/vm.stderr"
-  VM_RC=$?
-  set -e
-  if [ "$VM_RC" != 0 ]; then
-    msg "the VM part failed (exit $VM_RC):"
-    tail -30 "$VMD/vm.stderr" >&2 || true
-  fi
+  run_vm_part "$RUN/vm" "1/3 SMC-R VM (Debian 6.12)" "$BENCH_VM_SECONDS" "$BENCH_VM_ROUNDS" --kernel stock
+  VM_RC=$VM_PART_RC
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +307,7 @@ EOF
   write_pair "$HD/cfg" "$HD/cfg" preload "${P[4]}" "${P[5]}" "${P[6]}" 127.0.0.1 "${P[7]}" "${P[8]}" \
     "$([ "${BENCH_HOST_AA:-0}" = 1 ] && echo - || echo MODE_AUTO)"
   validate_configs "$HD/cfg"
-  msg "2/2 plain kernel: stock Envoy vs Envoy under the preload library," \
+  msg "2/3 plain kernel: stock Envoy vs Envoy under the preload library," \
     "${BENCH_HOST_ROUNDS}x${BENCH_HOST_SECONDS} s keep-alive + ${BENCH_CLOSE_ROUNDS}x${BENCH_CLOSE_SECONDS} s connection: close, interleaved"
   set +e
   env "${common_env[@]}" BENCH_DIR="$HD" BENCH_PAIRS="plain preload" \
@@ -303,11 +324,23 @@ EOF
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 3. report
+# 3. SMC-D loopback: the kernel built from source (built once, cached), the loopback device on
+SMCD_RC=skipped
+if [[ " $PARTS " == *" smcd "* ]]; then
+  IFS=: read -r pp_r pp_n _ <<<"$BENCH_PINGPONG"
+  VM_PINGPONG=$BENCH_PINGPONG VM_EXTRA_SECONDS=$((2 * pp_r * (10 + pp_n / 500))) \
+    run_vm_part "$RUN/smcd" "3/3 SMC-D VM (kernel built from linux-source-7.3, loopback; the first build takes 10-25 min)" \
+    "$BENCH_SMCD_SECONDS" "$BENCH_SMCD_ROUNDS" --kernel built --smcd-loopback on
+  SMCD_RC=$VM_PART_RC
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. report
 echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta.txt"
 echo "elapsed_s=$(($(date +%s) - T0))" >>"$RUN/meta.txt"
 echo "vm_rc=$VM_RC" >>"$RUN/meta.txt"
 echo "host_rc=$HOST_RC" >>"$RUN/meta.txt"
+echo "smcd_rc=$SMCD_RC" >>"$RUN/meta.txt"
 report_args=()
 [ "$STRICT" = 0 ] || report_args+=(--strict)
 set +e

@@ -11,7 +11,7 @@
 # mode or fallback reason (envoy-smc status), and envoy-smc's counters.
 #
 # On a fresh machine: installs what it needs (scripts/install-deps.sh), builds, downloads the
-# kernel package once (.cache/vm). Traffic stays inside the VM (no network device to the outside).
+# kernel package once (~/.cache/envoy-smc/vm). Traffic stays inside the VM (no network device to the outside).
 #
 #   scripts/demo.sh           the demo
 #   scripts/demo.sh --check   the same, asserting what it shows, then the same patched configs on

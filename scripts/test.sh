@@ -5,8 +5,10 @@
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-vm    without the VM suite (it needs qemu and the Debian kernel package)
 #
-# Ends with one line "total: N passed, M failed" (every test of every runner) and exits non-zero
-# when anything failed.
+# Ends with one line "total: N passed, M failed, K skipped" (every test of every runner) and exits
+# non-zero when anything failed. Skipped: cargo's "ignored" tests and our runners' "N skipped". A
+# VM test is #[ignore]d on the host and run by the VM suite, so it counts once as skipped (the host
+# cargo-test step) and once as passed or failed (the vm step): both runs are real, both reported.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 passed=0
 failed=0
+skipped=0
 steps_failed=()
 
 # Runs one step, tees its output, and adds up the counts its runner printed.
@@ -30,16 +33,19 @@ step() {
   local start=$SECONDS
   "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
-  local p f
+  local p f s
   # cargo test: "test result: ok. 12 passed; 0 failed; ..."
   p=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
   f=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
-  # our own runners: "N passed, M failed" alone on a line
-  local pp ff
+  s=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed; [0-9]+ ignored' "$log" | grep -oE '[0-9]+ ignored' | awk '{s+=$1} END {print s+0}')
+  # our own runners: "N passed, M failed" alone on a line, optionally followed by ", K skipped"
+  local pp ff ss
   pp=$(grep -oE '^([a-z-]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
   ff=$(grep -oE '^([a-z-]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  ss=$(grep -oE '^([a-z-]+: )?[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$log" | grep -oE '[0-9]+ skipped' | awk '{s+=$1} END {print s+0}')
   passed=$((passed + p + pp))
   failed=$((failed + f + ff))
+  skipped=$((skipped + s + ss))
   if [ "$rc" -ne 0 ]; then
     steps_failed+=("$name")
     # A step that failed without reporting a failing test (build error, lint) counts as one.
@@ -57,6 +63,9 @@ step buildifier bash bazel/test/buildifier.sh
 # Alert rules: promtool check + unit tests (a second or two).
 step promtool bash monitoring/check.sh
 if [ "$run_vm" = 1 ]; then
+  # The VM's second kernel, built from Debian's linux-source-7.3 (10-25 min once, then cached);
+  # the bench step's SMC-D part and the *-7.3 steps below boot it.
+  step kernel bash tests/vm/build-kernel.sh
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
   step demo bash scripts/demo.sh --check
@@ -65,6 +74,11 @@ if [ "$run_vm" = 1 ]; then
   step bench bash bench/run.sh --short
   # Adaptive fallback end to end: a stock Envoy pair, a path dropping SMC's SYNs (about 1 min).
   step adaptive bash tests/vm/adaptive-e2e.sh
+  # The newest kernel, built from linux-source-7.3 (SMC-D loopback, BTF; cached in ~/.cache/envoy-smc/vm):
+  # the SMC-R suite and adaptive fallback again on it, and SMC-D loopback end to end.
+  step vm-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built bash tests/vm/suite.sh
+  step adaptive-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built ENVOY_SMC_VM_SMCD_LOOPBACK=off bash tests/vm/adaptive-e2e.sh --no-build
+  step smcd bash tests/vm/smcd-e2e.sh --no-build
   # The mesh switch live over xDS with traffic running: timeline, zero failed requests, no
   # rejected listener update (about 1.5 min with the VM boot).
   step live-switch bash tests/vm/live-switch.sh
@@ -74,5 +88,5 @@ fi
 
 echo
 [ ${#steps_failed[@]} -gt 0 ] && echo "failed steps: ${steps_failed[*]}"
-echo "total: $passed passed, $failed failed"
+echo "total: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ ${#steps_failed[@]} -eq 0 ]

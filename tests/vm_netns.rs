@@ -1,5 +1,5 @@
-//! Seeing every pod of the node, inside the test VM (tests/vm/run.sh; skipped unless
-//! ENVOY_SMC_VM=1). Run with `tests/vm/suite.sh vm_netns` or as part of the whole suite.
+//! Seeing every pod of the node, inside the test VM (tests/vm/run.sh; `#[ignore]`d, so skipped
+//! by a plain `cargo test`, and returning with a message unless ENVOY_SMC_VM=1). Run with `tests/vm/suite.sh vm_netns` or as part of the whole suite.
 //!
 //! - Rows of client and accepted sockets, both flavours, on SMC-R and on the TCP fallback, show
 //!   the real local and peer addresses and the right flavour (smc_diag reports sockets accepted
@@ -169,6 +169,7 @@ fn rows_case(kind: SocketKind, switch: bool, mode: &str) {
 }
 
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_af_smc_smcr() {
     if !in_vm() {
         return;
@@ -178,6 +179,7 @@ fn client_and_accepted_rows_af_smc_smcr() {
 }
 
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_ipproto_smc_smcr() {
     if !in_vm() {
         return;
@@ -187,6 +189,7 @@ fn client_and_accepted_rows_ipproto_smc_smcr() {
 }
 
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_ipproto_smc_fallback() {
     if !in_vm() {
         return;
@@ -196,6 +199,7 @@ fn client_and_accepted_rows_ipproto_smc_fallback() {
 }
 
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_af_smc_fallback() {
     if !in_vm() {
         return;
@@ -308,6 +312,7 @@ fn metric(page: &str, prefix: &str) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn all_netns_sees_the_root_and_two_pods() {
     if !in_vm() {
         return;
@@ -544,6 +549,7 @@ impl Drop for Reaped {
 }
 
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn prometheus_scrapes_the_exporter_while_traffic_runs() {
     if !in_vm() {
         return;

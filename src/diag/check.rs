@@ -463,9 +463,18 @@ fn classify_connected(r: &mut CheckReport, fd: BorrowedFd<'_>) {
                 }
                 Mode::SmcD => {
                     r.verdict = Verdict::SmcD;
+                    let devices = super::dibs::devices();
+                    let device =
+                        s.dmb
+                            .as_ref()
+                            .map(|d| match super::dibs::device_of(&devices, d) {
+                                Some(dev) => format!(", device {}", dev.describe()),
+                                None => format!(", device gid {:#x}", d.my_gid),
+                            });
                     r.summary = format!(
-                        "SMC-D, state {} (connect {connect_ms:.1} ms)",
-                        s.state.name()
+                        "SMC-D, state {}{} (connect {connect_ms:.1} ms)",
+                        s.state.name(),
+                        device.unwrap_or_default()
                     );
                 }
                 Mode::Fallback => {

@@ -4,6 +4,7 @@
 //!   and peer diagnosis, link (RDMA device) info;
 //! - [`genl`]: `SMC_GEN_NETLINK` — system info, devices and ports with PNET IDs, statistics,
 //!   per-reason fallback counters, UEIDs (list/add/remove), SEID, handshake limitation;
+//! - [`dibs`]: SMC-D devices in sysfs (the loopback device pods on one node share);
 //! - [`procs`]: socket inode -> processes;
 //! - [`netns`], [`nsdump`]: every network namespace of the node, entered one at a time;
 //! - [`inet_diag`]: TCP sockets, to give `IPPROTO_SMC` sockets their addresses;
@@ -15,6 +16,7 @@
 
 pub mod check;
 pub mod decline;
+pub mod dibs;
 pub mod genl;
 pub mod inet_diag;
 pub mod netlink;

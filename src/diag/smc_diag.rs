@@ -27,8 +27,10 @@ pub const SMC_DIAG_FALLBACK: u16 = 5;
 pub const CONNINFO_LEN: usize = 76;
 /// `sizeof(struct smc_diag_lgrinfo)`: one linkinfo (1 + 64 + 1 + 40 + 40) + role.
 pub const LGRINFO_LEN: usize = 147;
-/// `sizeof(struct smcd_diag_dmbinfo)` before the GID extensions (Linux < 6.9); newer is 56.
+/// `sizeof(struct smcd_diag_dmbinfo)` before the GID extensions (Linux < 6.9).
 pub const DMBINFO_MIN_LEN: usize = 40;
+/// `sizeof(struct smcd_diag_dmbinfo)` with `peer_gid_ext` and `my_gid_ext`.
+pub const DMBINFO_EXT_LEN: usize = 56;
 const IB_DEVICE_NAME_MAX: usize = 64;
 
 /// The socket's SMC mode (`SMC_DIAG_MODE_*`).
@@ -144,7 +146,8 @@ pub struct LinkInfo {
     pub role: &'static str,
 }
 
-/// The DMBINFO attribute (SMC-D).
+/// The DMBINFO attribute (SMC-D): the link group, both ends' device GIDs and the tokens of
+/// this side's DMB (the shared buffer the peer writes into) and of the peer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DmbInfo {
     pub link_id: u32,
@@ -152,6 +155,17 @@ pub struct DmbInfo {
     pub my_gid: u64,
     pub token: u64,
     pub peer_token: u64,
+    /// The second half of 128-bit GIDs (Linux >= 6.9: emulated ISM devices such as the
+    /// loopback); `None` from older kernels.
+    pub peer_gid_ext: Option<u64>,
+    pub my_gid_ext: Option<u64>,
+}
+
+impl DmbInfo {
+    /// Both ends use the same SMC-D device: a loopback connection inside one kernel.
+    pub fn same_device(&self) -> bool {
+        self.peer_gid == self.my_gid && self.peer_gid_ext == self.my_gid_ext
+    }
 }
 
 /// One SMC socket as smc_diag reports it.
@@ -349,14 +363,18 @@ pub fn parse_smc_diag_msg(payload: &[u8]) -> Result<SmcSocket, ParseError> {
                 });
             }
             SMC_DIAG_DMBINFO => {
-                // u32 linkid; 4 bytes padding; u64 peer_gid, my_gid, token, peer_token[, exts]
+                // u32 linkid; 4 bytes padding; u64 peer_gid, my_gid, token, peer_token
+                // [, u64 peer_gid_ext, my_gid_ext]
                 let d = need(a.data, DMBINFO_MIN_LEN, "smc_diag DMBINFO")?;
+                let ext = a.data.get(DMBINFO_MIN_LEN..DMBINFO_EXT_LEN);
                 s.dmb = Some(DmbInfo {
                     link_id: u32_ne(&d[0..4]),
                     peer_gid: u64_ne(&d[8..16]),
                     my_gid: u64_ne(&d[16..24]),
                     token: u64_ne(&d[24..32]),
                     peer_token: u64_ne(&d[32..40]),
+                    peer_gid_ext: ext.map(|e| u64_ne(&e[0..8])),
+                    my_gid_ext: ext.map(|e| u64_ne(&e[8..16])),
                 });
             }
             _ => {} // newer kernels may add attributes

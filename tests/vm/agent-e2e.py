@@ -173,7 +173,11 @@ check(not status(PIDS["plain"], listen=True),
 # ---- SMC-R between the Envoys ----
 res, (cs, ss) = during_slow(10000, "/smc", 4, lambda: (to_server(status(PIDS["client"])),
                                                       to_server(status(PIDS["server"]))),
-                            lambda v: v[0] and any(c["mode"] == "SMCR" for c in v[1]))
+                            # every client connection past its SMC handshake (INIT while the
+                            # link group comes up), and the server's side seen
+                            lambda v: v[0] and all(c["mode"] == "SMCR" and c["state"] == "ACTIVE"
+                                                   for c in v[0])
+                            and any(c["mode"] == "SMCR" for c in v[1]))
 check(ok(res) and cs and all(c["mode"] == "SMCR" and c["state"] == "ACTIVE" for c in cs)
       and any(c["mode"] == "SMCR" for c in ss),
       "client -> server is SMC-R on both stock Envoys (smc_diag)",

@@ -28,7 +28,12 @@ has() { grep -q "$1" <<<"$2"; }
 protocols=$(cat /proc/net/protocols)
 check "AF_SMC sockets (SMC in /proc/net/protocols)" has "^SMC " "$protocols"
 check "IPPROTO_SMC sockets (INET_SMC)" has "^INET_SMC " "$protocols"
-check "smc_diag loaded" test -d /sys/module/smc_diag
+# smc_diag answers (a module on the stock kernel, built in on the built one)
+if [ -x "$BIN" ]; then
+  check "smc_diag answers (envoy-smc status)" "$BIN" status --json
+else
+  check "smc_diag loaded" test -d /sys/module/smc_diag
+fi
 addrs=$(ip -4 -o addr show)
 check "va has $CLIENT" has "va  *inet $CLIENT/" "$addrs"
 check "vb has $SERVER" has "vb  *inet $SERVER/" "$addrs"
@@ -45,6 +50,13 @@ check "iptables: raw notrack, nat DNAT/REDIRECT, filter SYN with option 254" sh 
   iptables-legacy -t nat -A OUTPUT -p tcp -d $SERVER --dport 8081 -j REDIRECT --to-ports 15001 &&
   iptables-legacy -t filter -A INPUT -p tcp --syn --tcp-option 254 -j DROP &&
   for t in raw nat filter; do iptables-legacy -t \$t -F || exit 1; done"
+if [ "${ENVOY_SMC_VM_KERNEL_KIND:-stock}" = built ]; then
+  # what the kernel built from source adds: SMC-D loopback, and BPF that can choose SMC at socket()
+  check "dibs loopback device lo" test -d /sys/class/dibs/lo
+  check "SMC-D loopback ${ENVOY_SMC_VM_SMCD_LOOPBACK:-?} for this run" test -n "${ENVOY_SMC_VM_SMCD_LOOPBACK:-}"
+  check "BTF, net.smc.hs_ctrl, fmod_ret on update_socket_protocol (tests/vm/bpf-probe.py)" \
+    python3 "$(dirname "$0")/bpf-probe.py"
+fi
 if [ -x "$BIN" ]; then
   check "envoy-smc doctor" "$BIN" doctor
 else

@@ -40,7 +40,7 @@ finish() {  # finish RC: kernel log, then the exit status (written last: run.sh 
       pri = substr($0, 2, RLENGTH - 2) % 8; line = substr($0, RLENGTH + 1)
       print line > all
       s = line; sub(/^\[ */, "", s); split(s, a, "]")
-      if (pri <= 4 && a[1] + 0 >= t && line !~ /smc: +(adding ib device|ib device .* has pnetid|SMC-R lg [0-9a-f]+ net [0-9]+ (link added|state changed))/) print line > warn
+      if (pri <= 4 && a[1] + 0 >= t && line !~ /smc: +(adding ib device|ib device .* has pnetid|smcd device .* applied user defined pnetid|SMC-R lg [0-9a-f]+ net [0-9]+ (link added|state changed))/) print line > warn
     }'
   : >>"$D/kernel-warnings"
   mark "finished ($rc)"
@@ -120,6 +120,18 @@ if [ -n "$VM_UEID" ]; then
   fi
 fi
 
+# --- SMC-D loopback (built kernel: the dibs device "lo"): on, or hidden from SMC's proposals by a
+# PNET ID no netdev carries (run.sh --smcd-loopback off), so that 10.9.0.1 <-> 10.9.0.2 is SMC-R ---
+SMCD_LO=absent
+if [ -d /sys/class/dibs/lo ]; then
+  SMCD_LO=on
+  if [ "${VM_SMCD_LOOPBACK:-on}" = off ]; then
+    run python3 "$VM_REPO/tests/vm/pnetid.py" lo NOLOOPBACK
+    SMCD_LO=off
+    mark "SMC-D loopback hidden (PNET ID NOLOOPBACK)"
+  fi
+fi
+
 # --- the command ---
 cd "$VM_CWD" 2>/dev/null || { warn "working directory $VM_CWD not visible in the VM, using /tmp"; cd /tmp || exit 1; }
 read -r kernel </proc/sys/kernel/osrelease
@@ -131,6 +143,8 @@ VM_ENV+=(
   "ENVOY_SMC_VM_RDMA_DEVICES=$CLIENT_RDMA $SERVER_RDMA"
   "ENVOY_SMC_VM_UEID=$UEID_SET"
   "ENVOY_SMC_VM_KERNEL=$kernel"
+  "ENVOY_SMC_VM_SMCD_LOOPBACK=$SMCD_LO"
+  "ENVOY_SMC_VM_KERNEL_KIND=${VM_KERNEL_KIND:-stock}"
   ENVOY_SMC_VM_SHARED=/tmp
   "ENVOY_SMC_VM_HOST_SHARED=$VM_HOST_SHARED"
   "ENVOY_SMC_VM_REPO=$VM_REPO"

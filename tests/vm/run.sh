@@ -3,8 +3,9 @@
 #
 #   tests/vm/run.sh [OPTIONS] [--] COMMAND [ARGS...]
 #
-# The VM boots Debian 13's 6.12 kernel (downloaded once, never installed) with a busybox
-# initramfs, mounts this machine's root read-only over 9p and runs COMMAND in a chroot of it,
+# The VM boots Debian 13's 6.12 kernel (downloaded once, never installed; --kernel stock, the
+# default) or a kernel built from Debian's linux-source-7.3 by tests/vm/build-kernel.sh (--kernel
+# built: everything built in, with SMC-D loopback and BPF/BTF) with a busybox initramfs, mounts this machine's root read-only over 9p and runs COMMAND in a chroot of it,
 # so host binaries (cargo-built tests, python3, envoy) run unchanged. Inside: a veth pair
 # va 10.9.0.1 <-> vb 10.9.0.2 in the initial netns, Soft-RoCE devices rxea/rxeb on them, a UEID
 # (SMC-Rv2), so AF_SMC / IPPROTO_SMC connections between 10.9.0.1 and 10.9.0.2 are real SMC-R.
@@ -16,13 +17,17 @@ set -euo pipefail
 
 SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SELF_DIR/../.." && pwd)
-CACHE=${ENVOY_SMC_VM_CACHE:-$REPO/.cache/vm}
+# A per-user cache (like cargo's), shared by every checkout of this user: the kernel package and
+# the built kernel are fetched/built once per machine, not once per clone.
+CACHE=${ENVOY_SMC_VM_CACHE:-${XDG_CACHE_HOME:-${HOME:-$REPO}/.cache}/envoy-smc/vm}
 ENVOY_SMC_BIN=${ENVOY_SMC_BIN:-$REPO/target/debug/envoy-smc}
 TIMEOUT=${ENVOY_SMC_VM_TIMEOUT:-600}
 MEM=${ENVOY_SMC_VM_MEM:-2048}
 SMP=${ENVOY_SMC_VM_SMP:-2}
 UEID=ENVOY-SMC-TEST
 SHARED=${ENVOY_SMC_VM_SHARED_DIR:-}
+KERNEL_KIND=${ENVOY_SMC_VM_KERNEL_KIND:-stock}
+SMCD_LOOPBACK=${ENVOY_SMC_VM_SMCD_LOOPBACK:-on}
 QUIET=0
 CONSOLE=0
 PREPARE_ONLY=0
@@ -62,6 +67,13 @@ chroot of this machine's root, with real SMC-R between 10.9.0.1 (va, rxea) and 1
 COMMAND's stdout/stderr are streamed live; the exit status is COMMAND's.
 
 options:
+  --kernel KIND    stock: Debian's 6.12 image (default); built: the kernel tests/vm/build-kernel.sh
+                   builds from linux-source-7.3 (SMC-D loopback, BTF), built on first use
+                   (env ENVOY_SMC_VM_KERNEL_KIND)
+  --smcd-loopback on|off
+                   built kernel: off hides the SMC-D loopback device (dibs "lo") from SMC, so
+                   connections between 10.9.0.1 and 10.9.0.2 are SMC-R as on the stock kernel
+                   (default on; env ENVOY_SMC_VM_SMCD_LOOPBACK)
   --timeout SECS   limit for the whole VM run: boot, setup and COMMAND (default 600,
                    env ENVOY_SMC_VM_TIMEOUT); exit 124 when it is hit
   --no-ueid        do not add the UEID (SMC-Rv2 then cannot be negotiated: fallback NOSMCDEV)
@@ -74,7 +86,7 @@ options:
   -h, --help       this text
 
 environment: ENVOY_SMC_BIN (envoy-smc CLI used for `ueid add`, default <repo>/target/debug/envoy-smc),
-ENVOY_SMC_VM_CACHE (default <repo>/.cache/vm), ENVOY_SMC_VM_KERNEL (a linux-image-* package name),
+ENVOY_SMC_VM_CACHE (default ~/.cache/envoy-smc/vm, or $XDG_CACHE_HOME/envoy-smc/vm), ENVOY_SMC_VM_KERNEL (a linux-image-* package name, stock kernel),
 ENVOY_SMC_VM_MIRROR (Debian mirror URL), ENVOY_SMC_VM_MEM (MiB, 2048), ENVOY_SMC_VM_SMP (2),
 ENVOY_SMC_VM_MODULES (more kernel modules to load at boot), ENVOY_SMC_VM_APPEND (kernel args).
 EOF
@@ -97,6 +109,10 @@ while [ $# -gt 0 ]; do
     --shared=*) SHARED=${1#*=}; shift ;;
     --env) [ $# -ge 2 ] || die 2 "--env needs NAME or NAME=VALUE"; EXTRA_ENV+=("$2"); shift 2 ;;
     --env=*) EXTRA_ENV+=("${1#*=}"); shift ;;
+    --kernel) [ $# -ge 2 ] || die 2 "--kernel needs stock or built"; KERNEL_KIND=$2; shift 2 ;;
+    --kernel=*) KERNEL_KIND=${1#*=}; shift ;;
+    --smcd-loopback) [ $# -ge 2 ] || die 2 "--smcd-loopback needs on or off"; SMCD_LOOPBACK=$2; shift 2 ;;
+    --smcd-loopback=*) SMCD_LOOPBACK=${1#*=}; shift ;;
     --console) CONSOLE=1; shift ;;
     --quiet|-q) QUIET=1; shift ;;
     --prepare) PREPARE_ONLY=1; shift ;;
@@ -111,6 +127,8 @@ CMD=("$@")
 if ! [[ $TIMEOUT =~ ^[0-9]+$ ]] || [ "$TIMEOUT" -lt 30 ]; then
   die 2 "--timeout must be a whole number of seconds >= 30"
 fi
+case $KERNEL_KIND in stock|built) ;; *) die 2 "--kernel must be stock or built, not '$KERNEL_KIND'" ;; esac
+case $SMCD_LOOPBACK in on|off) ;; *) die 2 "--smcd-loopback must be on or off, not '$SMCD_LOOPBACK'" ;; esac
 [ "${ENVOY_SMC_VM:-}" != 1 ] || die 2 "already inside the envoy-smc VM (ENVOY_SMC_VM=1)"
 for e in "${EXTRA_ENV[@]}"; do
   [[ ${e%%=*} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die 2 "--env: bad variable name in '$e'"
@@ -234,6 +252,19 @@ fetch_kernel() {
   [ -f "$KROOT/lib/modules/$KVER/modules.dep" ] || depmod -b "$KROOT" "$KVER"
 }
 
+# built kernel (--kernel built): tests/vm/build-kernel.sh builds it once and prints its bzImage;
+# everything is built in, so the initramfs carries no modules
+built_kernel() {
+  local img
+  img=$("$SELF_DIR/build-kernel.sh" $([ "$QUIET" = 1 ] && echo --quiet)) ||
+    die 1 "the kernel could not be built (tests/vm/build-kernel.sh)"
+  [ -f "$img" ] || die 1 "tests/vm/build-kernel.sh printed no kernel image"
+  VMLINUZ=$img
+  KVER=$(sed -n 's/^release=//p' "$(dirname "$img")/info")
+  [ -n "$KVER" ] || die 1 "no release in $(dirname "$img")/info"
+  KROOT=
+}
+
 # ---------------------------------------------------------------------------------------------
 # initramfs: static busybox, the modules (decompressed, with their own modules.dep for busybox
 # modprobe) and tests/vm/init; cached by content
@@ -260,6 +291,10 @@ build_initramfs() {
     for d in "${deps[@]}"; do add "$d"; done
     order+=("$p")
   }
+  if [ -z "$KROOT" ]; then   # built kernel: no modules at all
+    [ ${#EXTRA_MODULES[@]} -eq 0 ] || die 2 "ENVOY_SMC_VM_MODULES: the built kernel has no modules (build them in: tests/vm/kernel.config)"
+    BOOT_MODULES=() OPTIONAL_MODULES=()
+  fi
   for m in "${BOOT_MODULES[@]}" "${EXTRA_MODULES[@]}"; do
     p=$(modpath "$m")
     if [ -z "$p" ]; then is_builtin "$m" || die 1 "kernel $KVER has no module $m"; continue; fi
@@ -289,9 +324,13 @@ build_initramfs() {
       *) cp "$md/$p" "$out" ;;
     esac
   done
-  cp "$md/modules.builtin" "$md/modules.order" "$ir/lib/modules/$KVER/" 2>/dev/null || true
-  [ ! -f "$md/modules.builtin.modinfo" ] || cp "$md/modules.builtin.modinfo" "$ir/lib/modules/$KVER/"
-  depmod -b "$ir" "$KVER"
+  if [ -n "$KROOT" ]; then
+    cp "$md/modules.builtin" "$md/modules.order" "$ir/lib/modules/$KVER/" 2>/dev/null || true
+    [ ! -f "$md/modules.builtin.modinfo" ] || cp "$md/modules.builtin.modinfo" "$ir/lib/modules/$KVER/"
+    depmod -b "$ir" "$KVER"
+  else
+    rmdir "$ir/lib/modules/$KVER"
+  fi
   for p in "${boot[@]}"; do
     p=${p##*/}
     echo "${p%%.ko*}"
@@ -307,10 +346,11 @@ build_initramfs() {
 
 prepare() {
   ensure_host_packages
+  [ "$KERNEL_KIND" = stock ] || built_kernel   # build-kernel.sh takes its own lock
   # one preparer at a time per cache (several engineers / test jobs may start VMs at once)
   exec 9>"$CACHE/.lock"
   flock 9
-  fetch_kernel
+  [ "$KERNEL_KIND" = built ] || fetch_kernel
   build_initramfs
   flock -u 9
   exec 9>&-
@@ -385,6 +425,8 @@ done
   printf 'VM_CWD=%q\n' "$PWD"
   printf 'VM_TIMEOUT=%q\n' "$TIMEOUT"
   printf 'VM_UEID=%q\n' "$UEID"
+  printf 'VM_SMCD_LOOPBACK=%q\n' "$SMCD_LOOPBACK"
+  printf 'VM_KERNEL_KIND=%q\n' "$KERNEL_KIND"
   printf 'VM_ENVOY_SMC_BIN=%q\n' "$ENVOY_SMC_BIN"
   printf 'VM_HOST_SHARED=%q\n' "$SHARED"
   printf 'VM_REPO=%q\n' "$REPO"

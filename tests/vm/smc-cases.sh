@@ -17,4 +17,4 @@ exe=$(cargo test -q -p envoy-smc --test vm_smc --no-run --message-format=json 2>
   grep '"name":"vm_smc"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$exe" ] || { echo "tests/vm/smc-cases.sh: cannot find the vm_smc test binary" >&2; exit 1; }
 exec tests/vm/run.sh --timeout "${ENVOY_SMC_VM_TIMEOUT:-300}" \
-  --env "ENVOY_SMC_BIN=$REPO/target/debug/envoy-smc" -- "$exe" --test-threads=1 "$@"
+  --env "ENVOY_SMC_BIN=$REPO/target/debug/envoy-smc" -- "$exe" --ignored --test-threads=1 "$@"

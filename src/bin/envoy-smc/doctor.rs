@@ -1,9 +1,11 @@
-//! `envoy-smc doctor`: is this node ready to carry sidecar traffic over SMC-R, and if not, why
-//! and what to fix. Exit 0 ready, 1 not ready.
+//! `envoy-smc doctor`: is this node ready to carry sidecar traffic over SMC (SMC-R between
+//! nodes, SMC-D loopback between pods on this node), and if not, why and what to fix. Exit 0
+//! ready (for at least one of the two), 1 not ready.
 
 use std::fs;
 use std::path::Path;
 
+use envoy_smc::diag::dibs::{self, SmcdDevice};
 use envoy_smc::diag::genl::{SeidInfo, SmcDevice, SysInfo};
 use envoy_smc::diag::{smc_diag, DiagError, SmcGenl};
 use envoy_smc::smc::KernelSupport;
@@ -19,6 +21,9 @@ pub struct Args {
     /// Read RDMA devices from this directory instead of /sys/class/infiniband (for tests).
     #[arg(long, hide = true, default_value = "/sys/class/infiniband")]
     rdma_sysfs: String,
+    /// Read SMC-D devices from this directory instead of /sys/class/dibs (for tests).
+    #[arg(long, hide = true, default_value = dibs::DIBS_CLASS)]
+    dibs_sysfs: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -80,6 +85,12 @@ struct Report {
     smc_sys_info: Option<SysInfo>,
     smcr_devices: Vec<SmcDevice>,
     smcd_devices: Vec<SmcDevice>,
+    /// SMC-D devices in sysfs, the loopback one included (`GET_DEV_SMCD` leaves it out).
+    smcd_sysfs_devices: Vec<SmcdDevice>,
+    /// Pods on this node can reach each other over SMC-D loopback.
+    smcd_loopback: bool,
+    /// Other nodes can be reached over SMC-R (an active RDMA port).
+    smcr_usable: bool,
     ueids: Vec<String>,
     seid: Option<SeidInfo>,
     handshake_limitation: Option<bool>,
@@ -281,26 +292,37 @@ pub fn run(args: Args) -> u8 {
         }
     }
 
-    // modules (built-in code shows up in /sys/module too when it has parameters; the functional
+    // modules (built-in code shows up in /sys/module only when it has parameters; the functional
     // checks around this one are what decide)
+    let diag = smc_diag::dump();
     let diag_loaded = module_loaded("smc_diag");
+    let state = |loaded: bool, works: bool| {
+        if loaded {
+            "loaded"
+        } else if works {
+            "built in"
+        } else {
+            "not loaded"
+        }
+    };
+    let (smc_works, diag_works) = (!support.none(), diag.is_ok());
     push(
         "modules",
-        if smc_loaded && diag_loaded {
+        if (smc_loaded || smc_works) && (diag_loaded || diag_works) {
             Status::Ok
         } else {
             Status::Info
         },
         format!(
             "smc {}, smc_diag {}",
-            if smc_loaded { "loaded" } else { "not loaded" },
-            if diag_loaded { "loaded" } else { "not loaded" }
+            state(smc_loaded, smc_works),
+            state(diag_loaded, diag_works)
         ),
         None,
     );
 
     // smc_diag
-    match smc_diag::dump() {
+    match diag {
         Ok(socks) => push(
             "smc_diag",
             Status::Ok,
@@ -322,6 +344,48 @@ pub fn run(args: Args) -> u8 {
         }
     }
 
+    // SMC-D devices in sysfs: the loopback device carries SMC-D between pods on this node
+    let smcd_sysfs = if support.none() {
+        Vec::new()
+    } else {
+        dibs::devices_at(Path::new(&args.dibs_sysfs), Path::new(dibs::SMC_LO_DEVICE))
+    };
+    let loopback: Vec<&SmcdDevice> = smcd_sysfs.iter().filter(|d| d.loopback).collect();
+    let smcd_loopback = !loopback.is_empty();
+    if smcd_loopback {
+        push(
+            "smc-d loopback",
+            Status::Ok,
+            format!(
+                "{}: pods on this node reach each other over SMC-D (shared memory, no RDMA)",
+                loopback
+                    .iter()
+                    .map(|d| match &d.gid {
+                        Some(g) => format!("{} gid {g}", d.describe()),
+                        None => d.describe(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None,
+        );
+    } else if !support.none() {
+        push(
+            "smc-d loopback",
+            Status::Info,
+            "no SMC-D loopback device (Linux 6.11+ CONFIG_SMC_LO, 7.0+ CONFIG_DIBS_LO): pods on \
+             this node reach each other over SMC-R or TCP"
+                .into(),
+            None,
+        );
+    }
+    // Without RDMA a node with the loopback device still serves SMC-D between its pods.
+    let no_rdma = if smcd_loopback {
+        Status::Warn
+    } else {
+        Status::Fail
+    };
+
     // RDMA devices in sysfs
     let rdma = rdma_devices(Path::new(&args.rdma_sysfs));
     let active: Vec<String> = rdma
@@ -336,7 +400,7 @@ pub fn run(args: Args) -> u8 {
     if rdma.is_empty() {
         push(
             "rdma devices",
-            Status::Fail,
+            no_rdma,
             "no RDMA devices (nothing in /sys/class/infiniband)".into(),
             Some(
                 "load the NIC's RDMA driver (eRDMA: modprobe erdma; Mellanox: mlx5_ib) or, for a \
@@ -347,7 +411,7 @@ pub fn run(args: Args) -> u8 {
     } else if active.is_empty() {
         push(
             "rdma devices",
-            Status::Fail,
+            no_rdma,
             format!(
                 "RDMA devices {} have no ACTIVE port",
                 rdma.iter()
@@ -436,7 +500,7 @@ pub fn run(args: Args) -> u8 {
                     })
                 })
                 .collect();
-            if usable.is_empty() && smcd.is_empty() {
+            if usable.is_empty() && smcd.is_empty() && !smcd_loopback {
                 push(
                     "smc devices",
                     Status::Fail,
@@ -455,8 +519,15 @@ pub fn run(args: Args) -> u8 {
                 if !usable.is_empty() {
                     detail.push(format!("SMC-R: {}", usable.join(", ")));
                 }
-                if !smcd.is_empty() {
-                    detail.push(format!("SMC-D: {} device(s)", smcd.len()));
+                if !smcd.is_empty() || smcd_loopback {
+                    let mut names: Vec<String> = loopback.iter().map(|d| d.describe()).collect();
+                    if !smcd.is_empty() {
+                        names.push(format!("{} ISM device(s)", smcd.len()));
+                    }
+                    detail.push(format!("SMC-D: {}", names.join(", ")));
+                }
+                if usable.is_empty() {
+                    detail.push("no SMC-R device: other nodes are reached over TCP".into());
                 }
                 push("smc devices", Status::Ok, detail.join("; "), None);
             }
@@ -484,7 +555,7 @@ pub fn run(args: Args) -> u8 {
                 push(
                     "smc-rv2 eid",
                     Status::Ok,
-                    format!("{}: SMC-Rv2 can be proposed", d.join("; ")),
+                    format!("{}: SMC-Rv2 and SMC-Dv2 can be proposed", d.join("; ")),
                     None,
                 );
             } else {
@@ -506,8 +577,8 @@ pub fn run(args: Args) -> u8 {
                         "smc-rv2 eid",
                         Status::Fail,
                         "no UEID or SEID: the kernel will not propose SMC-Rv2, the only version \
-                         RoCE v2 devices (eRDMA, Soft-RoCE) carry; connections fall back with \
-                         NOSMCDEV"
+                         RoCE v2 devices (eRDMA, Soft-RoCE) carry, nor SMC-D over the loopback \
+                         device; connections fall back (NOSMCDEV, PEERDECL)"
                             .into(),
                         fix,
                     );
@@ -538,8 +609,17 @@ pub fn run(args: Args) -> u8 {
     push("node agent", Status::Info, agent, None);
     let sysctls = sysctls();
     let ready = !checks.iter().any(|c| c.status == Status::Fail);
-    let verdict = if ready {
+    let smcr_usable = !active.is_empty() && smcr.iter().any(|d| d.ports.iter().any(|p| p.active));
+    let verdict = if ready && smcr_usable && smcd_loopback {
+        "ready: this node can carry sidecar traffic over SMC-R to other nodes and over SMC-D \
+         between its own pods"
+            .to_string()
+    } else if ready && smcr_usable {
         "ready: this node can carry sidecar traffic over SMC-R".to_string()
+    } else if ready {
+        "ready for SMC-D between pods on this node only: no usable RDMA device, so connections \
+         to other nodes stay TCP"
+            .to_string()
     } else {
         let why: Vec<&str> = checks
             .iter()
@@ -559,6 +639,9 @@ pub fn run(args: Args) -> u8 {
         smc_sys_info: sys_info,
         smcr_devices: smcr,
         smcd_devices: smcd,
+        smcd_sysfs_devices: smcd_sysfs,
+        smcd_loopback,
+        smcr_usable,
         ueids,
         seid,
         handshake_limitation: hs,

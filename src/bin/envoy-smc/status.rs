@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use envoy_smc::diag::dibs::{self, SmcdDevice};
 use envoy_smc::diag::genl::{FallbackStats, SmcStats};
 use envoy_smc::diag::procs::{self, Owner};
 use envoy_smc::diag::{inet_diag, smc_diag, DiagError, Mode, SmcGenl, SmcSocket};
@@ -54,6 +55,23 @@ struct Conn {
     socket: SmcSocket,
     flavour: &'static str,
     processes: Vec<Owner>,
+    /// SMC-D: the device this side uses (`lo (loopback)`), found by the GID in DMBINFO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smcd_device: Option<String>,
+}
+
+/// What the DEVICE column shows: the RDMA device and port (SMC-R), the SMC-D device and the
+/// token of this side's DMB (SMC-D), or `-`.
+fn device(c: &Conn) -> String {
+    let s = &c.socket;
+    if let Some(l) = &s.link {
+        return format!("{}/{}", l.ib_device, l.ib_port);
+    }
+    match (&s.dmb, &c.smcd_device) {
+        (Some(d), Some(name)) => format!("{name} dmb {:#x}", d.token),
+        (Some(d), None) => format!("smcd gid {:#x} dmb {:#x}", d.my_gid, d.token),
+        _ => "-".into(),
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -122,11 +140,17 @@ pub fn run(args: Args) -> u8 {
     let mut socks = socks;
     inet_diag::fill_addresses(&mut socks);
     let owners = procs::socket_owners();
+    let smcd_devices: Vec<SmcdDevice> = dibs::devices();
     let mut conns: Vec<Conn> = socks
         .into_iter()
         .map(|s| Conn {
             flavour: s.flavour(),
             processes: owners.get(s.inode).to_vec(),
+            smcd_device: s
+                .dmb
+                .as_ref()
+                .and_then(|d| dibs::device_of(&smcd_devices, d))
+                .map(SmcdDevice::describe),
             socket: s,
         })
         .filter(|c| keep(&args, c))
@@ -243,11 +267,7 @@ fn table(r: &Report) -> String {
             }
             None => "-".into(),
         };
-        let dev = s
-            .link
-            .as_ref()
-            .map(|l| format!("{}/{}", l.ib_device, l.ib_port))
-            .unwrap_or_else(|| "-".into());
+        let dev = device(c);
         let _ = writeln!(
             o,
             "{:<16} {:<5} {:<11} {:<23} {:<23} {:>9} {:<20} {:<28} {}",
@@ -314,17 +334,29 @@ fn table(r: &Report) -> String {
         _ => {}
     }
     if let Some(s) = &r.kernel_stats {
+        for (tech, t) in [("SMC-R", &s.smcr), ("SMC-D", &s.smcd)] {
+            let handshakes = t.client_v1_success
+                + t.client_v2_success
+                + t.server_v1_success
+                + t.server_v2_success;
+            if tech == "SMC-D" && handshakes == 0 && t.rx_bytes == 0 && t.tx_bytes == 0 {
+                continue; // no SMC-D device, or never used: one line less
+            }
+            let _ = writeln!(
+                o,
+                "kernel {tech} handshakes: client v1 {} v2 {}, server v1 {} v2 {}; {tech} bytes rx {} tx {}",
+                t.client_v1_success,
+                t.client_v2_success,
+                t.server_v1_success,
+                t.server_v2_success,
+                t.rx_bytes,
+                t.tx_bytes
+            );
+        }
         let _ = writeln!(
             o,
-            "kernel SMC-R handshakes: client v1 {} v2 {}, server v1 {} v2 {}; errors client {} server {}; SMC-R bytes rx {} tx {}",
-            s.smcr.client_v1_success,
-            s.smcr.client_v2_success,
-            s.smcr.server_v1_success,
-            s.smcr.server_v2_success,
-            s.client_handshake_errors,
-            s.server_handshake_errors,
-            s.smcr.rx_bytes,
-            s.smcr.tx_bytes
+            "kernel SMC handshake errors: client {} server {}",
+            s.client_handshake_errors, s.server_handshake_errors
         );
     }
     o.push_str(&held::table(&r.black_holes));

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use envoy_smc::adaptive::publish::{state_dir, ProcessTable};
+use envoy_smc::diag::dibs::{self, SmcdDevice};
 use envoy_smc::diag::netns::{self, Netns, PodLabels};
 use envoy_smc::diag::nsdump::{self, NsDump};
 use envoy_smc::diag::procs::{self, SocketOwners};
@@ -35,11 +36,18 @@ fn report(
     tables: Vec<ProcessTable>,
 ) -> Result<Report, String> {
     let socks = dump.sockets?;
+    // The SMC-D devices (dibs) are not per namespace: sysfs lists them for the whole node.
+    let smcd_devices: Vec<SmcdDevice> = dibs::devices();
     let mut conns: Vec<Conn> = socks
         .into_iter()
         .map(|s| Conn {
             flavour: s.flavour(),
             processes: owners.get(s.inode).to_vec(),
+            smcd_device: s
+                .dmb
+                .as_ref()
+                .and_then(|d| dibs::device_of(&smcd_devices, d))
+                .map(SmcdDevice::describe),
             socket: s,
         })
         .filter(|c| keep(args, c))
