@@ -94,6 +94,44 @@ struct Report {
     black_holes: Vec<ProcessTable>,
 }
 
+/// The rows to show (filtered, listeners first) and their summary, for one namespace's dump.
+fn rows(args: &Args, socks: Vec<SmcSocket>, owners: &procs::SocketOwners) -> (Vec<Conn>, Summary) {
+    // The SMC-D devices (dibs) are not per namespace: sysfs lists them for the whole node.
+    let smcd_devices: Vec<SmcdDevice> = dibs::devices();
+    let mut conns: Vec<Conn> = socks
+        .into_iter()
+        .map(|s| Conn {
+            flavour: s.flavour(),
+            processes: owners.get(s.inode).to_vec(),
+            smcd_device: s
+                .dmb
+                .as_ref()
+                .and_then(|d| dibs::device_of(&smcd_devices, d))
+                .map(SmcdDevice::describe),
+            socket: s,
+        })
+        .filter(|c| keep(args, c))
+        .collect();
+    conns.sort_by_key(|c| {
+        (
+            c.socket.state != envoy_smc::diag::SmcState::LISTEN,
+            c.socket.local.port(),
+            c.socket.inode,
+        )
+    });
+    let mut summary = Summary {
+        total: conns.len(),
+        ..Summary::default()
+    };
+    for c in &conns {
+        *summary.by_mode.entry(c.socket.mode.name()).or_default() += 1;
+        if let Some(r) = c.socket.fallback_reason() {
+            *summary.fallback_by_reason.entry(r.to_string()).or_default() += 1;
+        }
+    }
+    (conns, summary)
+}
+
 fn keep(args: &Args, c: &Conn) -> bool {
     if let Some(pid) = args.pid {
         if !c.processes.iter().any(|o| o.pid == pid) {
@@ -140,39 +178,7 @@ pub fn run(args: Args) -> u8 {
     let mut socks = socks;
     inet_diag::fill_addresses(&mut socks);
     let owners = procs::socket_owners();
-    let smcd_devices: Vec<SmcdDevice> = dibs::devices();
-    let mut conns: Vec<Conn> = socks
-        .into_iter()
-        .map(|s| Conn {
-            flavour: s.flavour(),
-            processes: owners.get(s.inode).to_vec(),
-            smcd_device: s
-                .dmb
-                .as_ref()
-                .and_then(|d| dibs::device_of(&smcd_devices, d))
-                .map(SmcdDevice::describe),
-            socket: s,
-        })
-        .filter(|c| keep(&args, c))
-        .collect();
-    conns.sort_by_key(|c| {
-        (
-            c.socket.state != envoy_smc::diag::SmcState::LISTEN,
-            c.socket.local.port(),
-            c.socket.inode,
-        )
-    });
-
-    let mut summary = Summary {
-        total: conns.len(),
-        ..Summary::default()
-    };
-    for c in &conns {
-        *summary.by_mode.entry(c.socket.mode.name()).or_default() += 1;
-        if let Some(r) = c.socket.fallback_reason() {
-            *summary.fallback_by_reason.entry(r.to_string()).or_default() += 1;
-        }
-    }
+    let (conns, summary) = rows(&args, socks, &owners);
     let (kernel_fallbacks, kernel_stats, kernel_counters_error) = match kernel_counters() {
         Ok((f, s)) => (Some(f), s, None),
         Err(e) => (None, None, Some(e.to_string())),

@@ -7,13 +7,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use envoy_smc::adaptive::publish::{state_dir, ProcessTable};
-use envoy_smc::diag::dibs::{self, SmcdDevice};
 use envoy_smc::diag::netns::{self, Netns, PodLabels};
 use envoy_smc::diag::nsdump::{self, NsDump};
 use envoy_smc::diag::procs::{self, SocketOwners};
 use serde::Serialize;
 
-use super::{keep, table, Args, Conn, Report, Summary};
+use super::{rows, table, Args, Report};
 use crate::exit;
 
 /// One namespace's section.
@@ -36,39 +35,7 @@ fn report(
     tables: Vec<ProcessTable>,
 ) -> Result<Report, String> {
     let socks = dump.sockets?;
-    // The SMC-D devices (dibs) are not per namespace: sysfs lists them for the whole node.
-    let smcd_devices: Vec<SmcdDevice> = dibs::devices();
-    let mut conns: Vec<Conn> = socks
-        .into_iter()
-        .map(|s| Conn {
-            flavour: s.flavour(),
-            processes: owners.get(s.inode).to_vec(),
-            smcd_device: s
-                .dmb
-                .as_ref()
-                .and_then(|d| dibs::device_of(&smcd_devices, d))
-                .map(SmcdDevice::describe),
-            socket: s,
-        })
-        .filter(|c| keep(args, c))
-        .collect();
-    conns.sort_by_key(|c| {
-        (
-            c.socket.state != envoy_smc::diag::SmcState::LISTEN,
-            c.socket.local.port(),
-            c.socket.inode,
-        )
-    });
-    let mut summary = Summary {
-        total: conns.len(),
-        ..Summary::default()
-    };
-    for c in &conns {
-        *summary.by_mode.entry(c.socket.mode.name()).or_default() += 1;
-        if let Some(r) = c.socket.fallback_reason() {
-            *summary.fallback_by_reason.entry(r.to_string()).or_default() += 1;
-        }
-    }
+    let (conns, summary) = rows(args, socks, owners);
     Ok(Report {
         available: true,
         error: None,
