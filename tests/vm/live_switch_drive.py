@@ -40,6 +40,14 @@ def admin(port, path):
     return r.status, body
 
 
+def ready(port):
+    """The admin port answers /ready with 200; False while Envoy is not listening yet."""
+    try:
+        return admin(port, "/ready")[0] == 200
+    except OSError:
+        return False
+
+
 def stats(port):
     out = {}
     for line in admin(port, "/stats")[1].splitlines():
@@ -314,7 +322,7 @@ def lds_step(name, src, port, timeout=30.0):
 
 def main():
     phase("waiting for both sidecars")
-    up = wait_for("up", lambda: all(admin(p, "/ready")[0] == 200 for p in (CLIENT_ADMIN, SERVER_ADMIN))
+    up = wait_for("up", lambda: all(ready(p) for p in (CLIENT_ADMIN, SERVER_ADMIN))
                   if all(os.path.exists(f"/proc/{p}") for p in (CLIENT_PID, SERVER_PID)) else None, 60, 0.3)
     if up is None:
         for n in ("client", "server"):
