@@ -13,8 +13,10 @@ mod skel {
     #![allow(
         clippy::all,
         clippy::pedantic,
+        clippy::undocumented_unsafe_blocks,
         dead_code,
         missing_docs,
+        unsafe_op_in_unsafe_fn,
         unused_qualifications
     )]
     include!(concat!(env!("OUT_DIR"), "/select_smc.skel.rs"));

@@ -68,7 +68,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
     /// The opt-in annotation.
-    #[arg(long, default_value = envoy_smc::config::DEFAULT_OPT_IN_ANNOTATION)]
+    #[arg(long, default_value = envoy_smc_core::config::DEFAULT_OPT_IN_ANNOTATION)]
     annotation: String,
     /// The downward-API annotations file, relative to each sidecar's root (/proc/<pid>/root).
     #[arg(long, default_value = select::DEFAULT_ANNOTATIONS_PATH)]
@@ -98,12 +98,13 @@ fn main() -> ExitCode {
         Command::Status(a) => state::show(&a.state_file, a.json),
         Command::Manifest(m) => {
             // The one definition, also rendered into envoy-config/node/agent.yaml.
-            let d =
-                envoy_smc::render::node::agent_daemonset(&envoy_smc::render::node::AgentParams {
+            let d = envoy_smc_cli::render::node::agent_daemonset(
+                &envoy_smc_cli::render::node::AgentParams {
                     image: &m.image,
                     namespace: &m.namespace,
                     uid: m.uid,
-                });
+                },
+            );
             serde_yaml::to_string(&d)
                 .map(|y| print!("{y}"))
                 .map_err(|e| e.to_string())

@@ -15,8 +15,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use envoy_smc::config::DEFAULT_OPT_IN_ANNOTATION;
-use envoy_smc::policy::downward_api_value;
+use envoy_smc_core::config::DEFAULT_OPT_IN_ANNOTATION;
+use envoy_smc_core::policy::downward_api_value;
 
 /// Istio's proxy uid (pilot-agent and Envoy run as it).
 pub const DEFAULT_PROXY_UID: u32 = 1337;

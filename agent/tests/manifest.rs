@@ -1,5 +1,5 @@
 //! `envoy-smc-agent manifest` prints the DaemonSet `envoy-smc render` writes into
-//! envoy-config/node/agent.yaml: one definition (envoy_smc::render::node::agent_daemonset).
+//! envoy-config/node/agent.yaml: one definition (envoy_smc_cli::render::node::agent_daemonset).
 
 use serde::Deserialize;
 use serde_json::Value;

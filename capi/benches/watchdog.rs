@@ -22,11 +22,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use envoy_smc::config;
-use envoy_smc::policy::Environment;
-use envoy_smc::smc::KernelSupport;
-use envoy_smc::stats::Counter;
-use envoy_smc::Runtime;
+use envoy_smc_core::config;
+use envoy_smc_core::policy::Environment;
+use envoy_smc_core::smc::KernelSupport;
+use envoy_smc_core::stats::Counter;
+use envoy_smc_core::Runtime;
 
 fn env_or(k: &str, d: u64) -> u64 {
     std::env::var(k)
@@ -53,7 +53,7 @@ struct Conn(libc::c_int);
 
 impl Conn {
     fn start(to: SocketAddr) -> Conn {
-        let (ss, len) = envoy_smc::ffi::sockaddr::from_socket_addr(to);
+        let (ss, len) = envoy_smc_core::smc::sockaddr::from_socket_addr(to);
         // SAFETY: plain socket/connect calls on an fd owned here.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);

@@ -12,7 +12,7 @@
 
 mod panic;
 mod rescue;
-pub mod sockaddr;
+use envoy_smc_core::smc::sockaddr;
 
 pub use rescue::*;
 
@@ -21,10 +21,10 @@ use std::os::fd::BorrowedFd;
 
 use panic::guard;
 
-use crate::policy::{Environment, SocketFacts, TcpReason, Verdict};
-use crate::runtime::{Applied, Runtime};
-use crate::smc::SocketKind;
-use crate::stats::{counter_name, COUNTERS};
+use envoy_smc_core::policy::{Environment, SocketFacts, TcpReason, Verdict};
+use envoy_smc_core::runtime::{Applied, Runtime};
+use envoy_smc_core::smc::SocketKind;
+use envoy_smc_core::stats::{counter_name, COUNTERS};
 
 /// The version of the ABI described by envoy_smc.h. Checked by the Envoy extension at start-up
 /// (`envoy_smc_abi_version() == ENVOY_SMC_ABI_VERSION`); bumped on every incompatible change.
@@ -169,7 +169,7 @@ fn error_string(msg: &str, err: *mut *mut c_char) {
 }
 
 fn finish_new(
-    result: Result<Runtime, crate::ConfigError>,
+    result: Result<Runtime, envoy_smc_core::ConfigError>,
     out: *mut *mut envoy_smc_runtime,
     err: *mut *mut c_char,
 ) -> envoy_smc_result {
@@ -218,7 +218,7 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_yaml(
         if text.is_null() || out.is_null() {
             return ENVOY_SMC_NULL_ARGUMENT;
         }
-        if let Err(e) = crate::config::limits::check_size(len) {
+        if let Err(e) = envoy_smc_core::config::limits::check_size(len) {
             error_string(&e.to_string(), err);
             return ENVOY_SMC_INVALID_CONFIG;
         }
@@ -252,15 +252,15 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_proto(
         if out.is_null() || (bytes.is_null() && len != 0) || (annotations.is_null() && n != 0) {
             return ENVOY_SMC_NULL_ARGUMENT;
         }
-        if let Err(e) = crate::config::limits::check_size(len) {
+        if let Err(e) = envoy_smc_core::config::limits::check_size(len) {
             error_string(&e.to_string(), err);
             return ENVOY_SMC_INVALID_CONFIG;
         }
-        if n > crate::config::limits::MAX_ITEMS {
+        if n > envoy_smc_core::config::limits::MAX_ITEMS {
             error_string(
                 &format!(
                     "{n} annotations, more than the limit of {}",
-                    crate::config::limits::MAX_ITEMS
+                    envoy_smc_core::config::limits::MAX_ITEMS
                 ),
                 err,
             );
@@ -292,7 +292,8 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_proto(
                 String::from_utf8_lossy(value).into_owned(),
             ));
         }
-        let result = crate::config::from_proto_bytes(data).and_then(|c| Runtime::new(&c, &env));
+        let result =
+            envoy_smc_core::config::from_proto_bytes(data).and_then(|c| Runtime::new(&c, &env));
         finish_new(result, out, err)
     })
 }
@@ -656,10 +657,11 @@ pub unsafe extern "C" fn envoy_smc_before_connect(
         return r;
     }
     let r = apply(rt, fd, state, out, false);
-    // SAFETY: out was written by the calls above; addr/addrlen per this function's contract.
     if r == ENVOY_SMC_OK
+        // SAFETY: out was written by the calls above.
         && unsafe { (*out).kind } != envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32
     {
+        // SAFETY: addr/addrlen per this function's contract.
         unsafe { envoy_smc_watch_connect(rt, fd, addr, addrlen) };
     }
     r

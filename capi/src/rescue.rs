@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::panic::guard;
 use super::{envoy_smc_result, envoy_smc_runtime, runtime, sockaddr};
-use crate::adaptive::{RescueOutcome, Rescuer, WatchedConnect};
+use envoy_smc_core::adaptive::{RescueOutcome, Rescuer, WatchedConnect};
 use envoy_smc_result::*;
 
 /// Called on the library's watchdog thread, exactly once for each connect watched with

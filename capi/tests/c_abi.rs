@@ -1,4 +1,4 @@
-//! Builds tests/c/abi_test.c with the system C compiler against include/envoy_smc.h and the Rust
+//! Builds capi/tests/c/abi_test.c with the system C compiler against include/envoy_smc.h and the Rust
 //! staticlib (-Wall -Wextra -Werror, ASan/UBSan where the compiler has them) and runs it.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ fn staticlib(root: &Path) -> PathBuf {
     assert!(status.success(), "cargo build --lib failed");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+        .unwrap_or_else(|| root.join("../target"));
     target.join("debug/libenvoy_smc.a")
 }
 
@@ -32,7 +32,7 @@ fn compile(root: &Path, lib: &Path, out: &Path, sanitize: bool) -> std::process:
     if sanitize {
         cmd.args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]);
     }
-    cmd.arg("-I").arg(root.join("include"));
+    cmd.arg("-I").arg(root.join("../include"));
     cmd.arg(root.join("tests/c/abi_test.c")).arg(lib);
     cmd.args(["-lpthread", "-ldl", "-lm", "-o"]).arg(out);
     cmd.output().expect("run the C compiler")

@@ -1,19 +1,20 @@
 //! Many threads deciding at once: counters exact, no fd left open.
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use envoy_smc::config;
-use envoy_smc::ffi::{
+use envoy_smc::{
     envoy_smc_before_connect, envoy_smc_runtime, envoy_smc_socket, envoy_smc_socket_state,
     envoy_smc_verdict,
 };
-use envoy_smc::policy::{Environment, TcpReason};
-use envoy_smc::smc::KernelSupport;
-use envoy_smc::stats::Counter;
-use envoy_smc::Runtime;
+use envoy_smc_core::config;
+use envoy_smc_core::policy::{Environment, TcpReason};
+use envoy_smc_core::smc::KernelSupport;
+use envoy_smc_core::stats::Counter;
+use envoy_smc_core::Runtime;
 
 const THREADS: usize = 8;
 const PER_THREAD: usize = 10_000;
@@ -63,7 +64,7 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                         let one: i32 = 1;
                         // SAFETY: as above; the option bytes are a valid int.
                         unsafe {
-                            envoy_smc::ffi::envoy_smc_note_sockopt(
+                            envoy_smc::envoy_smc_note_sockopt(
                                 rtp,
                                 &mut state,
                                 1,
@@ -142,8 +143,8 @@ fn decisions_stay_consistent_while_the_config_is_swapped() {
                     let v = rt.decide_connect(dest, Default::default());
                     // Every decision comes whole from one configuration or the other.
                     match v {
-                        envoy_smc::Verdict::Smc { .. } => smc += 1,
-                        envoy_smc::Verdict::Tcp(r) => assert_eq!(r, TcpReason::Disabled),
+                        envoy_smc_core::Verdict::Smc { .. } => smc += 1,
+                        envoy_smc_core::Verdict::Tcp(r) => assert_eq!(r, TcpReason::Disabled),
                     }
                 }
                 smc

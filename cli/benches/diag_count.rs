@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use envoy_smc::diag::netlink::{build_msg, messages, put_attr};
-use envoy_smc::diag::smc_diag::{parse_smc_diag_msg, SMC_DIAG_FALLBACK, SOCK_DIAG_BY_FAMILY};
-use envoy_smc::diag::{DeclineCode, Mode, SmcState};
+use envoy_smc_cli::diag::netlink::{build_msg, messages, put_attr};
+use envoy_smc_cli::diag::smc_diag::{parse_smc_diag_msg, SMC_DIAG_FALLBACK, SOCK_DIAG_BY_FAMILY};
+use envoy_smc_cli::diag::{DeclineCode, Mode, SmcState};
 
 /// One smc_diag message: an IPPROTO_SMC socket (AF_INET, zero addresses), ACTIVE or LISTEN,
 /// SMC-R or fallback with a reason.

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use envoy_smc::smc::KernelSupport;
+use envoy_smc_core::smc::KernelSupport;
 
 const OK: i32 = 0;
 const NEGATIVE: i32 = 1;
@@ -147,8 +147,8 @@ fn status_says_smc_diag_is_unavailable() {
 /// own (it is alive, so the table counts); a table of a process that is gone is left out.
 #[test]
 fn status_lists_destinations_held_on_tcp() {
-    use envoy_smc::adaptive::{publish, Breaker};
-    use envoy_smc::config::AdaptiveSettings;
+    use envoy_smc_core::adaptive::{publish, Breaker};
+    use envoy_smc_core::config::AdaptiveSettings;
     let dir = std::env::temp_dir().join(format!("envoy-smc-status-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let b = Breaker::new(AdaptiveSettings {

@@ -7,9 +7,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use envoy_smc::diag::genl::{self, aggregate_fback};
-use envoy_smc::diag::netlink::{self, build_msg, put_attr};
-use envoy_smc::diag::{inet_diag, smc_diag, DeclineCode, Mode, SmcState};
+use envoy_smc_cli::diag::genl::{self, aggregate_fback};
+use envoy_smc_cli::diag::netlink::{self, build_msg, put_attr};
+use envoy_smc_cli::diag::{inet_diag, smc_diag, DeclineCode, Mode, SmcState};
 
 const NESTED: u16 = libc::NLA_F_NESTED as u16;
 

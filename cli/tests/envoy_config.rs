@@ -21,12 +21,13 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use envoy_smc::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
-use envoy_smc::render::{self, Description, RenderedFile};
-use envoy_smc::smc::KernelSupport;
+use envoy_smc_cli::render::{self, Description, RenderedFile};
+use envoy_smc_core::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
+use envoy_smc_core::smc::KernelSupport;
 use serde_json::{json, Value as Json};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The repository root (this crate is cli/).
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const BIN: &str = env!("CARGO_BIN_EXE_envoy-smc");
 
 fn config_dir() -> PathBuf {
@@ -601,7 +602,7 @@ fn apply(sample: &mut Sample, patches: &[Json], node_metadata: &Json, what: &str
 // ---------------------------------------------------------------------------------------------
 // The policy's view of patched clusters and listeners
 
-fn policy_for(config: &envoy_smc::SmcConfig) -> Policy {
+fn policy_for(config: &envoy_smc_core::SmcConfig) -> Policy {
     let env = Environment {
         kernel: Some(KernelSupport::BOTH),
         local_addrs: vec!["10.1.2.3".parse().unwrap()],
@@ -691,7 +692,7 @@ fn snake(camel: &str) -> String {
 
 /// Checks the extension block, returns the fragment without it (what stock Envoy can read)
 /// and the envoy-smc configuration it carried.
-fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcConfig>) {
+fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc_core::SmcConfig>) {
     let mut rest = fragment.clone();
     let mut config = None;
     if let Some(exts) = rest
@@ -710,13 +711,13 @@ fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcC
             );
             let mut body = tc.clone();
             body.as_object_mut().unwrap().remove("@type");
-            let c = envoy_smc::config::from_yaml(&serde_json::to_string(&body).unwrap())
+            let c = envoy_smc_core::config::from_yaml(&serde_json::to_string(&body).unwrap())
                 .unwrap_or_else(|e| panic!("{what}: the envoy-smc typed_config is invalid: {e}"));
             // Envoy parses the typed_config with protobuf's strict JSON parser, which knows enum
             // values only by their exact names (MODE_AUTO): the loader's shorthands don't pass.
             strings_as_envoy_reads_them(
                 &body,
-                &envoy_smc::config::to_json(&c),
+                &envoy_smc_core::config::to_json(&c),
                 "typed_config",
                 what,
             );
@@ -737,7 +738,11 @@ fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcC
     (rest, config)
 }
 
-fn validate_fragment(envoy: Option<&Path>, fragment: &Json, what: &str) -> envoy_smc::SmcConfig {
+fn validate_fragment(
+    envoy: Option<&Path>,
+    fragment: &Json,
+    what: &str,
+) -> envoy_smc_core::SmcConfig {
     let (rest, config) = split_bootstrap(fragment, what);
     let config = config.unwrap_or_else(|| panic!("{what}: no envoy-smc bootstrap extension"));
     if let Some(envoy) = envoy {
@@ -1111,7 +1116,7 @@ fn every_file_in_envoy_config() {
                 Description::from_file(p).unwrap_or_else(|e| panic!("{rel}: {e}"));
             }
             "smc.yaml" => {
-                envoy_smc::config::from_file(p).unwrap_or_else(|e| panic!("{rel}: {e}"));
+                envoy_smc_core::config::from_file(p).unwrap_or_else(|e| panic!("{rel}: {e}"));
             }
             r if r.starts_with("envoy/") => {
                 // The test bed: plain Envoy bootstraps (validated whole, an envoy-smc extension
@@ -1119,8 +1124,10 @@ fn every_file_in_envoy_config() {
                 for (i, doc) in yaml_docs(&text, &rel).into_iter().enumerate() {
                     let what = format!("{rel} document {i}");
                     if doc.get("static_resources").is_none() && doc.get("admin").is_none() {
-                        let c = envoy_smc::config::from_yaml(&serde_json::to_string(&doc).unwrap())
-                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        let c = envoy_smc_core::config::from_yaml(
+                            &serde_json::to_string(&doc).unwrap(),
+                        )
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
                         policy_for(&c);
                         continue;
                     }
@@ -1531,7 +1538,7 @@ fn render_errors_name_the_field() {
 #[test]
 fn demo_configs_policy() {
     let dir = config_dir().join("envoy");
-    let Ok(config) = envoy_smc::config::from_file(&dir.join("smc-preload.yaml")) else {
+    let Ok(config) = envoy_smc_core::config::from_file(&dir.join("smc-preload.yaml")) else {
         panic!("envoy-config/envoy/smc-preload.yaml");
     };
     let env = Environment {

@@ -6,7 +6,8 @@
 
 use serde_json::Value;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The repository root (this crate is cli/).
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn yaml(path: &str) -> Value {
     let text = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
@@ -36,7 +37,8 @@ fn prometheusrule_groups_are_the_promtool_checked_ones() {
 #[test]
 fn alerts_use_only_metrics_the_exporter_serves() {
     let exporter =
-        std::fs::read_to_string(format!("{ROOT}/src/bin/envoy-smc/exporter/metrics.rs")).unwrap();
+        std::fs::read_to_string(format!("{ROOT}/cli/src/bin/envoy-smc/exporter/metrics.rs"))
+            .unwrap();
     let plain = yaml("monitoring/envoy-smc.rules.yaml");
     let mut n = 0;
     for rule in plain["groups"][0]["rules"].as_array().unwrap() {

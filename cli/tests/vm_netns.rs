@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use envoy_smc::smc::{self, SocketKind};
+use envoy_smc_core::smc::{self, SocketKind};
 use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -613,7 +613,7 @@ fn prometheus_scrapes_the_exporter_while_traffic_runs() {
     std::fs::create_dir_all(&dir).unwrap();
     let rules = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/monitoring/envoy-smc.rules.yaml"
+        "/../monitoring/envoy-smc.rules.yaml"
     );
     std::fs::write(
         dir.join("prometheus.yml"),

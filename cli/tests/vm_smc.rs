@@ -25,10 +25,10 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use envoy_smc::diag::genl::{self, SmcGenl};
-use envoy_smc::diag::netlink::{self, build_msg, NlSocket};
-use envoy_smc::diag::smc_diag;
-use envoy_smc::smc::{self, SocketKind};
+use envoy_smc_cli::diag::genl::{self, SmcGenl};
+use envoy_smc_cli::diag::netlink::{self, build_msg, NlSocket};
+use envoy_smc_cli::diag::smc_diag;
+use envoy_smc_core::smc::{self, SocketKind};
 use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());

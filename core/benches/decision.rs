@@ -6,10 +6,10 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use envoy_smc::config;
-use envoy_smc::policy::{Environment, SocketFacts};
-use envoy_smc::smc::KernelSupport;
-use envoy_smc::Runtime;
+use envoy_smc_core::config;
+use envoy_smc_core::policy::{Environment, SocketFacts};
+use envoy_smc_core::smc::KernelSupport;
+use envoy_smc_core::Runtime;
 
 fn runtime(rules: usize) -> Runtime {
     // Disjoint /24s across 10.0.0.0/8 (allow) and 172.16.0.0/12 (deny), so nothing merges away.
@@ -34,7 +34,7 @@ fn runtime(rules: usize) -> Runtime {
 
 /// What envoy-smc decides for one connection: the socket-time check, the mesh switch option
 /// Envoy sets, and the connect-time decision.
-fn one_connection(rt: &Runtime, d: SocketAddr) -> (bool, envoy_smc::Verdict) {
+fn one_connection(rt: &Runtime, d: SocketAddr) -> (bool, envoy_smc_core::Verdict) {
     let tracked = rt
         .policy()
         .at_socket(libc::AF_INET, libc::SOCK_STREAM, 0, Some(d.ip()))

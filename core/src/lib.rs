@@ -1,27 +1,27 @@
-//! envoy-smc: put Envoy/Istio sidecar traffic on SMC-R (`AF_SMC` / `IPPROTO_SMC`) with
-//! per-destination fallback to TCP.
+//! envoy-smc's core: put Envoy/Istio sidecar traffic on SMC-R (`AF_SMC` / `IPPROTO_SMC`) with
+//! per-destination fallback to TCP. Every entry point (the C ABI in `capi/`, the preload in
+//! `preload/`, the `envoy-smc` command in `cli/`) sits on top of this crate; it imports none of
+//! them. `unsafe` lives in the kernel layer ([`smc`]) and in the few modules that talk to libc or
+//! hold lock-free structures, each block with its reason.
 //!
-//! Layers, bottom up:
-//! - [`smc`]: the kernel calls (SMC sockets, the fallback switch, socket replacement, probing);
-//! - [`config`]: the one configuration message (`api/envoy_smc/v1/smc.proto`), loading and validation;
-//! - [`policy`]: the decisions of DESIGN.md as plain functions over a compiled config;
-//! - [`stats`]: counters for every decision and outcome;
-//! - [`runtime`]: config + kernel capabilities + counters, shared by every entry point;
-//! - [`diag`]: what the kernel did (smc_diag, SMC generic netlink);
-//! - [`ffi`]: the C ABI used by the Envoy extension and C callers.
+//! Modules, bottom up:
 
+/// Adaptive fallback: black-hole detection, the breaker, rescues, the watchdog, the shared table.
 pub mod adaptive;
+/// The one configuration message (`api/envoy_smc/v1/smc.proto`), loading and validation.
 pub mod config;
-pub mod diag;
-pub mod ffi;
+/// A directory this process owns, and files written into it without following links.
 pub mod owned_dir;
+/// The decisions of DESIGN.md as plain functions over a compiled config.
 pub mod policy;
+/// Process-wide hooks: fork handlers, the vfork test.
 pub mod process;
-pub mod render;
+/// Config + kernel capabilities + counters, shared by every entry point.
 pub mod runtime;
+/// The kernel calls: SMC sockets, the fallback switch, socket replacement, probing, sockaddrs.
 pub mod smc;
+/// Counters for every decision and outcome.
 pub mod stats;
-
 pub use config::{ConfigError, SmcConfig};
 pub use policy::{Policy, SmcKind, TcpReason, Verdict};
 pub use runtime::Runtime;

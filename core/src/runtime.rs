@@ -525,7 +525,7 @@ pub fn local_address(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     if rc == -1 {
         return Err(io::Error::last_os_error());
     }
-    crate::ffi::sockaddr::to_socket_addr(&storage, len)
+    crate::smc::sockaddr::to_socket_addr(&storage, len)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP address"))
 }
 

@@ -10,14 +10,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use envoy_smc::adaptive::detect::socket_cookie;
-use envoy_smc::adaptive::publish;
-use envoy_smc::adaptive::{Admission, Breaker, Phase, RescueOutcome, Rescuer, WatchedConnect};
-use envoy_smc::config::{self, AdaptiveSettings};
-use envoy_smc::policy::{Environment, TcpReason, Verdict};
-use envoy_smc::smc::{reconnect_tcp, KernelSupport};
-use envoy_smc::stats::Counter;
-use envoy_smc::Runtime;
+use envoy_smc_core::adaptive::detect::socket_cookie;
+use envoy_smc_core::adaptive::publish;
+use envoy_smc_core::adaptive::{Admission, Breaker, Phase, RescueOutcome, Rescuer, WatchedConnect};
+use envoy_smc_core::config::{self, AdaptiveSettings};
+use envoy_smc_core::policy::{Environment, TcpReason, Verdict};
+use envoy_smc_core::smc::{reconnect_tcp, KernelSupport};
+use envoy_smc_core::stats::Counter;
+use envoy_smc_core::Runtime;
 
 fn settings(hold: u32, max_hold: u32, max_destinations: u32) -> AdaptiveSettings {
     AdaptiveSettings {
@@ -398,10 +398,8 @@ fn epoll_add(epfd: RawFd, fd: RawFd) {
         u64: fd as u64,
     };
     // SAFETY: valid epoll fd, socket fd and event.
-    assert_eq!(
-        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) },
-        0
-    );
+    let rc = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    assert_eq!(rc, 0);
 }
 
 /// fds that epoll reports writable within `timeout`.

@@ -1,7 +1,7 @@
 //! The configuration model: every field from YAML, JSON and Envoy's binary form, the defaults,
 //! and bad input rejected with a message naming the field and the value.
 
-use envoy_smc::config::{self, proto, SmcConfig};
+use envoy_smc_core::config::{self, proto, SmcConfig};
 use prost::Message;
 
 const FULL: &str = r#"
@@ -249,7 +249,7 @@ fn bad_binary_input_is_an_error_not_a_panic() {
 
 #[test]
 fn the_documented_example_files_are_valid() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).expect("examples/config exists") {
         let path = entry.unwrap().path();
@@ -390,6 +390,6 @@ fn every_adaptive_number_is_bounded() {
     }
     // The largest table is accepted and costs memory only as it fills.
     let c = config::from_yaml("adaptive_fallback: {max_destinations: 1048576}").unwrap();
-    let b = envoy_smc::adaptive::Breaker::new(config::AdaptiveSettings::from_config(&c));
+    let b = envoy_smc_core::adaptive::Breaker::new(config::AdaptiveSettings::from_config(&c));
     assert!(b.entries().is_empty());
 }

@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
-use envoy_smc::config;
-use envoy_smc::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
-use envoy_smc::smc::{KernelSupport, SocketKind};
+use envoy_smc_core::config;
+use envoy_smc_core::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
+use envoy_smc_core::smc::{KernelSupport, SocketKind};
 
 const BOTH: KernelSupport = KernelSupport {
     af_smc: true,
@@ -398,16 +398,16 @@ fn custom_switch_options() {
 /// given to a replacement socket: a socket carrying one stays as it is (`options_not_carried`).
 #[test]
 fn a_socket_with_a_filter_attached_stays_as_it_is() {
-    let rt = envoy_smc::Runtime::new(
-        &envoy_smc::config::from_yaml(
+    let rt = envoy_smc_core::Runtime::new(
+        &envoy_smc_core::config::from_yaml(
             "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}",
         )
         .unwrap(),
-        &envoy_smc::policy::Environment::assuming(envoy_smc::smc::KernelSupport::BOTH),
+        &envoy_smc_core::policy::Environment::assuming(envoy_smc_core::smc::KernelSupport::BOTH),
     )
     .unwrap();
     let remote = "10.1.2.3:8080".parse().unwrap();
-    let plain = envoy_smc::policy::SocketFacts::default();
+    let plain = envoy_smc_core::policy::SocketFacts::default();
     assert!(rt.decide_connect(remote, plain).is_smc());
     for name in [
         libc::SO_ATTACH_FILTER,
@@ -418,7 +418,7 @@ fn a_socket_with_a_filter_attached_stays_as_it_is() {
         let facts = rt.note_sockopt(plain, libc::SOL_SOCKET, name, &[0; 16]);
         assert_eq!(
             rt.decide_connect(remote, facts),
-            envoy_smc::Verdict::Tcp(envoy_smc::TcpReason::OptionsNotCarried),
+            envoy_smc_core::Verdict::Tcp(envoy_smc_core::TcpReason::OptionsNotCarried),
             "option {name}"
         );
     }

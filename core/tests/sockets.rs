@@ -8,10 +8,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use envoy_smc::policy::{SocketFacts, TcpReason, Verdict};
-use envoy_smc::smc::{self, KernelSupport, SockOpt, SocketKind};
-use envoy_smc::stats::Counter;
-use envoy_smc::Runtime;
+use envoy_smc_core::policy::{SocketFacts, TcpReason, Verdict};
+use envoy_smc_core::smc::{self, KernelSupport, SockOpt, SocketKind};
+use envoy_smc_core::stats::Counter;
+use envoy_smc_core::Runtime;
 
 fn kernel_has_smc() -> bool {
     std::fs::read_to_string("/proc/net/protocols")
@@ -195,17 +195,15 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let sin = common::sockaddr_in(bound);
     // SAFETY: fd is open, sin is a valid sockaddr_in.
-    assert_eq!(
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        },
-        0
-    );
-    let before = envoy_smc::runtime::local_address(fd.as_fd()).unwrap();
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            16,
+        )
+    };
+    assert_eq!(rc, 0);
+    let before = envoy_smc_core::runtime::local_address(fd.as_fd()).unwrap();
     assert_eq!(before.ip(), bound.ip());
     let rcvbuf = getint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF);
     let raw = fd.as_raw_fd();
@@ -232,7 +230,7 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     assert_eq!(getint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);
     assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF), rcvbuf);
     assert_eq!(
-        envoy_smc::runtime::local_address(fd.as_fd()).unwrap(),
+        envoy_smc_core::runtime::local_address(fd.as_fd()).unwrap(),
         before,
         "bound to the same address and port"
     );

@@ -5,10 +5,10 @@
 use std::ffi::{c_int, c_void};
 use std::os::fd::BorrowedFd;
 
-use envoy_smc::policy::SocketFacts;
-use envoy_smc::runtime::{local_address, Applied};
-use envoy_smc::smc::{replace_socket, SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
-use envoy_smc::Verdict;
+use envoy_smc_core::policy::SocketFacts;
+use envoy_smc_core::runtime::{local_address, Applied};
+use envoy_smc_core::smc::{replace_socket, SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
+use envoy_smc_core::Verdict;
 use libc::{epoll_event, socklen_t};
 
 use crate::real;
@@ -169,7 +169,7 @@ pub fn reuse_port_on_shared_listener(fd: c_int) -> bool {
     // SAFETY: fd is the caller's open fd, only borrowed during this call.
     let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
     let smc = matches!(
-        envoy_smc::smc::socket_kind(bfd),
+        envoy_smc_core::smc::socket_kind(bfd),
         Ok(Some((SocketKind::AfSmc, _)))
     );
     let mut listening: c_int = 0;

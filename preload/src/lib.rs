@@ -26,7 +26,7 @@
 //! What the host process does to itself:
 //! - `fork()`: a `pthread_atfork` child handler (registered when the library is loaded) frees
 //!   the fd slots the vanished threads held and drops the connects kept for the parent's
-//!   watchdog; the core restarts its watchdog in the child ([`envoy_smc::process`]).
+//!   watchdog; the core restarts its watchdog in the child ([`envoy_smc_core::process`]).
 //! - `vfork()`/`posix_spawn` (Python's `subprocess` uses them): the child runs in the parent's
 //!   memory with its own fd table until it execs, so every hook whose fd has state checks the
 //!   pid first and, in such a child, only calls the real function: the child's `close_range`,
@@ -53,8 +53,8 @@ mod user_mem;
 /// Runs when the library is loaded (before `main` under `LD_PRELOAD`): records this process as
 /// the owner of its memory (to tell a vfork child later) and registers the fork handler.
 extern "C" fn at_load() {
-    envoy_smc::process::install();
-    envoy_smc::process::on_fork_child(table::after_fork_in_child);
+    envoy_smc_core::process::install();
+    envoy_smc_core::process::on_fork_child(table::after_fork_in_child);
 }
 
 #[used]
@@ -64,7 +64,7 @@ static AT_LOAD: extern "C" fn() = at_load;
 /// False in a vfork/`posix_spawn` child, which runs in its parent's memory: it must not touch
 /// the library's state (one `getpid`; only asked on the slow paths).
 fn own_memory() -> bool {
-    !envoy_smc::process::shares_parent_memory()
+    !envoy_smc_core::process::shares_parent_memory()
 }
 
 thread_local! {
@@ -112,8 +112,17 @@ fn body(f: impl FnOnce()) {
     unsafe { *libc::__errno_location() = errno };
 }
 
+/// Runs once, when the library first turns out active (see [`state::active`]): the rescuer the
+/// core's watchdog calls, and the stats file writer.
+fn start(active: &'static state::Active) {
+    active
+        .runtime
+        .set_rescuer(std::sync::Arc::new(rescue::PreloadRescuer));
+    stats::start_writer();
+}
+
 fn is_ip_stream_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
-    envoy_smc::smc::is_ip_stream(domain, ty, protocol)
+    envoy_smc_core::smc::is_ip_stream(domain, ty, protocol)
 }
 
 /// # Safety
@@ -121,14 +130,17 @@ fn is_ip_stream_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     if !is_ip_stream_request(domain, ty, protocol) || !own_memory() {
-        return real::socket()(domain, ty, protocol);
+        // SAFETY: the real socket with the caller's arguments, under this function's C contract.
+        return unsafe { real::socket()(domain, ty, protocol) };
     }
     let Some(_guard) = Reentry::enter() else {
-        return real::socket()(domain, ty, protocol);
+        // SAFETY: the real socket with the caller's arguments, under this function's C contract.
+        return unsafe { real::socket()(domain, ty, protocol) };
     };
     let mut active = None;
-    body(|| active = state::active());
-    let fd = real::socket()(domain, ty, protocol);
+    body(|| active = state::active(start));
+    // SAFETY: the real socket with the caller's arguments, under this function's C contract.
+    let fd = unsafe { real::socket()(domain, ty, protocol) };
     if fd >= 0 {
         if let Some(active) = active {
             body(|| hooks::opened(active, fd, domain, ty, protocol));
@@ -150,10 +162,12 @@ pub unsafe extern "C" fn setsockopt(
     len: socklen_t,
 ) -> c_int {
     if !own_memory() {
-        return real::setsockopt()(fd, level, name, value, len);
+        // SAFETY: the real setsockopt with the caller's arguments, under this function's C contract.
+        return unsafe { real::setsockopt()(fd, level, name, value, len) };
     }
     if table::quiet(fd) {
-        let rc = real::setsockopt()(fd, level, name, value, len);
+        // SAFETY: the real setsockopt with the caller's arguments, under this function's C contract.
+        let rc = unsafe { real::setsockopt()(fd, level, name, value, len) };
         if rc != 0 && level == libc::SOL_SOCKET && name == libc::SO_REUSEPORT {
             if let Some(_guard) = Reentry::enter() {
                 if reuse_port_shared(fd) {
@@ -164,13 +178,15 @@ pub unsafe extern "C" fn setsockopt(
         return rc;
     }
     let Some(_guard) = Reentry::enter() else {
-        return real::setsockopt()(fd, level, name, value, len);
+        // SAFETY: the real setsockopt with the caller's arguments, under this function's C contract.
+        return unsafe { real::setsockopt()(fd, level, name, value, len) };
     };
     // Held across the call: a rescue in progress finishes first, so the option lands on the
     // socket that stays under the fd, and is recorded for a later replacement.
     let mut held = None;
     body(|| held = table::hold(fd));
-    let rc = real::setsockopt()(fd, level, name, value, len);
+    // SAFETY: the real setsockopt with the caller's arguments, under this function's C contract.
+    let rc = unsafe { real::setsockopt()(fd, level, name, value, len) };
     if let (0, Some(h)) = (rc, held.as_mut()) {
         body(|| hooks::sockopt_set(h, level, name, value, len));
     }
@@ -195,9 +211,10 @@ fn reuse_port_shared(fd: c_int) -> bool {
 /// The C `bind(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let rc = real::bind()(fd, addr, len);
-    // SAFETY: __errno_location returns this thread's errno slot.
+    // SAFETY: the real bind with the caller's arguments, under this function's C contract.
+    let rc = unsafe { real::bind()(fd, addr, len) };
     if rc == 0
+        // SAFETY: __errno_location returns this thread's errno slot.
         || unsafe { *libc::__errno_location() } != libc::EADDRINUSE
         || table::quiet(fd)
         || !own_memory()
@@ -225,7 +242,8 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
             body(|| hooks::before_listen(fd));
         }
     }
-    real::listen()(fd, backlog)
+    // SAFETY: the real listen with the caller's arguments, under this function's C contract.
+    unsafe { real::listen()(fd, backlog) }
 }
 
 /// # Safety
@@ -237,7 +255,8 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
             body(|| hooks::before_connect(fd, addr, len));
         }
     }
-    real::connect()(fd, addr, len)
+    // SAFETY: the real connect with the caller's arguments, under this function's C contract.
+    unsafe { real::connect()(fd, addr, len) }
 }
 
 /// # Safety
@@ -250,16 +269,19 @@ pub unsafe extern "C" fn epoll_ctl(
     event: *mut epoll_event,
 ) -> c_int {
     if table::quiet(fd) || !own_memory() {
-        return real::epoll_ctl()(epfd, op, fd, event);
+        // SAFETY: the real epoll_ctl with the caller's arguments, under this function's C contract.
+        return unsafe { real::epoll_ctl()(epfd, op, fd, event) };
     }
     let Some(_guard) = Reentry::enter() else {
-        return real::epoll_ctl()(epfd, op, fd, event);
+        // SAFETY: the real epoll_ctl with the caller's arguments, under this function's C contract.
+        return unsafe { real::epoll_ctl()(epfd, op, fd, event) };
     };
     // Held across the call, like setsockopt: a registration made while a rescue is under way
     // goes to the new socket, and is recorded.
     let mut held = None;
     body(|| held = table::hold(fd));
-    let rc = real::epoll_ctl()(epfd, op, fd, event);
+    // SAFETY: the real epoll_ctl with the caller's arguments, under this function's C contract.
+    let rc = unsafe { real::epoll_ctl()(epfd, op, fd, event) };
     if let (0, Some(h)) = (rc, held.as_mut()) {
         body(|| hooks::epoll_registered(h, epfd, op, event));
     }
@@ -304,7 +326,8 @@ fn duplicating(fd: c_int) {
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     fd_gone(fd);
-    real::close()(fd)
+    // SAFETY: the real close with the caller's arguments, under this function's C contract.
+    unsafe { real::close()(fd) }
 }
 
 /// # Safety
@@ -321,7 +344,8 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
             body(|| table::forget_range(first, last));
         }
     }
-    real::close_range()(first, last, flags)
+    // SAFETY: the real close_range with the caller's arguments, under this function's C contract.
+    unsafe { real::close_range()(first, last, flags) }
 }
 
 /// # Safety
@@ -329,7 +353,8 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     duplicating(fd);
-    let new = real::dup()(fd);
+    // SAFETY: the real dup with the caller's arguments, under this function's C contract.
+    let new = unsafe { real::dup()(fd) };
     fd_gone(new);
     new
 }
@@ -339,10 +364,12 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     if old == new {
-        return real::dup2()(old, new);
+        // SAFETY: the real dup2 with the caller's arguments, under this function's C contract.
+        return unsafe { real::dup2()(old, new) };
     }
     duplicating(old);
-    overwriting(new, || real::dup2()(old, new))
+    // SAFETY: the real dup2 with the caller's arguments, under this function's C contract.
+    overwriting(new, || unsafe { real::dup2()(old, new) })
 }
 
 /// # Safety
@@ -350,18 +377,24 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     if old == new {
-        return real::dup3()(old, new, flags);
+        // SAFETY: the real dup3 with the caller's arguments, under this function's C contract.
+        return unsafe { real::dup3()(old, new, flags) };
     }
     duplicating(old);
-    overwriting(new, || real::dup3()(old, new, flags))
+    // SAFETY: the real dup3 with the caller's arguments, under this function's C contract.
+    overwriting(new, || unsafe { real::dup3()(old, new, flags) })
 }
 
+/// # Safety
+/// The C `fcntl(2)` contract; `f` is the real `fcntl` or `fcntl64`.
 unsafe fn fcntl_with(f: real::FcntlFn, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     if cmd != libc::F_DUPFD && cmd != libc::F_DUPFD_CLOEXEC {
-        return f(fd, cmd, arg);
+        // SAFETY: the real fcntl with the caller's arguments, under this function's C contract.
+        return unsafe { f(fd, cmd, arg) };
     }
     duplicating(fd);
-    let new = f(fd, cmd, arg);
+    // SAFETY: F_DUPFD* takes an integer argument.
+    let new = unsafe { f(fd, cmd, arg) };
     fd_gone(new);
     new
 }
@@ -370,14 +403,16 @@ unsafe fn fcntl_with(f: real::FcntlFn, fd: c_int, cmd: c_int, arg: c_ulong) -> c
 /// The C `fcntl(2)` contract (one optional integer or pointer argument).
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    fcntl_with(real::fcntl(), fd, cmd, arg)
+    // SAFETY: this function's C contract is fcntl_with's.
+    unsafe { fcntl_with(real::fcntl(), fd, cmd, arg) }
 }
 
 /// # Safety
 /// The C `fcntl64` contract (glibc's name for `fcntl` with 64-bit offsets).
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    fcntl_with(real::fcntl64(), fd, cmd, arg)
+    // SAFETY: this function's C contract is fcntl_with's.
+    unsafe { fcntl_with(real::fcntl64(), fd, cmd, arg) }
 }
 
 /// The library's counters as Prometheus text, like `snprintf`: writes at most `len` bytes
@@ -393,8 +428,10 @@ pub unsafe extern "C" fn envoy_smc_preload_stats(buf: *mut c_char, len: usize) -
     if !buf.is_null() && len > 0 {
         let n = text.len().min(len - 1);
         // SAFETY: the caller gives `len` writable bytes at `buf`; n + 1 <= len.
-        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
-        *buf.add(n) = 0;
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+            *buf.add(n) = 0;
+        }
     }
     text.len()
 }

@@ -72,7 +72,8 @@ fn ret(rc: libc::c_long) -> c_int {
 }
 
 unsafe extern "C" fn sys_socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-    ret(libc::syscall(libc::SYS_socket, domain, ty, protocol))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_socket, domain, ty, protocol) })
 }
 unsafe extern "C" fn sys_setsockopt(
     fd: c_int,
@@ -81,23 +82,20 @@ unsafe extern "C" fn sys_setsockopt(
     value: *const c_void,
     len: socklen_t,
 ) -> c_int {
-    ret(libc::syscall(
-        libc::SYS_setsockopt,
-        fd,
-        level,
-        name,
-        value,
-        len,
-    ))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_setsockopt, fd, level, name, value, len) })
 }
 unsafe extern "C" fn sys_bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    ret(libc::syscall(libc::SYS_bind, fd, addr, len))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_bind, fd, addr, len) })
 }
 unsafe extern "C" fn sys_listen(fd: c_int, backlog: c_int) -> c_int {
-    ret(libc::syscall(libc::SYS_listen, fd, backlog))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_listen, fd, backlog) })
 }
 unsafe extern "C" fn sys_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    ret(libc::syscall(libc::SYS_connect, fd, addr, len))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_connect, fd, addr, len) })
 }
 unsafe extern "C" fn sys_epoll_ctl(
     epfd: c_int,
@@ -105,31 +103,39 @@ unsafe extern "C" fn sys_epoll_ctl(
     fd: c_int,
     ev: *mut epoll_event,
 ) -> c_int {
-    ret(libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) })
 }
 unsafe extern "C" fn sys_close(fd: c_int) -> c_int {
-    ret(libc::syscall(libc::SYS_close, fd))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_close, fd) })
 }
 unsafe extern "C" fn sys_close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    ret(libc::syscall(libc::SYS_close_range, first, last, flags))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) })
 }
 unsafe extern "C" fn sys_dup(fd: c_int) -> c_int {
-    ret(libc::syscall(libc::SYS_dup, fd))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_dup, fd) })
 }
 unsafe extern "C" fn sys_dup2(old: c_int, new: c_int) -> c_int {
     if old == new {
         // dup2(fd, fd) checks fd and returns it.
-        return if libc::syscall(libc::SYS_fcntl, old, libc::F_GETFD) == -1 {
+        // SAFETY: F_GETFD on an int fd takes no pointer.
+        return if unsafe { libc::syscall(libc::SYS_fcntl, old, libc::F_GETFD) } == -1 {
             -1
         } else {
             new
         };
     }
-    ret(libc::syscall(libc::SYS_dup3, old, new, 0))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_dup3, old, new, 0) })
 }
 unsafe extern "C" fn sys_dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    ret(libc::syscall(libc::SYS_dup3, old, new, flags))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_dup3, old, new, flags) })
 }
 unsafe extern "C" fn sys_fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    ret(libc::syscall(libc::SYS_fcntl, fd, cmd, arg))
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) })
 }

@@ -12,8 +12,8 @@
 
 use std::os::fd::BorrowedFd;
 
-use envoy_smc::adaptive::{detect::socket_cookie, RescueOutcome, Rescuer, WatchedConnect};
-use envoy_smc::smc::{reconnect_tcp, SocketKind};
+use envoy_smc_core::adaptive::{detect::socket_cookie, RescueOutcome, Rescuer, WatchedConnect};
+use envoy_smc_core::smc::{reconnect_tcp, SocketKind};
 
 use crate::hooks::{replay_options, reregister};
 use crate::state::{inc, COUNTERS};
@@ -97,8 +97,8 @@ mod race_tests {
     use std::os::fd::AsRawFd;
     use std::sync::Arc;
 
-    use envoy_smc::adaptive::detect::socket_cookie;
-    use envoy_smc::adaptive::{Rescuer, WatchedConnect};
+    use envoy_smc_core::adaptive::detect::socket_cookie;
+    use envoy_smc_core::adaptive::{Rescuer, WatchedConnect};
 
     use super::PreloadRescuer;
     use crate::table::{self, Rescue, Tracked};
@@ -108,7 +108,7 @@ mod race_tests {
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
             assert!(fd >= 0);
-            let (ss, len) = envoy_smc::ffi::sockaddr::from_socket_addr(to);
+            let (ss, len) = envoy_smc_core::smc::sockaddr::from_socket_addr(to);
             let rc = libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len);
             assert!(rc == 0 || *libc::__errno_location() == libc::EINPROGRESS);
             fd
@@ -203,7 +203,7 @@ mod race_tests {
                 crate::close(fd);
                 libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
             };
-            if from_watchdog.recv().unwrap() == envoy_smc::adaptive::RescueOutcome::Moved {
+            if from_watchdog.recv().unwrap() == envoy_smc_core::adaptive::RescueOutcome::Moved {
                 rescued += 1;
             }
             if mode(null) != libc::S_IFCHR {

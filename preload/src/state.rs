@@ -6,7 +6,7 @@
 //!   switched-on clusters — with no annotation source, every socket stays TCP). Unreadable,
 //!   not a regular file (a FIFO, a device), larger than 1 MiB, nested too deeply or invalid:
 //!   one error line on stderr and the process stays on plain TCP (see
-//!   `envoy_smc::config::limits`; nothing blocks the first `socket()`).
+//!   `envoy_smc_core::config::limits`; nothing blocks the first `socket()`).
 //! - `ENVOY_SMC_LOG`: a `tracing` filter for stderr (`debug` logs every decision, `off` silences
 //!   the library). Unset: warnings and errors only.
 //! - `ENVOY_SMC_STATS_FILE`: write the counters as Prometheus text to this path (`{pid}` is
@@ -15,7 +15,7 @@
 //!   others unless sticky; the file (0640) is written through a random temporary name and a
 //!   rename (see `stats`).
 //! - `ENVOY_SMC_STATE_DIR`: where the adaptive-fallback table is published
-//!   (`envoy_smc::adaptive::publish`).
+//!   (`envoy_smc_core::adaptive::publish`).
 //! - `ENVOY_SMC_ASSUME_KERNEL`: for tests — `af_smc`, `ipproto_smc`, both comma-separated, or
 //!   `none`: what the kernel is taken to support instead of probing it.
 //!
@@ -26,10 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use envoy_smc::config::{self, SmcConfig};
-use envoy_smc::policy::Environment;
-use envoy_smc::smc::{local_addresses, KernelSupport};
-use envoy_smc::Runtime;
+use envoy_smc_core::config::{self, SmcConfig};
+use envoy_smc_core::policy::Environment;
+use envoy_smc_core::smc::{local_addresses, KernelSupport};
+use envoy_smc_core::Runtime;
 
 /// The library's state in this process.
 pub enum Lib {
@@ -111,12 +111,15 @@ pub fn poison() {
 }
 
 /// The active state, setting the library up if this is the first call. `None` when off.
+/// `start` runs once, the first time the state is active, before any caller gets it: the entry
+/// point wires in what sits above this module (the rescuer, the stats writer), so that this
+/// module, which every other one uses, imports none of them.
 /// Must run inside the re-entrancy guard (setting up opens sockets).
-pub fn active() -> Option<&'static Active> {
-    static WRITER: std::sync::Once = std::sync::Once::new();
+pub fn active(start: fn(&'static Active)) -> Option<&'static Active> {
+    static STARTED: std::sync::Once = std::sync::Once::new();
     match LIB.get_or_init(init) {
         Lib::Active(a) if !poisoned() => {
-            WRITER.call_once(crate::stats::start_writer);
+            STARTED.call_once(|| start(a));
             Some(a)
         }
         _ => None,
@@ -190,7 +193,6 @@ fn init_active() -> Lib {
             return Lib::Off(Off::InvalidConfig);
         }
     };
-    runtime.set_rescuer(std::sync::Arc::new(crate::rescue::PreloadRescuer));
     // The adaptive-fallback table this process may publish goes with it.
     // SAFETY: registering a plain extern "C" function with no arguments.
     unsafe { libc::atexit(remove_table_at_exit) };
@@ -204,7 +206,7 @@ fn init_active() -> Lib {
 
 extern "C" fn remove_table_at_exit() {
     let _guard = crate::Reentry::enter();
-    let _ = std::panic::catch_unwind(envoy_smc::adaptive::publish::remove_own_table);
+    let _ = std::panic::catch_unwind(envoy_smc_core::adaptive::publish::remove_own_table);
 }
 
 fn init_logging() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use envoy_smc::owned_dir::OwnedDir;
+use envoy_smc_core::owned_dir::OwnedDir;
 
 use crate::state::{self, COUNTERS};
 

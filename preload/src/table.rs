@@ -35,7 +35,7 @@ use std::ffi::c_int;
 use std::ptr;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, Ordering};
 
-use envoy_smc::policy::SocketFacts;
+use envoy_smc_core::policy::SocketFacts;
 
 /// The fd is a socket envoy-smc is still deciding about.
 pub const TRACKED: u32 = 1;

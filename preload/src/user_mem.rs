@@ -64,7 +64,7 @@ pub fn read_sockaddr(
         )
     };
     copy_from_user(addr.cast(), dst)?;
-    Ok(envoy_smc::ffi::sockaddr::to_socket_addr(&storage, len))
+    Ok(envoy_smc_core::smc::sockaddr::to_socket_addr(&storage, len))
 }
 
 #[cfg(test)]
@@ -75,7 +75,8 @@ mod tests {
     fn a_bad_pointer_is_a_fault_not_a_crash() {
         assert_eq!(read_sockaddr(8 as *const libc::sockaddr, 16), Err(Fault));
         assert_eq!(read_sockaddr(std::ptr::null(), 16), Ok(None));
-        let (ss, len) = envoy_smc::ffi::sockaddr::from_socket_addr("10.1.2.3:80".parse().unwrap());
+        let (ss, len) =
+            envoy_smc_core::smc::sockaddr::from_socket_addr("10.1.2.3:80".parse().unwrap());
         assert_eq!(
             read_sockaddr((&ss as *const libc::sockaddr_storage).cast(), len),
             Ok(Some("10.1.2.3:80".parse().unwrap()))

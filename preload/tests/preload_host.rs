@@ -86,7 +86,7 @@ fn need_host_addr() -> Option<Ipv4Addr> {
 /// `kernel_lacks_smc`, tracks nothing, and traffic flows with every epoll edge.
 #[test]
 fn plain_kernel_everything_stays_tcp_and_flows() {
-    if envoy_smc::smc::KernelSupport::probe_now().af_smc {
+    if envoy_smc_core::smc::KernelSupport::probe_now().af_smc {
         eprintln!("skipped: this kernel has AF_SMC (the test is for kernels without it)");
         return;
     }
@@ -492,24 +492,29 @@ fn microbench_role() {
             })
             .fold(f64::MAX, f64::min)
     };
-    // SAFETY (all closures): plain syscalls on fds owned here.
+    // Plain syscalls on fds owned here, in every closure below.
+    // SAFETY: no pointer arguments; the fd is this closure's own.
     let sock_close = best(&mut || unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         libc::close(fd);
     });
+    // SAFETY: no pointer arguments; the fd is this closure's own.
     let udp_close = best(&mut || unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         libc::close(fd);
     });
+    // SAFETY: no pointer arguments.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     // a socket the library decided about already (connected), like Envoy's established ones
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (ss, len) = sockaddr(l.local_addr().unwrap());
+    // SAFETY: ss holds a sockaddr of len bytes.
     unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
     let setsockopt = best(&mut || {
         setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
     });
     let ep = Epoll::new();
+    // SAFETY: ev lives across both calls; ep and fd are open.
     let epoll = best(&mut || unsafe {
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
@@ -518,9 +523,11 @@ fn microbench_role() {
         libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, fd, &mut ev);
         libc::epoll_ctl(ep.0, libc::EPOLL_CTL_DEL, fd, &mut ev);
     }) / 2.0;
+    // SAFETY: F_GETFL takes no argument.
     let fcntl = best(&mut || unsafe {
         libc::fcntl(fd, libc::F_GETFL);
     });
+    // SAFETY: the duplicate is closed right away; fd stays open.
     let dup_close = best(&mut || unsafe {
         libc::close(libc::dup(fd));
     });
@@ -528,6 +535,7 @@ fn microbench_role() {
         "RESULT socket_close_ns={sock_close:.0} udp_socket_close_ns={udp_close:.0} setsockopt_ns={setsockopt:.0} \
          epoll_ctl_ns={epoll:.0} fcntl_ns={fcntl:.0} dup_close_ns={dup_close:.0}"
     );
+    // SAFETY: fd is this test's own and is not used again.
     unsafe { libc::close(fd) };
 }
 
@@ -703,13 +711,15 @@ fn vfork_close_range_role() {
         .unwrap()
         .parse()
         .unwrap();
-    // SAFETY (all blocks): plain syscalls on fds owned here; the child's stack outlives it.
     let socks: Vec<c_int> = (0..3)
+        // SAFETY: no pointer arguments.
         .map(|_| unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) })
         .collect();
     let before = tracked_here();
     let mut stack = vec![0u8; 256 << 10];
     let mut fds = [socks[0], socks[1]];
+    // SAFETY: the child runs on `stack`, which outlives it (CLONE_VFORK: this thread waits until
+    // the child exits or execs), and gets `fds`, which outlives it too.
     let pid = unsafe {
         let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
         libc::clone(
@@ -721,10 +731,12 @@ fn vfork_close_range_role() {
     };
     assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
     let mut status = 0;
+    // SAFETY: status is a valid int to write.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let after = tracked_here();
     let (ss, len) = sockaddr(target);
     for &s in &socks {
+        // SAFETY: ss holds a sockaddr of len bytes; s is this test's own socket.
         unsafe { libc::connect(s, &ss as *const _ as *const libc::sockaddr, len) };
     }
     println!("RESULT before={before} after={after} child_status={status}");

@@ -16,10 +16,10 @@ use serde::Serialize;
 
 use super::smc_diag::{self, Mode, SmcSocket, SmcState};
 use super::DiagError;
-use crate::smc::sys::syscall;
-use crate::smc::{self, SocketKind};
+use envoy_smc_core::smc::sys::syscall;
+use envoy_smc_core::smc::{self, SocketKind};
 
-use crate::adaptive::detect::{self, TCP_SYN_SENT};
+use envoy_smc_core::adaptive::detect::{self, TCP_SYN_SENT};
 
 /// How a check runs.
 #[derive(Debug, Clone)]
@@ -169,8 +169,11 @@ fn wait_connect(fd: BorrowedFd<'_>, wait: Duration) -> Option<io::Result<()>> {
     match syscall!(poll(&mut pfd, 1, ms)) {
         Ok(0) => None,
         Ok(_) => {
-            match crate::smc::sys::getsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR)
-            {
+            match envoy_smc_core::smc::sys::getsockopt_int(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+            ) {
                 Ok(0) => Some(Ok(())),
                 Ok(e) => Some(Err(io::Error::from_raw_os_error(e))),
                 Err(e) => Some(Err(e)),

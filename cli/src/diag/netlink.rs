@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{DiagError, ParseError};
-use crate::smc::sys::syscall;
+use envoy_smc_core::smc::sys::syscall;
 
 /// Size of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;

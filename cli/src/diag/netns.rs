@@ -282,7 +282,7 @@ fn ns_inode(proc_root: &Path, pid: &str, kind: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// The adaptive-fallback tables proxies published (see [`crate::adaptive::publish`]), read in
+/// The adaptive-fallback tables proxies published (see [`envoy_smc_core::adaptive::publish`]), read in
 /// every mount namespace of the node once, by network namespace. A table goes to the network
 /// namespace of the process that wrote it when that process is in our pid namespace, else to
 /// the namespace of the process whose root it was found under (same pod).
@@ -290,8 +290,8 @@ pub fn black_hole_tables(
     proc_root: &Path,
     nss: &[Netns],
     state_dir: &Path,
-) -> std::collections::HashMap<u64, Vec<crate::adaptive::publish::ProcessTable>> {
-    use crate::adaptive::publish::read_tables;
+) -> std::collections::HashMap<u64, Vec<envoy_smc_core::adaptive::publish::ProcessTable>> {
+    use envoy_smc_core::adaptive::publish::read_tables;
     let my_pidns = ns_inode(proc_root, "self", "pid");
     let pid_netns: std::collections::HashMap<u32, u64> = nss
         .iter()

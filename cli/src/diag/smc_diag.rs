@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::decline::DeclineCode;
 use super::netlink::{self, attrs, c_string, u16_ne, u32_ne, u64_ne, NlSocket};
 use super::{DiagError, ParseError};
-use crate::smc::AF_SMC;
+use envoy_smc_core::smc::AF_SMC;
 
 /// `SOCK_DIAG_BY_FAMILY`.
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
 
-use crate::config::proto::{Listeners, SocketOptionMatch};
-use crate::config::SmcConfig;
+use envoy_smc_core::config::proto::{Listeners, SocketOptionMatch};
+use envoy_smc_core::config::SmcConfig;
 
 use super::RenderError;
 
@@ -408,7 +408,7 @@ impl Description {
                         p = base.join(p);
                     }
                 }
-                crate::config::from_file(&p).map_err(|e| {
+                envoy_smc_core::config::from_file(&p).map_err(|e| {
                     let field = if e.field.is_empty() {
                         "config".to_owned()
                     } else {
@@ -419,7 +419,7 @@ impl Description {
             }
             Some(v @ Json::Object(_)) => {
                 let text = serde_json::to_string(v).unwrap_or_default();
-                crate::config::from_yaml(&text).map_err(|e| {
+                envoy_smc_core::config::from_yaml(&text).map_err(|e| {
                     err(
                         if e.field.is_empty() {
                             "config".to_owned()
@@ -576,7 +576,7 @@ impl Description {
             .mesh_switch
             .as_ref()
             .and_then(|s| s.enable_option)
-            .unwrap_or(crate::config::DEFAULT_ENABLE_OPTION)
+            .unwrap_or(envoy_smc_core::config::DEFAULT_ENABLE_OPTION)
     }
 
     /// The socket option that keeps a cluster on TCP (from the configuration or the default).
@@ -585,7 +585,7 @@ impl Description {
             .mesh_switch
             .as_ref()
             .and_then(|s| s.keep_tcp_option)
-            .unwrap_or(crate::config::DEFAULT_KEEP_TCP_OPTION)
+            .unwrap_or(envoy_smc_core::config::DEFAULT_KEEP_TCP_OPTION)
     }
 
     /// Every namespace a workload of this description runs in (for per-namespace ConfigMaps).

@@ -39,7 +39,7 @@ pub use description::{
     Workload,
 };
 
-use crate::config::proto::SocketOptionMatch;
+use envoy_smc_core::config::proto::SocketOptionMatch;
 
 /// The name the extension registers under (bazel/source/smc_socket_interface.h).
 pub const EXTENSION_NAME: &str = "envoy.extensions.network.socket_interface.smc";
@@ -52,7 +52,7 @@ pub const MARKER_VALUE: &str = "true";
 /// The proxy environment variable that puts [`MARKER_KEY`] into the node metadata.
 pub const MARKER_ENV: &str = "ISTIO_META_ENVOY_SMC";
 /// The workload opt-in annotation.
-pub const OPT_IN_ANNOTATION: &str = crate::config::DEFAULT_OPT_IN_ANNOTATION;
+pub const OPT_IN_ANNOTATION: &str = envoy_smc_core::config::DEFAULT_OPT_IN_ANNOTATION;
 /// The name of the rendered bootstrap-override ConfigMap.
 pub const BOOTSTRAP_CONFIGMAP: &str = "envoy-smc-bootstrap";
 /// Istio's cluster for destinations outside its registry.
@@ -192,7 +192,7 @@ pub fn render(d: &Description) -> Vec<RenderedFile> {
 /// The extension's typed config as JSON (proto3 JSON mapping) with its `@type`.
 /// Fields at their default value are left out, and 64-bit integers are written as numbers.
 pub fn typed_config(d: &Description) -> Json {
-    let mut body = compact(crate::config::to_json(&d.config)).unwrap_or_else(|| json!({}));
+    let mut body = compact(envoy_smc_core::config::to_json(&d.config)).unwrap_or_else(|| json!({}));
     if let Json::Object(map) = &mut body {
         map.insert("@type".into(), Json::String(CONFIG_TYPE_URL.into()));
     }

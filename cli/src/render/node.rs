@@ -10,7 +10,7 @@ use super::{Description, Exporter, Node, RenderedFile};
 
 /// The alert rules `promtool` checks (monitoring/check.sh), compiled in: the PrometheusRule's
 /// groups are read from this one source.
-pub const ALERT_RULES: &str = include_str!("../../monitoring/envoy-smc.rules.yaml");
+pub const ALERT_RULES: &str = include_str!("../../../monitoring/envoy-smc.rules.yaml");
 
 const EXPORTER_NAME: &str = "envoy-smc-node";
 const AGENT_NAME: &str = "envoy-smc-agent";

@@ -125,7 +125,7 @@ pub struct TcpProbe {
 impl TcpProbe {
     /// Starts connecting to `dest`. `Err` carries the outcome when it is known at once.
     pub fn start(dest: SocketAddr) -> Result<TcpProbe, ProbeOutcome> {
-        let (storage, len) = crate::ffi::sockaddr::from_socket_addr(dest);
+        let (storage, len) = crate::smc::sockaddr::from_socket_addr(dest);
         let domain = if dest.is_ipv4() {
             libc::AF_INET
         } else {

@@ -7,8 +7,9 @@ mod host;
 mod probe;
 mod replace;
 mod shared;
+pub mod sockaddr;
 mod socket;
-pub(crate) mod sys;
+pub mod sys;
 
 pub use host::local_addresses;
 pub use probe::KernelSupport;

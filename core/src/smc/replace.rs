@@ -269,14 +269,14 @@ pub fn reconnect_tcp(
     prepare(new.as_raw_fd());
     if let Some(source) = source.filter(|s| !s.ip().is_unspecified()) {
         let (addr, len) =
-            crate::ffi::sockaddr::from_socket_addr(std::net::SocketAddr::new(source.ip(), 0));
+            crate::smc::sockaddr::from_socket_addr(std::net::SocketAddr::new(source.ip(), 0));
         syscall!(bind(
             new.as_raw_fd(),
             (&addr as *const libc::sockaddr_storage).cast(),
             len
         ))?;
     }
-    let (addr, len) = crate::ffi::sockaddr::from_socket_addr(dest);
+    let (addr, len) = crate::smc::sockaddr::from_socket_addr(dest);
     if let Err(e) = syscall!(connect(
         new.as_raw_fd(),
         (&addr as *const libc::sockaddr_storage).cast(),

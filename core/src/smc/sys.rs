@@ -30,12 +30,16 @@ pub fn option_holds_reference(level: libc::c_int, name: libc::c_int) -> bool {
         )
 }
 
-/// Runs a libc call and maps its `-1` to the thread's `errno` as an `io::Error`.
+/// Runs a libc call and maps its `-1` to the thread's `errno` as an `io::Error`. Exported for
+/// the diagnostics of the `envoy-smc` command (the caller's crate needs `libc`).
+#[macro_export]
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
         // SAFETY: each caller passes arguments that satisfy the named libc function's contract
         // (valid pointers with correct lengths); the macro only checks the return value.
-        #[allow(unused_unsafe)]
+        // The arguments belong inside the block: the caller's promise is exactly that they
+        // satisfy the libc function's contract.
+        #[allow(unused_unsafe, clippy::macro_metavars_in_unsafe)]
         let res = unsafe { libc::$fn($($arg),*) };
         if res == -1 {
             Err(std::io::Error::last_os_error())
@@ -44,10 +48,10 @@ macro_rules! syscall {
         }
     }};
 }
-pub(crate) use syscall;
+pub use crate::syscall;
 
 /// Reads an `int` socket option.
-pub(crate) fn getsockopt_int(
+pub fn getsockopt_int(
     fd: libc::c_int,
     level: libc::c_int,
     name: libc::c_int,
@@ -65,7 +69,7 @@ pub(crate) fn getsockopt_int(
 }
 
 /// Sets an `int` socket option.
-pub(crate) fn setsockopt_int(
+pub fn setsockopt_int(
     fd: libc::c_int,
     level: libc::c_int,
     name: libc::c_int,

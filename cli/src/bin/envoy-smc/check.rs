@@ -8,8 +8,8 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use envoy_smc::diag::{check, CheckOptions, Verdict};
-use envoy_smc::smc::{KernelSupport, SocketKind};
+use envoy_smc_cli::diag::{check, CheckOptions, Verdict};
+use envoy_smc_core::smc::{KernelSupport, SocketKind};
 
 use crate::exit;
 

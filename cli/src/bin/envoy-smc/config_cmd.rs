@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use envoy_smc::policy::{Environment, Policy};
+use envoy_smc_core::policy::{Environment, Policy};
 
 use crate::exit;
 
@@ -17,12 +17,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> u8 {
     // The same bounds as every other loader: a regular file (or standard input) of at most
-    // 1 MiB, nesting and list lengths checked before parsing (envoy_smc::config::limits).
+    // 1 MiB, nesting and list lengths checked before parsing (envoy_smc_core::config::limits).
     let loaded = if args.file.as_os_str() == "-" {
-        envoy_smc::config::limits::read_config_stream(std::io::stdin().lock())
-            .and_then(|text| envoy_smc::config::from_yaml(&text))
+        envoy_smc_core::config::limits::read_config_stream(std::io::stdin().lock())
+            .and_then(|text| envoy_smc_core::config::from_yaml(&text))
     } else {
-        envoy_smc::config::from_file(&args.file)
+        envoy_smc_core::config::from_file(&args.file)
     };
     let config = match loaded {
         Ok(c) => c,
@@ -55,7 +55,7 @@ pub fn run(args: Args) -> u8 {
     if args.json {
         let out = serde_json::json!({
             "valid": true,
-            "config": envoy_smc::config::to_json(&config),
+            "config": envoy_smc_core::config::to_json(&config),
             "on_this_host": availability,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> u8 {
         println!("on this host: {availability}");
         println!(
             "{}",
-            serde_yaml::to_string(&envoy_smc::config::to_json(&config)).unwrap_or_default()
+            serde_yaml::to_string(&envoy_smc_core::config::to_json(&config)).unwrap_or_default()
         );
     }
     exit::OK

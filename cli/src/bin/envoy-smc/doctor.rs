@@ -5,10 +5,10 @@
 use std::fs;
 use std::path::Path;
 
-use envoy_smc::diag::dibs::{self, SmcdDevice};
-use envoy_smc::diag::genl::{SeidInfo, SmcDevice, SysInfo};
-use envoy_smc::diag::{smc_diag, DiagError, SmcGenl};
-use envoy_smc::smc::KernelSupport;
+use envoy_smc_cli::diag::dibs::{self, SmcdDevice};
+use envoy_smc_cli::diag::genl::{SeidInfo, SmcDevice, SysInfo};
+use envoy_smc_cli::diag::{smc_diag, DiagError, SmcGenl};
+use envoy_smc_core::smc::KernelSupport;
 use serde::Serialize;
 
 use crate::exit;

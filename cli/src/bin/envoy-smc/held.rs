@@ -1,13 +1,13 @@
 //! The adaptive-fallback part of `envoy-smc status`: destinations each proxy process holds on TCP
 //! (or is probing, or let back on SMC), read from the tables the processes publish in the state
-//! directory (see `envoy_smc::adaptive::publish`).
+//! directory (see `envoy_smc_core::adaptive::publish`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use envoy_smc::adaptive::publish::{read_tables_checked, state_dir, ProcessTable};
-use envoy_smc::owned_dir::printable;
+use envoy_smc_core::adaptive::publish::{read_tables_checked, state_dir, ProcessTable};
+use envoy_smc_core::owned_dir::printable;
 
 /// The tables of running processes in `dir` (default: the state directory), filtered like the
 /// connections (`--pid`, `--comm`). Files that were not trusted or not readable are named on
@@ -142,7 +142,7 @@ pub fn prometheus(tables: &[ProcessTable]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_smc::adaptive::publish::DestinationState;
+    use envoy_smc_core::adaptive::publish::DestinationState;
 
     fn sample() -> Vec<ProcessTable> {
         vec![ProcessTable {

@@ -1,9 +1,9 @@
 //! `envoy-smc render DESCRIPTION`: the Istio manifests and bootstrap fragments that put a mesh on
-//! SMC (see `envoy_smc::render`), to standard output or into a directory.
+//! SMC (see `envoy_smc_cli::render`), to standard output or into a directory.
 
 use std::path::{Path, PathBuf};
 
-use envoy_smc::render::{self, Description};
+use envoy_smc_cli::render::{self, Description};
 
 use crate::exit;
 

@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use envoy_smc::diag::dibs::{self, SmcdDevice};
-use envoy_smc::diag::genl::{FallbackStats, SmcStats};
-use envoy_smc::diag::procs::{self, Owner};
-use envoy_smc::diag::{inet_diag, smc_diag, DiagError, Mode, SmcGenl, SmcSocket};
+use envoy_smc_cli::diag::dibs::{self, SmcdDevice};
+use envoy_smc_cli::diag::genl::{FallbackStats, SmcStats};
+use envoy_smc_cli::diag::procs::{self, Owner};
+use envoy_smc_cli::diag::{inet_diag, smc_diag, DiagError, Mode, SmcGenl, SmcSocket};
 use serde::Serialize;
 
-use envoy_smc::adaptive::publish::ProcessTable;
+use envoy_smc_core::adaptive::publish::ProcessTable;
 
 use crate::{exit, held};
 
@@ -114,7 +114,7 @@ fn rows(args: &Args, socks: Vec<SmcSocket>, owners: &procs::SocketOwners) -> (Ve
         .collect();
     conns.sort_by_key(|c| {
         (
-            c.socket.state != envoy_smc::diag::SmcState::LISTEN,
+            c.socket.state != envoy_smc_cli::diag::SmcState::LISTEN,
             c.socket.local.port(),
             c.socket.inode,
         )
@@ -153,7 +153,7 @@ fn keep(args: &Args, c: &Conn) -> bool {
             return false;
         }
     }
-    !(args.no_listen && c.socket.state == envoy_smc::diag::SmcState::LISTEN)
+    !(args.no_listen && c.socket.state == envoy_smc_cli::diag::SmcState::LISTEN)
 }
 
 fn kernel_counters() -> Result<(FallbackStats, Option<SmcStats>), DiagError> {
@@ -258,7 +258,13 @@ fn table(r: &Report) -> String {
         } else {
             c.processes
                 .iter()
-                .map(|p| format!("{}/{}", envoy_smc::owned_dir::printable(&p.comm), p.pid))
+                .map(|p| {
+                    format!(
+                        "{}/{}",
+                        envoy_smc_core::owned_dir::printable(&p.comm),
+                        p.pid
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -319,7 +325,7 @@ fn table(r: &Report) -> String {
     );
     match (&r.kernel_fallbacks, &r.kernel_counters_error) {
         (Some(f), _) => {
-            let side = |v: &[envoy_smc::diag::genl::ReasonCount]| {
+            let side = |v: &[envoy_smc_cli::diag::genl::ReasonCount]| {
                 v.iter()
                     .map(|rc| format!("{} {}", rc.reason, rc.count))
                     .collect::<Vec<_>>()
@@ -371,7 +377,7 @@ fn table(r: &Report) -> String {
 
 /// Escapes a Prometheus label value (control characters as `\xNN`).
 fn lv(s: &str) -> String {
-    envoy_smc::owned_dir::printable(
+    envoy_smc_core::owned_dir::printable(
         &s.replace('\\', "\\\\")
             .replace('"', "\\\"")
             .replace('\n', "\\n"),

@@ -6,8 +6,8 @@
 //! the end state is what was asked); 2 invalid UEID; 3 no SMC_GEN_NETLINK, no permission, or the
 //! kernel's table is full.
 
-use envoy_smc::diag::genl::ueid_entry;
-use envoy_smc::diag::{DiagError, SmcGenl};
+use envoy_smc_cli::diag::genl::ueid_entry;
+use envoy_smc_cli::diag::{DiagError, SmcGenl};
 use serde_json::json;
 
 use crate::exit;
@@ -96,7 +96,7 @@ pub fn run(args: Args) -> u8 {
                 Err(e) if e.errno() == Some(libc::ERANGE) => (
                     Err(DiagError::Invalid(format!(
                         "the kernel already holds {} UEIDs, its maximum: remove one first",
-                        envoy_smc::diag::genl::SMC_MAX_UEID
+                        envoy_smc_cli::diag::genl::SMC_MAX_UEID
                     ))),
                     String::new(),
                 ),

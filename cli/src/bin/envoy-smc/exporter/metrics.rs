@@ -13,11 +13,11 @@ use std::fmt::{Display, Write as _};
 use std::path::Path;
 use std::time::Instant;
 
-use envoy_smc::adaptive::publish::ProcessTable;
-use envoy_smc::diag::genl::{FallbackStats, SmcStats};
-use envoy_smc::diag::netns::{self, PodLabels};
-use envoy_smc::diag::nsdump;
-use envoy_smc::diag::{DeclineCode, Mode, SmcState};
+use envoy_smc_cli::diag::genl::{FallbackStats, SmcStats};
+use envoy_smc_cli::diag::netns::{self, PodLabels};
+use envoy_smc_cli::diag::nsdump;
+use envoy_smc_cli::diag::{DeclineCode, Mode, SmcState};
+use envoy_smc_core::adaptive::publish::ProcessTable;
 
 /// What one namespace contributes to the page: counts only.
 #[derive(Debug, Default)]
@@ -423,7 +423,7 @@ pub fn render(all: &[NsMetrics], scrape: &Scrape) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_smc::adaptive::publish::DestinationState;
+    use envoy_smc_core::adaptive::publish::DestinationState;
 
     #[test]
     fn renders_labelled_families_once_each() {

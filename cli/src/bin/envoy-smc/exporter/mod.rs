@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_smc::adaptive::publish::state_dir;
+use envoy_smc_core::adaptive::publish::state_dir;
 
 use crate::exit;
 

@@ -6,10 +6,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use envoy_smc::adaptive::publish::{state_dir, ProcessTable};
-use envoy_smc::diag::netns::{self, Netns, PodLabels};
-use envoy_smc::diag::nsdump::{self, NsDump};
-use envoy_smc::diag::procs::{self, SocketOwners};
+use envoy_smc_cli::diag::netns::{self, Netns, PodLabels};
+use envoy_smc_cli::diag::nsdump::{self, NsDump};
+use envoy_smc_cli::diag::procs::{self, SocketOwners};
+use envoy_smc_core::adaptive::publish::{state_dir, ProcessTable};
 use serde::Serialize;
 
 use super::{rows, table, Args, Report};
