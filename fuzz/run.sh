@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz/run.sh [SECONDS] [TARGET...] -- runs every cargo-fuzz target (or the named ones) for
-# SECONDS each (default 60), seeded with the kernel captures in tests/fixtures. Needs a nightly
+# SECONDS each (default 60), seeded with the kernel captures in cli/tests/fixtures. Needs a nightly
 # toolchain and cargo-fuzz (cargo install cargo-fuzz). Exits non-zero on the first crash; the
 # crashing input is left in fuzz/artifacts/<target>/.
 set -uo pipefail
@@ -12,7 +12,7 @@ targets=("$@")
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   echo "=== fuzz $t for ${secs}s"
-  cargo +nightly fuzz run "$t" "corpus/$t" ../tests/fixtures -- \
+  cargo +nightly fuzz run "$t" "corpus/$t" ../cli/tests/fixtures -- \
     -max_total_time="$secs" -print_final_stats=1 >"corpus/$t.log" 2>&1
   rc=$?
   grep -E '^(stat::number_of_executed_units|stat::new_units_added|SUMMARY|==[0-9]+== ?ERROR)' "corpus/$t.log" || true

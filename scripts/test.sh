@@ -56,6 +56,7 @@ step() {
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
+step layering bash scripts/check-layering.sh
 step cargo-test cargo test --workspace --quiet
 step shim bash bazel/test/run.sh
 step stock-envoy bash bazel/test/stock_envoy_test.sh

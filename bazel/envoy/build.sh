@@ -24,10 +24,10 @@ cd "$root"
 rust_lib="${ENVOY_SMC_RUST_STATICLIB:-}"
 if [ -z "$rust_lib" ]; then
   if command -v cargo-zigbuild >/dev/null; then
-    cargo zigbuild --release --lib --target x86_64-unknown-linux-gnu.2.28
+    cargo zigbuild --release -p envoy-smc-capi --lib --target x86_64-unknown-linux-gnu.2.28
     rust_lib="$root/target/x86_64-unknown-linux-gnu/release/libenvoy_smc.a"
   else
-    cargo build --release --lib
+    cargo build --release -p envoy-smc-capi --lib
     rust_lib="$root/target/release/libenvoy_smc.a"
   fi
 fi

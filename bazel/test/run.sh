@@ -42,7 +42,7 @@ if [ "${SKIP_CARGO_BUILD:-0}" != 1 ]; then
   "${CARGO:-cargo}" build --lib --quiet
 fi
 staticlib="${ENVOY_SMC_STATICLIB:-$root/target/debug/libenvoy_smc.a}"
-[ -f "$staticlib" ] || { echo "run.sh: $staticlib missing (cargo build --lib)" >&2; exit 1; }
+[ -f "$staticlib" ] || { echo "run.sh: $staticlib missing (cargo build -p envoy-smc-capi --lib)" >&2; exit 1; }
 
 passed=0
 failed=0

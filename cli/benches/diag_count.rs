@@ -31,7 +31,7 @@ fn message(i: u32) -> Vec<u8> {
     build_msg(SOCK_DIAG_BY_FAMILY, 2, 1, &m)
 }
 
-/// What `count_here` in src/bin/envoy-smc/exporter/metrics.rs does with one namespace's dump.
+/// What `count_here` in cli/src/bin/envoy-smc/exporter/metrics.rs does with one namespace's dump.
 fn count(buf: &[u8]) -> usize {
     let mut by_mode_state: HashMap<(Mode, u8), u64> = HashMap::new();
     let mut by_flavour: BTreeMap<&'static str, u64> = BTreeMap::new();

@@ -1,7 +1,7 @@
 #![no_main]
 //! Fuzz target: genl fback stats parsing never panics, whatever the bytes.
 
-use envoy_smc::diag::{genl, netlink};
+use envoy_smc_cli::diag::{genl, netlink};
 use libfuzzer_sys::fuzz_target;
 
 /// The parser on the raw bytes and on every message payload in them (seeds are whole datagrams).

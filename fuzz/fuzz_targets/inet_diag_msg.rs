@@ -1,7 +1,7 @@
 #![no_main]
 //! Fuzz target: inet diag msg parsing never panics, whatever the bytes.
 
-use envoy_smc::diag::{inet_diag, netlink};
+use envoy_smc_cli::diag::{inet_diag, netlink};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 #![no_main]
 //! Fuzz target: netlink messages parsing never panics, whatever the bytes.
 
-use envoy_smc::diag::netlink;
+use envoy_smc_cli::diag::netlink;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 #![no_main]
 //! Fuzz target: smc diag msg parsing never panics, whatever the bytes.
 
-use envoy_smc::diag::{netlink, smc_diag};
+use envoy_smc_cli::diag::{netlink, smc_diag};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/vm/smc-cases.sh -- the diagnostics VM cases (tests/vm_smc.rs) inside the SMC-R VM:
+# tests/vm/smc-cases.sh -- the diagnostics VM cases (cli/tests/vm_smc.rs) inside the SMC-R VM:
 # SMC-R on rxe with growing counters, OPTUNSUPP / PEERNOSMC / NOSMCDEV fallbacks, doctor ready,
 # and `envoy-smc check` telling SMC-R, fallback and a black hole apart.
 #

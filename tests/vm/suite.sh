@@ -6,7 +6,7 @@
 #   tests/vm/suite.sh [TEST-FILTER...]     (extra arguments go to every test binary)
 #
 # VM test binaries are the integration-test targets of the workspace whose name starts with
-# "vm_" or ends with "_vm" (tests/vm_smc.rs, preload/tests/preload_vm.rs, ...). Each runs with
+# "vm_" or ends with "_vm" (cli/tests/vm_smc.rs, preload/tests/preload_vm.rs, ...). Each runs with
 # the working directory and CARGO_MANIFEST_DIR of its package, as under cargo, with `--ignored`:
 # the VM-only tests are `#[ignore]`d (skipped by a plain `cargo test` on the host), so exactly
 # those run here, but for the long host test $long_test. Output: the

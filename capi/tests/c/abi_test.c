@@ -1,5 +1,5 @@
 /* Drives every function of include/envoy_smc.h from C, error paths included.
- * Built and run by tests/c_abi.rs with the system C compiler, -Wall -Wextra -Werror and
+ * Built and run by capi/tests/c_abi.rs with the system C compiler, -Wall -Wextra -Werror and
  * ASan/UBSan, linked against the Rust staticlib. On a kernel without SMC (this CI host) every
  * socket is TCP with reason kernel_lacks_smc; data still flows. */
 #include <arpa/inet.h>

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The crates are the architecture (Cargo.toml): this fails when a dependency points the wrong way
+# or when what Envoy and every sidecar load (the core and the C ABI crate) pulls in a CLI,
+# YAML-emitter or log-subscriber crate again. Reads `cargo tree` (normal dependencies only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# serde_yaml joins this list once the core reads YAML without it (issue 16, "config parsed once").
+forbidden=(clap tracing-subscriber)
+# Which workspace crates each crate may depend on (directly or not).
+declare -A allowed=(
+  [envoy-smc-core]=""
+  [envoy-smc-capi]="envoy-smc-core"
+  [envoy-smc-preload]="envoy-smc-core"
+  [envoy-smc]="envoy-smc-core"
+)
+bad=0
+for crate in envoy-smc-core envoy-smc-capi envoy-smc-preload envoy-smc; do
+  deps=$(cargo tree -q -p "$crate" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+  if [ "$crate" = envoy-smc-core ] || [ "$crate" = envoy-smc-capi ]; then
+    for f in "${forbidden[@]}"; do
+      if grep -qx "$f" <<<"$deps"; then
+        echo "check-layering: $crate depends on $f:" >&2
+        cargo tree -q -p "$crate" -e normal -i "$f" >&2 || true
+        bad=1
+      fi
+    done
+  fi
+  for d in $(grep -E '^envoy-smc' <<<"$deps"); do
+    [ "$d" = "$crate" ] && continue
+    if ! grep -qw -- "$d" <<<"${allowed[$crate]}"; then
+      echo "check-layering: $crate depends on $d, which sits above it or beside it" >&2
+      bad=1
+    fi
+  done
+done
+[ "$bad" = 0 ] && echo "check-layering: core and C ABI free of ${forbidden[*]}; dependencies point downward"
+exit "$bad"
