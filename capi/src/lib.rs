@@ -10,8 +10,11 @@
 //! - Out-parameters are written only on success.
 #![allow(non_camel_case_types)]
 
+/// The panic boundary every exported function runs in.
 mod panic;
+/// Rescuing connects stuck behind a black hole, for an entry point that owns its fds.
 mod rescue;
+
 use envoy_smc_core::smc::sockaddr;
 
 pub use rescue::*;

@@ -42,12 +42,19 @@ use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 
 use libc::{epoll_event, sockaddr, socklen_t};
 
+/// The hooks' work on tracked sockets (decide, replace, carry options and epoll over).
 mod hooks;
+/// The real libc functions, found with `dlsym(RTLD_NEXT)`, raw syscalls before that.
 mod real;
+/// Rescuing an SMC connect stuck behind a black hole, under the same fd.
 mod rescue;
+/// The process-wide state: config, runtime, the library's own counters.
 pub mod state;
+/// The counters as Prometheus text (`ENVOY_SMC_STATS_FILE`, `envoy_smc_preload_stats()`).
 pub mod stats;
+/// Per-fd state, indexed by fd number.
 mod table;
+/// Reading memory the program hands to a hooked call, without crashing on a bad pointer.
 mod user_mem;
 
 /// Runs when the library is loaded (before `main` under `LD_PRELOAD`): records this process as
