@@ -84,6 +84,9 @@ if [ "$run_vm" = 1 ]; then
   step live-switch bash tests/vm/live-switch.sh
   # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (90-200 s with the boot).
   step agent bash tests/vm/agent-e2e.sh
+  # The agent's per-destination decisions with smc_hs_ctrl on the 7.3 kernel: a denied CIDR and
+  # port never get TCP option 254, a black-holed destination is held on TCP (about 100 s).
+  step agent-hsctrl bash tests/vm/agent-hsctrl.sh --no-build
 fi
 
 echo

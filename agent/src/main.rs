@@ -4,7 +4,9 @@
 //! cgroups create into IPPROTO_SMC; this agent decides which cgroups (the proxy-uid processes
 //! of pods annotated `smc.asm.alibabacloud.com/enabled: "true"`) and follows pods as they come
 //! and go. No custom proxy image, no LD_PRELOAD, no envoy-smc code in the proxy.
+mod blackhole;
 mod bpf;
+mod hsctrl;
 mod node;
 mod select;
 mod state;
@@ -82,6 +84,15 @@ struct RunArgs {
     /// Where the agent publishes what it selected (JSON, rewritten after every change).
     #[arg(long, default_value = state::DEFAULT_STATE_FILE)]
     state_file: PathBuf,
+    /// The envoy-smc configuration (the file the other entry points read): its upstream
+    /// allow/deny CIDRs and ports and its adaptive-fallback settings are applied per
+    /// destination where the kernel has smc_hs_ctrl. Default: nothing denied, default
+    /// adaptive fallback.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Per-destination decisions with smc_hs_ctrl: `auto` (where the kernel has it) or `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    hs_ctrl: String,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -153,6 +164,14 @@ fn run(args: RunArgs) -> Result<(), String> {
     sel.annotation = args.annotation;
     sel.annotations_path = args.annotations_path;
     let publisher = state::Publisher::new(args.state_file)?;
+    let smc_config = match &args.config {
+        Some(p) => {
+            envoy_smc::config::from_file(p).map_err(|e| format!("--config {}: {e}", p.display()))?
+        }
+        None => envoy_smc::SmcConfig::default(),
+    };
+    let rules = hsctrl::Rules::from_config(&smc_config)?;
+    let adaptive = envoy_smc::config::AdaptiveSettings::from_config(&smc_config);
 
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -168,6 +187,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         sel.cgroup_root.display(),
         sel.ns_root
     );
+    let mut per_dest = PerDestination::start(&args.hs_ctrl, &sel.proc, &rules, adaptive)?;
     let interval = Duration::from_secs_f64(args.interval);
     let mut last_pods = String::new();
     while !STOP.load(Ordering::Relaxed) {
@@ -175,7 +195,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         let scan = select::scan(&sel).map_err(|e| format!("{}: {e}", sel.proc.display()))?;
         reconcile(&converter, &scan)?;
         let counts = converter.selected()?;
-        let published = state::State::new(&sel, &scan, &counts);
+        let mut published = state::State::new(&sel, &scan, &counts);
+        published.per_destination = per_dest.round(&sel.proc, &scan);
         // Log selection changes (not every count change).
         let pods = published.selection_summary();
         if pods != last_pods {
@@ -187,7 +208,9 @@ fn run(args: RunArgs) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }
     }
-    // Dropping the converter detaches the program: new sockets are plain TCP from here on.
+    // Each namespace gets its hs_ctrl value back and the struct_ops is unregistered; then
+    // dropping the converter detaches the program: new sockets are plain TCP from here on.
+    drop(per_dest);
     drop(converter);
     publisher.remove();
     eprintln!("envoy-smc-agent: detached; new sockets are plain TCP");
@@ -206,4 +229,90 @@ fn reconcile(converter: &bpf::Converter, scan: &select::Scan) -> Result<(), Stri
         converter.select(*id)?;
     }
     Ok(())
+}
+
+/// Per-destination decisions (smc_hs_ctrl) and the black-hole watch, where the kernel allows.
+enum PerDestination {
+    Active(Box<(hsctrl::HsCtrl, blackhole::Watcher)>, bool),
+    Unavailable(String),
+}
+
+impl PerDestination {
+    fn start(
+        mode: &str,
+        proc: &std::path::Path,
+        rules: &hsctrl::Rules,
+        adaptive: envoy_smc::config::AdaptiveSettings,
+    ) -> Result<PerDestination, String> {
+        if mode == "off" {
+            return Ok(PerDestination::Unavailable("off (--hs-ctrl off)".into()));
+        }
+        if !hsctrl::kernel_has_hs_ctrl() {
+            let why = "this kernel has no smc_hs_ctrl (Linux 6.19+, CONFIG_SMC_HS_CTRL_BPF): \
+                       no per-destination decisions, no black-hole rescue";
+            eprintln!("envoy-smc-agent: {why}");
+            return Ok(PerDestination::Unavailable(why.into()));
+        }
+        // A name of this process's own: a registration left by an agent that died stays in
+        // the kernel (the struct_ops cannot be held by a link) and keeps its name.
+        let name = format!("envoy_smc{:x}", std::process::id());
+        let hs = hsctrl::HsCtrl::register(&name, proc.to_path_buf())?;
+        hs.set_rules(rules)?;
+        eprintln!(
+            "envoy-smc-agent: smc_hs_ctrl {name:?} registered: {} denied and {} allowed CIDRs, {} denied and {} allowed port ranges; black-hole watch {}",
+            rules.deny.len(),
+            rules.allow.len(),
+            rules.deny_ports.len(),
+            rules.allow_ports.len(),
+            if adaptive.enabled { "on" } else { "off (adaptive_fallback.disabled)" }
+        );
+        Ok(PerDestination::Active(
+            Box::new((hs, blackhole::Watcher::new(adaptive))),
+            adaptive.enabled,
+        ))
+    }
+
+    /// Selects the struct_ops in the selected pods' namespaces, watches them for black holes,
+    /// and says where things stand.
+    fn round(&mut self, proc: &std::path::Path, scan: &select::Scan) -> state::PerDestination {
+        let (boxed, watch) = match self {
+            PerDestination::Unavailable(why) => {
+                return state::PerDestination {
+                    unavailable: why.clone(),
+                    ..Default::default()
+                }
+            }
+            PerDestination::Active(b, watch) => (b, *watch),
+        };
+        let (hs, watcher) = &mut **boxed;
+        let mut namespaces = std::collections::BTreeMap::new();
+        for pod in scan.pods.values().filter(|p| p.opted_in) {
+            if let Some(&pid) = pod.pids.first() {
+                if let Some(ns) = hsctrl::netns_of(proc, pid) {
+                    namespaces.entry(ns).or_insert(pid);
+                }
+            }
+        }
+        let not_set = hs.select_in(&namespaces);
+        for (ns, e) in &not_set {
+            eprintln!("envoy-smc-agent: smc_hs_ctrl not selected in net:[{ns}]: {e}");
+        }
+        let active: std::collections::BTreeMap<u64, i32> = namespaces
+            .into_iter()
+            .filter(|(ns, _)| !not_set.contains_key(ns))
+            .collect();
+        if watch {
+            for e in watcher.round(hs, proc, &active) {
+                eprintln!("envoy-smc-agent: {e}");
+            }
+        }
+        state::PerDestination {
+            hs_ctrl: hs.name().to_string(),
+            namespaces: hs.namespaces(),
+            not_selected: not_set,
+            decisions: hs.decisions(),
+            held: watcher.held(),
+            unavailable: String::new(),
+        }
+    }
 }
