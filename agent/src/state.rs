@@ -199,5 +199,30 @@ pub fn show(path: &std::path::Path, json: bool) -> Result<(), String> {
             "skipped", s.pid, "-", "-", s.reason
         );
     }
+    let pd = &st.per_destination;
+    if !pd.unavailable.is_empty() {
+        println!("per destination: {}", pd.unavailable);
+    } else if !pd.hs_ctrl.is_empty() {
+        let decisions: Vec<String> = pd
+            .decisions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "per destination: smc_hs_ctrl {:?} selected in {} network namespace(s); SYN decisions: {}",
+            pd.hs_ctrl,
+            pd.namespaces.len(),
+            decisions.join(", ")
+        );
+        for (ns, why) in &pd.not_selected {
+            println!("  not selected in net:[{ns}]: {why}");
+        }
+        for h in &pd.held {
+            println!(
+                "  held on TCP (black hole): {} for {:.0} s, {:.0} s left",
+                h.destination, h.hold_down_s, h.remaining_s
+            );
+        }
+    }
     Ok(())
 }

@@ -177,6 +177,10 @@ d_opt, d_all = end[BLACK_HOLE][0] - mid[BLACK_HOLE][0], end[BLACK_HOLE][1] - mid
 check(all_ok(res) and d_opt == 0 and d_all >= 5 and all(r["seconds"] < 1 for r in res),
       "after the proof the black-holed destination is not offered SMC: new connections succeed on TCP at once",
       f"{[(x['result'], x['seconds']) for x in res]}; SYNs with option 254 / all: {d_opt}/{d_all}")
+table = subprocess.run([os.environ["AGENT"], "status", "--state-file", STATE], capture_output=True, text=True).stdout
+print(table.rstrip())
+check(f"held on TCP (black hole): {name(BLACK_HOLE)}" in table and "per destination: smc_hs_ctrl" in table,
+      "envoy-smc-agent status shows the per-destination decisions and the held destination")
 base = syns()
 res = connect(ALLOWED, 2)
 d = syns()
