@@ -369,3 +369,44 @@ pub fn in_netns<T: Send>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_keys_match_the_bpf_layout() {
+        // struct dest_key: addr[4] (IPv4 as IPv4-mapped IPv6), port in network byte order, pad.
+        let k = dest_key("10.9.0.2:8080".parse().unwrap());
+        let mut want = [0u8; 20];
+        want[10] = 0xff;
+        want[11] = 0xff;
+        want[12..16].copy_from_slice(&[10, 9, 0, 2]);
+        want[16..18].copy_from_slice(&[0x1f, 0x90]);
+        assert_eq!(k, want);
+        // an IPv4-mapped IPv6 destination is the same destination
+        assert_eq!(dest_key("[::ffff:10.9.0.2]:8080".parse().unwrap()), k);
+        let k6 = dest_key("[fd00::1]:443".parse().unwrap());
+        assert_eq!(k6[0], 0xfd);
+        assert_eq!(k6[15], 1);
+        assert_eq!(&k6[16..18], &443u16.to_be_bytes());
+    }
+
+    #[test]
+    fn rules_come_from_the_configuration_and_bad_ones_are_refused() {
+        let c = envoy_smc::config::from_yaml(
+            "upstream:\n  allow: [\"10.9.0.0/24\"]\n  deny: [\"10.9.0.3/32\"]\n  deny_ports: [\"9999\", \"7000-7010\"]\n",
+        )
+        .unwrap();
+        let r = Rules::from_config(&c).unwrap();
+        assert_eq!(r.allow.len(), 1);
+        assert_eq!(r.deny, vec![config::parse_cidr("10.9.0.3/32").unwrap()]);
+        assert_eq!(r.deny_ports.len(), 2);
+        assert!(r.allow_ports.is_empty());
+        let bad = envoy_smc::config::from_yaml("upstream:\n  deny: [\"10.9.0.300/32\"]\n");
+        assert!(
+            bad.is_err(),
+            "an invalid CIDR is refused when the file is read"
+        );
+    }
+}
