@@ -364,9 +364,8 @@ pub fn in_netns<T: Send>(
     };
     match envoy_smc::diag::netns::enter(proc, &target, f) {
         Ok((r, _)) => r,
-        Err(e) => Err(format!(
-            "entering net:[{ns}] (a pod's own network namespace needs CAP_SYS_ADMIN): {e}"
-        )),
+        // `e` names the namespace and, for EPERM, the capability it needs (CAP_SYS_ADMIN).
+        Err(e) => Err(e),
     }
 }
 

@@ -233,7 +233,13 @@ fn reconcile(converter: &bpf::Converter, scan: &select::Scan) -> Result<(), Stri
 
 /// Per-destination decisions (smc_hs_ctrl) and the black-hole watch, where the kernel allows.
 enum PerDestination {
-    Active(Box<(hsctrl::HsCtrl, blackhole::Watcher)>, bool),
+    /// The struct_ops and the watcher, whether the watch is on, and the namespaces where the
+    /// struct_ops could not be selected last round (logged when that changes).
+    Active(
+        Box<(hsctrl::HsCtrl, blackhole::Watcher)>,
+        bool,
+        std::collections::BTreeMap<u64, String>,
+    ),
     Unavailable(String),
 }
 
@@ -269,20 +275,21 @@ impl PerDestination {
         Ok(PerDestination::Active(
             Box::new((hs, blackhole::Watcher::new(adaptive))),
             adaptive.enabled,
+            Default::default(),
         ))
     }
 
     /// Selects the struct_ops in the selected pods' namespaces, watches them for black holes,
     /// and says where things stand.
     fn round(&mut self, proc: &std::path::Path, scan: &select::Scan) -> state::PerDestination {
-        let (boxed, watch) = match self {
+        let (boxed, watch, last_not_set) = match self {
             PerDestination::Unavailable(why) => {
                 return state::PerDestination {
                     unavailable: why.clone(),
                     ..Default::default()
                 }
             }
-            PerDestination::Active(b, watch) => (b, *watch),
+            PerDestination::Active(b, watch, last_not_set) => (b, *watch, last_not_set),
         };
         let (hs, watcher) = &mut **boxed;
         let mut namespaces = std::collections::BTreeMap::new();
@@ -294,8 +301,14 @@ impl PerDestination {
             }
         }
         let not_set = hs.select_in(&namespaces);
-        for (ns, e) in &not_set {
-            eprintln!("envoy-smc-agent: smc_hs_ctrl not selected in net:[{ns}]: {e}");
+        if not_set != *last_not_set {
+            for (ns, e) in not_set
+                .iter()
+                .filter(|(ns, _)| !last_not_set.contains_key(ns))
+            {
+                eprintln!("envoy-smc-agent: smc_hs_ctrl not selected in net:[{ns}]: {e}");
+            }
+            *last_not_set = not_set.clone();
         }
         let active: std::collections::BTreeMap<u64, i32> = namespaces
             .into_iter()

@@ -122,7 +122,8 @@ def name(d):
 
 
 # ---- the agent comes up ----
-st = wait_for(lambda: (lambda s: s if s and len(s["selected"]) == 1 and s["per_destination"].get("namespaces") else None)(state()), 60)
+st = wait_for(lambda: (lambda s: s if s and len(s["selected"]) == 2 and s["per_destination"].get("namespaces")
+                       and s["per_destination"].get("not_selected") else None)(state()), 60)
 if not check(bool(st), "the agent selects the annotated pod and its smc_hs_ctrl in the pod's network namespace",
              json.dumps((st or state() or {}).get("per_destination"))):
     print(agent_log())
@@ -133,6 +134,15 @@ own_ns = os.stat("/proc/self/ns/net").st_ino
 check(hs_now == pd["hs_ctrl"] and hs_now.startswith("envoy_smc") and pd["namespaces"] == [own_ns],
       "net.smc.hs_ctrl names the agent's struct_ops in the pod's namespace",
       f"net.smc.hs_ctrl = {hs_now!r}, state {pd['hs_ctrl']!r} in {pd['namespaces']} (before: {os.environ['HS_BEFORE']!r})")
+
+netpod_ns = os.stat(f"/proc/{os.environ['NETPOD_PID']}/ns/net").st_ino
+netpod_hs = subprocess.run(["nsenter", "-t", os.environ["NETPOD_PID"], "-n", "cat", SYSCTL], capture_output=True,
+                           text=True).stdout.strip()
+why = pd["not_selected"].get(str(netpod_ns), "")
+check("CAP_SYS_ADMIN" in why and netpod_hs == "" and netpod_ns not in pd["namespaces"],
+      "a pod in its own network namespace: the agent (DaemonSet capabilities) says why it cannot select it there",
+      f"net:[{netpod_ns}]: {why!r}; its net.smc.hs_ctrl = {netpod_hs!r}")
+check(agent_log().count("smc_hs_ctrl not selected in net:") == 1, "and says it once in its log, not every round")
 
 # ---- per-destination decisions ----
 base = syns()
@@ -190,8 +200,14 @@ check(all_ok(res) and d[ALLOWED][0] - base[ALLOWED][0] == d[ALLOWED][1] - base[A
 
 # ---- withdrawal ----
 os.kill(AGENT_PID, signal.SIGTERM)
-stopped = wait_for(lambda: subprocess.run(["sh", "-c", f"kill -0 {AGENT_PID} 2>/dev/null"]).returncode != 0
-                   or open(f"/proc/{AGENT_PID}/stat").read().split(") ")[1][0] == "Z", 10)
+def exited(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"  # a zombie not reaped yet
+    except FileNotFoundError:
+        return True
+
+
+stopped = wait_for(lambda: exited(AGENT_PID), 10)
 hs_after = open(SYSCTL).read().strip()
 # An unregistered struct_ops can no longer be selected: the kernel refuses its name (EINVAL).
 try:

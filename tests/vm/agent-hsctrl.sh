@@ -11,7 +11,8 @@
 #
 # SYNs are counted with iptables (OUTPUT, `-p tcp --syn`, with and without `-m tcp --tcp-option
 # 254`, per destination). Checks: the agent registers its smc_hs_ctrl and selects it in the pod's
-# network namespace (net.smc.hs_ctrl); the allowed destination's SYNs all carry option 254; the
+# network namespace (net.smc.hs_ctrl), and says why it cannot in a second pod's own namespace
+# (setns needs CAP_SYS_ADMIN, which its DaemonSet does not have); the allowed destination's SYNs all carry option 254; the
 # denied CIDR's and the denied port's SYNs never do, and those connections succeed on TCP; with
 # option-254 SYNs to 10.9.0.2:8080 dropped, the stalled connect is proven black-holed (plain TCP
 # probe), the destination is held, the stalled connect itself gets through on TCP at its next SYN
@@ -77,6 +78,18 @@ unshare -m --propagation private bash -c '
   cp '"$work/annotations"' /etc/istio/pod/annotations
   exec setpriv --reuid 1337 --regid 1337 --clear-groups sleep 600' >"$work/pod.log" 2>&1 &
 pids+=($!)
+# A second opted-in pod in a network namespace of its own (as pods are on a node): the agent,
+# with the DaemonSet's capabilities only, cannot setns into it and must say so.
+mkdir -p "$cg/hs/netpod"
+unshare -m -n --propagation private bash -c '
+  set -e
+  echo $$ >'"$cg/hs/netpod"'/cgroup.procs
+  mount -t tmpfs -o mode=755 pod-etc /etc
+  mkdir -p /etc/istio/pod
+  cp '"$work/annotations"' /etc/istio/pod/annotations
+  exec setpriv --reuid 1337 --regid 1337 --clear-groups sleep 600' >"$work/netpod.log" 2>&1 &
+netpod_pid=$!
+pids+=("$netpod_pid")
 
 # The agent as in its DaemonSet pod: only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, its own cgroup
 # and cgroup namespace.
@@ -88,5 +101,5 @@ bash -c 'echo $$ >'"$cg/hs/agent"'/cgroup.procs && exec unshare -C "$0" "$@"' \
 agent_pid=$!
 pids+=("$agent_pid")
 
-WORK=$work AGENT=$agent AGENT_PID=$agent_pid IPT=$ipt CG=$cg HS_BEFORE=$before \
+WORK=$work AGENT=$agent AGENT_PID=$agent_pid NETPOD_PID=$netpod_pid IPT=$ipt CG=$cg HS_BEFORE=$before \
   python3 "$repo/tests/vm/agent-hsctrl.py"
