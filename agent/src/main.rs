@@ -233,14 +233,19 @@ fn reconcile(converter: &bpf::Converter, scan: &select::Scan) -> Result<(), Stri
 
 /// Per-destination decisions (smc_hs_ctrl) and the black-hole watch, where the kernel allows.
 enum PerDestination {
-    /// The struct_ops and the watcher, whether the watch is on, and the namespaces where the
-    /// struct_ops could not be selected last round (logged when that changes).
-    Active(
-        Box<(hsctrl::HsCtrl, blackhole::Watcher)>,
-        bool,
-        std::collections::BTreeMap<u64, String>,
-    ),
+    Active(Box<Decider>),
+    /// Why not (kernel without smc_hs_ctrl, or --hs-ctrl off).
     Unavailable(String),
+}
+
+/// The registered struct_ops and its black-hole watch.
+struct Decider {
+    hs: hsctrl::HsCtrl,
+    watcher: blackhole::Watcher,
+    /// adaptive_fallback is not disabled.
+    watch: bool,
+    /// Namespaces where the struct_ops could not be selected last round (logged on change).
+    not_selected: std::collections::BTreeMap<u64, String>,
 }
 
 impl PerDestination {
@@ -272,26 +277,27 @@ impl PerDestination {
             rules.allow_ports.len(),
             if adaptive.enabled { "on" } else { "off (adaptive_fallback.disabled)" }
         );
-        Ok(PerDestination::Active(
-            Box::new((hs, blackhole::Watcher::new(adaptive))),
-            adaptive.enabled,
-            Default::default(),
-        ))
+        Ok(PerDestination::Active(Box::new(Decider {
+            hs,
+            watcher: blackhole::Watcher::new(adaptive),
+            watch: adaptive.enabled,
+            not_selected: Default::default(),
+        })))
     }
 
     /// Selects the struct_ops in the selected pods' namespaces, watches them for black holes,
     /// and says where things stand.
     fn round(&mut self, proc: &std::path::Path, scan: &select::Scan) -> state::PerDestination {
-        let (boxed, watch, last_not_set) = match self {
+        let d = match self {
             PerDestination::Unavailable(why) => {
                 return state::PerDestination {
                     unavailable: why.clone(),
                     ..Default::default()
                 }
             }
-            PerDestination::Active(b, watch, last_not_set) => (b, *watch, last_not_set),
+            PerDestination::Active(d) => d,
         };
-        let (hs, watcher) = &mut **boxed;
+        // One pid per namespace of the selected pods.
         let mut namespaces = std::collections::BTreeMap::new();
         for pod in scan.pods.values().filter(|p| p.opted_in) {
             if let Some(&pid) = pod.pids.first() {
@@ -300,31 +306,25 @@ impl PerDestination {
                 }
             }
         }
-        let not_set = hs.select_in(&namespaces);
-        if not_set != *last_not_set {
-            for (ns, e) in not_set
-                .iter()
-                .filter(|(ns, _)| !last_not_set.contains_key(ns))
-            {
+        let not_selected = d.hs.select_in(&namespaces);
+        for (ns, e) in &not_selected {
+            if !d.not_selected.contains_key(ns) {
                 eprintln!("envoy-smc-agent: smc_hs_ctrl not selected in net:[{ns}]: {e}");
             }
-            *last_not_set = not_set.clone();
         }
-        let active: std::collections::BTreeMap<u64, i32> = namespaces
-            .into_iter()
-            .filter(|(ns, _)| !not_set.contains_key(ns))
-            .collect();
-        if watch {
-            for e in watcher.round(hs, proc, &active) {
+        d.not_selected = not_selected;
+        namespaces.retain(|ns, _| !d.not_selected.contains_key(ns));
+        if d.watch {
+            for e in d.watcher.round(&d.hs, proc, &namespaces) {
                 eprintln!("envoy-smc-agent: {e}");
             }
         }
         state::PerDestination {
-            hs_ctrl: hs.name().to_string(),
-            namespaces: hs.namespaces(),
-            not_selected: not_set,
-            decisions: hs.decisions(),
-            held: watcher.held(),
+            hs_ctrl: d.hs.name().to_string(),
+            namespaces: d.hs.namespaces(),
+            not_selected: d.not_selected.clone(),
+            decisions: d.hs.decisions(),
+            held: d.watcher.held(),
             unavailable: String::new(),
         }
     }

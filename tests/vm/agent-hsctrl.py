@@ -127,8 +127,11 @@ st = wait_for(lambda: (lambda s: s if s and len(s["selected"]) == 2 and s["per_d
 if not check(bool(st), "the agent selects the annotated pod and its smc_hs_ctrl in the pod's network namespace",
              json.dumps((st or state() or {}).get("per_destination"))):
     print(agent_log())
-    sys.exit(1)
+    st = state()
+    if not st:
+        sys.exit(1)
 pd = st["per_destination"]
+pd.setdefault("hs_ctrl", "")
 hs_now = open(SYSCTL).read().strip()
 own_ns = os.stat("/proc/self/ns/net").st_ino
 check(hs_now == pd["hs_ctrl"] and hs_now.startswith("envoy_smc") and pd["namespaces"] == [own_ns],

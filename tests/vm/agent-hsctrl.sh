@@ -21,6 +21,9 @@
 #
 #   tests/vm/agent-hsctrl.sh [--no-build]
 #
+# ENVOY_SMC_AGENT_HS_CTRL=off runs the agent with --hs-ctrl off: the per-destination and
+# black-hole checks must then FAIL (a way to see that they can).
+#
 # Boots the VM on the built kernel itself; about 60-100 s with the boot.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +38,7 @@ if [ "${1:-}" != --in-vm ]; then
   start=$(date +%s)
   rc=0
   tests/vm/run.sh --quiet --kernel built --timeout 300 \
-    -- bash "$repo/tests/vm/agent-hsctrl.sh" --in-vm || rc=$?
+    --env "ENVOY_SMC_AGENT_HS_CTRL=${ENVOY_SMC_AGENT_HS_CTRL:-auto}" -- bash "$repo/tests/vm/agent-hsctrl.sh" --in-vm || rc=$?
   echo "agent-hsctrl: whole run (VM boot included) $(($(date +%s) - start)) s, exit $rc"
   exit $rc
 fi
@@ -96,7 +99,7 @@ pids+=("$netpod_pid")
 before=$(cat /proc/sys/net/smc/hs_ctrl)
 bash -c 'echo $$ >'"$cg/hs/agent"'/cgroup.procs && exec unshare -C "$0" "$@"' \
   setpriv --bounding-set -all,+bpf,+perfmon,+sys_ptrace --inh-caps -all -- \
-  "$agent" run --interval 0.2 --config "$work/smc.yaml" --state-file "$work/agent/state.json" \
+  "$agent" run --interval 0.2 --hs-ctrl "${ENVOY_SMC_AGENT_HS_CTRL:-auto}" --config "$work/smc.yaml" --state-file "$work/agent/state.json" \
   >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
