@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use envoy_smc::config;
 use envoy_smc::ffi::{
-    envoy_smc_before_connect, envoy_smc_runtime, envoy_smc_socket, envoy_smc_socket_state,
+    envoy_smc_on_connect, envoy_smc_runtime, envoy_smc_socket, envoy_smc_socket_state,
     envoy_smc_verdict,
 };
 use envoy_smc::policy::{Environment, TcpReason};
@@ -22,7 +22,7 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// Through the C ABI, as Envoy's worker threads would call it: real sockets, decide + apply.
+/// Through the C ABI, as Envoy's worker threads would call it: real sockets, one call per connect.
 #[test]
 fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
     // The kernel is claimed to have SMC so that every rule is exercised; where it really lacks SMC,
@@ -81,12 +81,17 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                     };
                     // SAFETY: as above.
                     let r = unsafe {
-                        envoy_smc_before_connect(
+                        envoy_smc_on_connect(
                             rtp,
                             fd,
                             &state,
+                            std::ptr::null(),
                             (&sin as *const libc::sockaddr_in).cast(),
                             16,
+                            None,
+                            std::ptr::null_mut(),
+                            0,
+                            std::ptr::null_mut(),
                             &mut v,
                         )
                     };

@@ -176,7 +176,7 @@ mod race_tests {
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: valid out-pointer.
             unsafe { libc::fstat(fd, &mut st) };
-            table::track(fd, Tracked::new(st.st_ino));
+            table::track(fd, Tracked::new(st.st_ino, table::test_watched()));
             table::settle(fd, |mut t| {
                 t.rescue = Some(Rescue {
                     cookie,
