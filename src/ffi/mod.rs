@@ -501,6 +501,9 @@ unsafe fn watched(
     Ok(w)
 }
 
+/// The fd of an event on a tracked socket, and what is known of the socket.
+type EventSocket<'a> = (BorrowedFd<'a>, Watched);
+
 /// Checks the arguments every `envoy_smc_on_*` call shares; `Ok(None)`: an untracked state,
 /// whose verdict is TCP for its own reason.
 ///
@@ -512,7 +515,7 @@ unsafe fn event_args<'a>(
     state: *const envoy_smc_socket_state,
     record: *const envoy_smc_socket_record,
     out: *mut envoy_smc_verdict,
-) -> Result<(&'a Runtime, Option<(BorrowedFd<'a>, Watched)>), envoy_smc_result> {
+) -> Result<(&'a Runtime, Option<EventSocket<'a>>), envoy_smc_result> {
     let rt = runtime(rt).ok_or(ENVOY_SMC_NULL_ARGUMENT)?;
     if state.is_null() || out.is_null() {
         return Err(ENVOY_SMC_NULL_ARGUMENT);
