@@ -138,7 +138,7 @@ static void test_round_trip(envoy_smc_runtime *rt) {
   memset(&v, 0xaa, sizeof v);
   uint64_t cookie = 77;
   CHECK(envoy_smc_on_connect(rt, cfd, &cs, NULL, (struct sockaddr *)&any, sizeof any, NULL, NULL, 1, &cookie, &v) == ENVOY_SMC_OK);
-  CHECK(cookie == 77); /* an untracked state: nothing watched, nothing written but the verdict */
+  CHECK(cookie == 0); /* an untracked state: nothing watched */
   CHECK(v.kind == ENVOY_SMC_KIND_TCP);
   /* An untracked state decides TCP for the state's own reason, not "not an IP stream". */
   CHECK(v.reason == cs.reason);
