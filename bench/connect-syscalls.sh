@@ -4,7 +4,8 @@
 #
 #   bench/connect-syscalls.sh [--no-build] [N]        (N connects per count, default 100)
 #
-# "before" is the tree at BEFORE_REF (default main), built in a git worktree under .cache/;
+# "before" is the tree at BEFORE_REF (default: where this branch left main), built in a git
+# worktree under .cache/;
 # "after" is this tree. Both in PROFILE (default release; the counts do not depend on it).
 # Each count is `strace -f -c` over a client that makes 1 + N connects minus the same client
 # making 1 (the first connect carries the library's set-up), divided by N:
@@ -32,14 +33,18 @@ if [ "${1:-}" != --in-vm ]; then
   mkdir -p "$gen/before" "$gen/after"
   if [ "$build" = 1 ]; then
     src=$gen/before-src
-    [ -d "$src" ] || git worktree add --detach "$src" "${BEFORE_REF:-main}" >/dev/null
-    git -C "$src" checkout -q --detach "${BEFORE_REF:-main}"
+    before_ref=${BEFORE_REF:-$(git merge-base HEAD main)}
+    [ -d "$src" ] || git worktree add --detach "$src" "$before_ref" >/dev/null
+    git -C "$src" checkout -q --detach "$before_ref"
     # The same target directory: dependencies are built once; the final artifacts are copied
-    # out before the other tree overwrites them.
+    # out before the other tree overwrites them (touched, so that cargo links them again even
+    # when the other tree's build replaced them last).
+    touch "$src/src/lib.rs" "$src/preload/src/lib.rs"
     cargo build --quiet $flag -p envoy-smc-preload -p envoy-smc --lib \
       --manifest-path "$src/Cargo.toml" --target-dir "$repo/target"
     cp "$repo/target/$profile/libenvoy_smc_preload.so" "$repo/target/$profile/libenvoy_smc.a" \
       "$src/include/envoy_smc.h" "$gen/before/"
+    touch src/lib.rs preload/src/lib.rs
     cargo build --quiet $flag -p envoy-smc-preload -p envoy-smc --lib
     cp "$repo/target/$profile/libenvoy_smc_preload.so" "$repo/target/$profile/libenvoy_smc.a" \
       include/envoy_smc.h "$gen/after/"
@@ -114,4 +119,4 @@ echo
 echo "the after build's extra calls on an SMC connect (strace -c of the preload run, 1 + $N connects):"
 strace -f -c -o "$work/strace.out" env ENVOY_SMC_CONFIG="$work/smc.yaml" \
   LD_PRELOAD="$GEN/after/libenvoy_smc_preload.so" "${py[@]}" 10.9.0.2 9000 "$N" >/dev/null 2>&1
-awk '/^-/ || /^%/ || NF >= 5' "$work/strace.out" | sort -k4 -n -r | head -14
+awk '$1 ~ /^[0-9.]+$/ && NF >= 5' "$work/strace.out" | sort -k4 -n -r | head -16

@@ -295,13 +295,15 @@ fn fd_gone(fd: c_int) {
 /// `dup2`/`dup3` onto `new`: the call runs with `new`'s slot held, and its state is dropped
 /// only if the call succeeded.
 fn overwriting(new: c_int, call: impl FnOnce() -> c_int) -> c_int {
-    if table::quiet(new) || !own_memory() {
+    if table::quiet(new) {
         return call();
     }
+    // The library's own dup3 (a replacement, inside the guard) goes straight through, before the
+    // vfork check's getpid.
     match Reentry::enter() {
         // Atomics and a futex only: nothing here can panic, so no panic boundary (which would
         // also restore errno over the call's own).
-        Some(_guard) if !state::poisoned() => table::overwrite(new, call),
+        Some(_guard) if !state::poisoned() && own_memory() => table::overwrite(new, call),
         _ => call(),
     }
 }

@@ -25,9 +25,18 @@ fn copy_from_user(src: *const u8, dst: &mut [u8]) -> Result<(), Fault> {
         iov_base: src as *mut libc::c_void,
         iov_len: dst.len(),
     };
+    // The process that owns this memory, kept by envoy_smc::process (no getpid per call): in a
+    // vfork child that is the parent, whose memory the child runs in.
+    let pid = match envoy_smc::process::memory_owner_pid() {
+        0 => {
+            // SAFETY: getpid has no preconditions.
+            unsafe { libc::getpid() }
+        }
+        pid => pid,
+    };
     // SAFETY: `local` describes our own writable buffer; the kernel checks `remote` and returns
     // EFAULT rather than faulting.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
     if n == dst.len() as isize {
         return Ok(());
     }
