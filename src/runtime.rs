@@ -288,6 +288,14 @@ impl Runtime {
         Some(a.breaker.trip(dest, a.breaker.now_ms()))
     }
 
+    /// Connects the black-hole watchdog is watching now (0 when adaptive fallback is disabled).
+    pub fn connects_watched_now(&self) -> usize {
+        self.adaptive
+            .load()
+            .as_ref()
+            .map_or(0, |a| a.watchdog.watching())
+    }
+
     /// Destinations the breaker remembers (held, probing, or recovered with strikes).
     pub fn black_holes(&self) -> Vec<Entry> {
         self.adaptive

@@ -19,6 +19,8 @@ use envoy_smc::smc::{reconnect_tcp, KernelSupport};
 use envoy_smc::stats::Counter;
 use envoy_smc::Runtime;
 
+use common::{wait_for, wait_until};
+
 fn settings(hold: u32, max_hold: u32, max_destinations: u32) -> AdaptiveSettings {
     AdaptiveSettings {
         enabled: true,
@@ -251,9 +253,9 @@ fn watchdog_trips_when_the_stalled_path_answers_plain_tcp_full_queue_stands_in_f
     let t0 = Instant::now();
     // The stalled socket is watched as if it were connecting to `proven`, whose plain TCP works.
     rt.watch_connect(pending.fd.as_fd(), proven);
-    while rt.stats().get(Counter::BlackHoleTripped) == 0 && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the watchdog to trip", Duration::from_secs(5), || {
+        rt.stats().get(Counter::BlackHoleTripped) > 0
+    });
     let took = t0.elapsed();
     assert_eq!(
         rt.stats().get(Counter::BlackHoleTripped),
@@ -273,20 +275,17 @@ fn watchdog_trips_when_the_stalled_path_answers_plain_tcp_full_queue_stands_in_f
     assert_eq!(rt.stats().get(Counter::ConnectsWatched), 1);
     // The watchdog published the table for `envoy-smc status` (other tests of this process may
     // have added their own destinations to the same file).
-    let t0 = Instant::now();
-    let mine = loop {
-        let tables = publish::read_tables(&publish::state_dir(), Path::new("/proc"));
-        let mine = tables.into_iter().find(|t| t.pid == std::process::id());
-        if mine
-            .as_ref()
-            .is_some_and(|t| t.destinations.iter().any(|d| d.destination == proven))
-            || t0.elapsed() > Duration::from_secs(2)
-        {
-            break mine;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mine = mine.expect("this process's table in the state dir");
+    let mine = wait_for(
+        "this process's table in the state dir, with the tripped destination",
+        Duration::from_secs(2),
+        || {
+            let tables = publish::read_tables(&publish::state_dir(), Path::new("/proc"));
+            tables.into_iter().find(|t| {
+                t.pid == std::process::id()
+                    && t.destinations.iter().any(|d| d.destination == proven)
+            })
+        },
+    );
     let d = mine
         .destinations
         .iter()
@@ -339,11 +338,9 @@ fn watchdog_trips_nothing_when_plain_tcp_fails_too() {
     let rt = runtime();
     let (full, _filler, pending) = stalled_connect();
     rt.watch_connect(pending.fd.as_fd(), full.local_addr().unwrap());
-    let t0 = Instant::now();
-    while rt.stats().get(Counter::BlackHoleNotProven) == 0 && t0.elapsed() < Duration::from_secs(6)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("a not-proven verdict", Duration::from_secs(6), || {
+        rt.stats().get(Counter::BlackHoleNotProven) > 0
+    });
     assert_eq!(rt.stats().get(Counter::BlackHoleNotProven), 1);
     assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 0);
     assert!(rt.black_holes().is_empty());
@@ -358,7 +355,11 @@ fn watchdog_forgets_connects_that_complete_or_close() {
     let (_full, _filler, closed) = stalled_connect();
     rt.watch_connect(closed.fd.as_fd(), server.local_addr().unwrap());
     drop(closed);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until(
+        "the watchdog to forget the completed and the closed connect",
+        Duration::from_secs(10),
+        || rt.connects_watched_now() == 0,
+    );
     assert_eq!(
         rt.stats().get(Counter::BlackHoleTripped),
         0,
@@ -542,12 +543,11 @@ fn a_stuck_connect_nobody_can_rescue_is_counted() {
     let working = TcpListener::bind("127.0.0.1:0").unwrap();
     let (_full, _filler, stuck) = stalled_connect();
     rt.watch_connect(stuck.fd.as_fd(), working.local_addr().unwrap());
-    let t0 = Instant::now();
-    while rt.stats().get(Counter::BlackHoleRescueFailed) == 0
-        && t0.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the failed rescue to be counted",
+        Duration::from_secs(5),
+        || rt.stats().get(Counter::BlackHoleRescueFailed) > 0,
+    );
     assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 1);
     assert_eq!(rt.stats().get(Counter::BlackHoleRescueFailed), 1);
     assert_eq!(rt.stats().get(Counter::BlackHoleRescued), 0);
@@ -598,18 +598,22 @@ fn short_connections_to_a_held_destination_recover_it() {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let d = server.local_addr().unwrap();
     rt.hold_destination(d);
-    std::thread::sleep(Duration::from_millis(5));
+    wait_until("the 1 ms hold-down to end", Duration::from_secs(2), || {
+        rt.black_holes()
+            .iter()
+            .any(|e| e.destination == d && e.until <= std::time::SystemTime::now())
+    });
     for _ in 0..2 {
         let c = socket2_like::connect_nonblocking(d);
         rt.watch_connect(c.fd.as_fd(), d);
         let (accepted, _) = server.accept().unwrap();
         drop((accepted, c));
     }
-    let t0 = Instant::now();
-    while rt.stats().get(Counter::BlackHoleRecovered) == 0 && t0.elapsed() < Duration::from_secs(3)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the held destination to recover",
+        Duration::from_secs(3),
+        || rt.stats().get(Counter::BlackHoleRecovered) > 0,
+    );
     assert_eq!(
         rt.stats().get(Counter::BlackHoleRecovered),
         1,
@@ -639,18 +643,19 @@ fn a_black_hole_trips_within_2_s_while_connects_to_a_dead_destination_stall_too(
         rt.watch_connect(p.fd.as_fd(), dead_dest);
     }
     rt.watch_connect(black_holed.fd.as_fd(), proven);
-    while rt.stats().get(Counter::BlackHoleTripped) == 0 && t0.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the black hole to trip", Duration::from_secs(15), || {
+        rt.stats().get(Counter::BlackHoleTripped) > 0
+    });
     let took = t0.elapsed();
     assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 1);
     assert!(took < Duration::from_secs(2), "tripped after {took:?}");
     assert_eq!(rt.black_holes()[0].destination, proven);
     // The ten share one verdict.
-    while rt.stats().get(Counter::BlackHoleNotProven) < 10 && t0.elapsed() < Duration::from_secs(6)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "not-proven verdicts for the ten dead connects",
+        Duration::from_secs(6),
+        || rt.stats().get(Counter::BlackHoleNotProven) >= 10,
+    );
     assert_eq!(rt.stats().get(Counter::BlackHoleNotProven), 10);
     assert_eq!(
         rt.stats().get(Counter::TcpProbes),

@@ -15,6 +15,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../../tests/common/wait.rs"]
+mod wait;
+#[allow(unused_imports)] // not every test binary waits
+pub use wait::{wait_for, wait_until};
+
 pub const ROLE_VAR: &str = "ENVOY_SMC_TEST_ROLE";
 
 // ---------------------------------------------------------------------------------------------
