@@ -181,14 +181,7 @@ ensure_host_packages() {
 # ---------------------------------------------------------------------------------------------
 # kernel: Debian 13 (trixie) linux-image-6.12.*+deb13-amd64-unsigned, fetched through a private
 # apt configuration into $CACHE (the system's apt state is not touched) and unpacked, never installed
-debian_mirror() {
-  if [ -n "${ENVOY_SMC_VM_MIRROR:-}" ]; then echo "${ENVOY_SMC_VM_MIRROR%/}"; return; fi
-  local m
-  m=$( (cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true) |
-    grep -v '^[[:space:]]*#' | grep -oE 'https?://[^ ]+/debian/?([[:space:]]|$)' | tr -d '[:space:]' | head -1 || true)
-  m=${m%/}
-  echo "${m:-http://deb.debian.org/debian}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/debian-apt.sh"
 
 fetch_kernel() {
   local debs=$CACHE/debs apt=$CACHE/apt pkg deb
@@ -204,30 +197,16 @@ fetch_kernel() {
     [ -f "$keyring" ] || apt_install debian-archive-keyring || true
     [ -f "$keyring" ] || die 1 "$keyring not found (apt-get install debian-archive-keyring)"
     mirror=$(debian_mirror)
-    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/etc/preferences.d"
-    : >"$apt/status"
-    echo "deb [signed-by=$keyring] $mirror trixie main" >"$apt/sources.list"
-    local aopts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o Dir::Etc::Preferences="$apt/etc/preferences" -o Dir::Etc::PreferencesParts="$apt/etc/preferences.d"
-      -o Dir::State::Lists="$apt/lists" -o Dir::State::status="$apt/status" -o Dir::Cache="$apt/cache"
-      -o APT::Architecture=amd64 -o APT::Architectures::=amd64 -o Acquire::Languages=none
-      -o APT::Sandbox::User=root -o Debug::NoLocking=1
-      -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false)
     msg "fetching the package list of Debian trixie from $mirror"
-    rm -f "$apt"/lists/*Packages*
-    apt-get "${aopts[@]}" -qq update >&2 || true
-    compgen -G "$apt/lists/*_dists_trixie_main_binary-amd64_Packages*" >/dev/null ||
+    debian_apt "$apt" trixie "$mirror" "$keyring" ||
       die 1 "cannot fetch the Debian trixie package list from $mirror (no network? set ENVOY_SMC_VM_MIRROR to a Debian mirror)"
     if [ -z "$pkg" ]; then
-      pkg=$(apt-cache "${aopts[@]}" pkgnames linux-image-6.12. 2>/dev/null |
+      pkg=$(apt-cache "${APT_OPTS[@]}" pkgnames linux-image-6.12. 2>/dev/null |
         grep -E '^linux-image-6\.12\.[0-9]+\+deb13-amd64-unsigned$' | sort -V | tail -1 || true)
       [ -n "$pkg" ] || die 1 "no linux-image-6.12.*+deb13-amd64-unsigned package in trixie main at $mirror"
     fi
     msg "downloading kernel package $pkg"
-    (cd "$debs" && apt-get "${aopts[@]}" -qq download "$pkg" >&2) ||
+    (cd "$debs" && apt-get "${APT_OPTS[@]}" -qq download "$pkg" >&2) ||
       die 1 "kernel package $pkg could not be downloaded from $mirror"
     deb=$(find "$debs" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -1)
     [ -n "$deb" ] || die 1 "kernel package $pkg could not be downloaded from $mirror"
