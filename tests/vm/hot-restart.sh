@@ -60,7 +60,7 @@ served() {  # at least $1 requests completed by epoch 0 (its admin, 127.0.0.1:15
   [ "${n:-0}" -ge "$1" ]
 }
 # the restart happens with traffic running
-wait_until 30 "20 requests through epoch 0 before the restart" served 20 || true
+wait_until 60 "2 requests through epoch 0 before the restart" served 2 || true
 p1=$(start 1)
 has_listener() { [ -n "$(listen_inode "$1" 2>/dev/null)" ]; }
 wait_until 30 "epoch 1 to hold an AF_SMC listen socket on :15006" has_listener "$p1" || true
