@@ -291,7 +291,7 @@ fn tcp_outcomes_keep_every_edge() {
     );
     assert_all_connections_ok(&out, 2);
     for c in conns(&out) {
-        assert_eq!(c["diag_mode"], "FALLBACK", "{c:?}");
+        assert_eq!(c["diag_mode"], "TCP", "{c:?}");
         assert_eq!(c["diag_reason"], "0x03010000", "{c:?}");
     }
     assert_eq!(out.stats().get("socket_replaced"), 2);
