@@ -512,24 +512,8 @@ fn log_availability(policy: &Policy) {
 
 /// The address `fd` is bound to.
 pub fn local_address(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    let mut storage: libc::sockaddr_storage = unsafe_zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage is large enough for any address and len says so.
-    let rc = unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    crate::ffi::sockaddr::to_socket_addr(&storage, len)
+    socket2::SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP address"))
-}
-
-fn unsafe_zeroed() -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
 }

@@ -1,8 +1,6 @@
 //! Adaptive fallback: the breaker's state machine, its behaviour under many threads, and the
 //! watchdog on real sockets.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -571,15 +569,9 @@ mod socket2_like {
                 0,
             ))
         };
-        let sin = super::common::sockaddr_in(to);
-        // SAFETY: valid fd and sockaddr_in.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        };
+        let sin = socket2::SockAddr::from(to);
+        // SAFETY: valid fd and socket address.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
         assert!(
             rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS)
         );

@@ -1,7 +1,5 @@
 //! Many threads deciding at once: counters exact, no fd left open.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -44,7 +42,7 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                 let rtp = Arc::as_ptr(&rt) as *const envoy_smc_runtime;
                 for i in 0..PER_THREAD {
                     let which = (i + t) % 4;
-                    let sin = common::sockaddr_in(dests[which]);
+                    let sin = socket2::SockAddr::from(dests[which]);
                     let mut state = envoy_smc_socket_state::default();
                     // SAFETY: valid runtime pointer (kept alive by `rt`), valid sockaddr and state.
                     let fd = unsafe {
@@ -53,8 +51,8 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                             libc::AF_INET,
                             libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
                             0,
-                            (&sin as *const libc::sockaddr_in).cast(),
-                            16,
+                            sin.as_ptr().cast(),
+                            sin.len(),
                             &mut state,
                         )
                     };
@@ -85,8 +83,8 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                             rtp,
                             fd,
                             &state,
-                            (&sin as *const libc::sockaddr_in).cast(),
-                            16,
+                            sin.as_ptr().cast(),
+                            sin.len(),
                             &mut v,
                         )
                     };

@@ -64,25 +64,10 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------------------------
 // sockets through the library's kernel layer
 
-fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data; all-zero is valid.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = a.port().to_be();
-    sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-    sin
-}
-
 fn bind(fd: &OwnedFd, a: SocketAddrV4) {
-    let sin = sockaddr_in(a);
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
+    let sin = socket2::SockAddr::from(a);
+    // SAFETY: sin is a valid socket address of the length passed.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
     assert_eq!(rc, 0, "bind {a}: {}", std::io::Error::last_os_error());
 }
 
@@ -117,15 +102,9 @@ fn smc_client(kind: SocketKind, src: Ipv4Addr, dst: SocketAddr, switch: bool) ->
     if switch {
         smc::apply_fallback_switch(fd.as_fd()).expect("fallback switch");
     }
-    let sin = sockaddr_in(dst);
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
+    let sin = socket2::SockAddr::from(dst);
+    // SAFETY: sin is a valid socket address of the length passed.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
     assert_eq!(rc, 0, "connect {dst}: {}", std::io::Error::last_os_error());
     TcpStream::from(fd)
 }
