@@ -48,6 +48,13 @@ fn alerts_use_only_metrics_the_exporter_or_the_proxies_serve() {
             ))
         })
         .collect();
+    // The two families never share a name (docs/operations.md, "Metrics").
+    for p in &proxy {
+        assert!(
+            !exporter.contains(&format!("\"{p}\"")),
+            "{p} is both a proxy counter and an exporter metric"
+        );
+    }
     let plain = yaml("monitoring/envoy-smc.rules.yaml");
     let mut n = 0;
     for group in plain["groups"].as_array().unwrap() {
