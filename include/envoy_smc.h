@@ -55,7 +55,7 @@ enum envoy_smc_tcp_reason
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /*
-   `mode: OFF`.
+   `mode: MODE_OFF`.
    */
   ENVOY_SMC_TCP_REASON_DISABLED = 1,
   /*

@@ -204,7 +204,7 @@ fn concurrent_probes_admit_exactly_one() {
 fn runtime() -> Runtime {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 60000}";
-    Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap()
+    Runtime::new(&config::from_yaml(text).unwrap(), &env)
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn the_runtime_consults_the_breaker_only_for_smc_verdicts() {
     let disabled =
         config::from_yaml("opt_in: {all_workloads: true}\nadaptive_fallback: {disabled: true}")
             .unwrap();
-    assert!(!AdaptiveSettings::from_config(&disabled).enabled);
+    assert!(!disabled.adaptive.enabled);
     let err = config::from_yaml("adaptive_fallback: {hold_down_ms: 5000, max_hold_down_ms: 1000}")
         .unwrap_err();
     assert!(
@@ -594,7 +594,7 @@ mod socket2_like {
 fn short_connections_to_a_held_destination_recover_it() {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 1, max_hold_down_ms: 1000}";
-    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap();
+    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env);
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let d = server.local_addr().unwrap();
     rt.hold_destination(d);

@@ -601,13 +601,13 @@ fn apply(sample: &mut Sample, patches: &[Json], node_metadata: &Json, what: &str
 // ---------------------------------------------------------------------------------------------
 // The policy's view of patched clusters and listeners
 
-fn policy_for(config: &envoy_smc::SmcConfig) -> Policy {
+fn policy_for(config: &envoy_smc::config::Config) -> Policy {
     let env = Environment {
         kernel: Some(KernelSupport::BOTH),
         local_addrs: vec!["10.1.2.3".parse().unwrap()],
         annotations: vec![("smc.asm.alibabacloud.com/enabled".into(), "true".into())],
     };
-    Policy::new(config, &env).expect("policy from the rendered config")
+    Policy::new(config, &env)
 }
 
 fn facts(policy: &Policy, options: &Json) -> SocketFacts {
@@ -651,47 +651,9 @@ fn listener_verdict(policy: &Policy, sample: &Sample, name: &str) -> Verdict {
 // ---------------------------------------------------------------------------------------------
 // Bootstrap fragments (the extension block)
 
-/// Every string in `given` must be spelt as the canonical proto3 JSON of the same configuration
-/// spells it (enum values by their full names); other strings come back unchanged.
-fn strings_as_envoy_reads_them(given: &Json, canonical: &Json, path: &str, what: &str) {
-    match (given, canonical) {
-        (Json::Object(g), Json::Object(c)) => {
-            for (k, v) in g {
-                let ck = c.get(k).or_else(|| c.get(&snake(k)));
-                if let Some(cv) = ck {
-                    strings_as_envoy_reads_them(v, cv, &format!("{path}.{k}"), what);
-                }
-            }
-        }
-        (Json::Array(g), Json::Array(c)) => {
-            for (i, (v, cv)) in g.iter().zip(c).enumerate() {
-                strings_as_envoy_reads_them(v, cv, &format!("{path}[{i}]"), what);
-            }
-        }
-        (Json::String(g), Json::String(c)) if g.parse::<i64>().is_err() => assert_eq!(
-            g, c,
-            "{what}: {path} is {g:?}: Envoy's JSON parser accepts only {c:?}"
-        ),
-        _ => {}
-    }
-}
-
-fn snake(camel: &str) -> String {
-    let mut out = String::new();
-    for ch in camel.chars() {
-        if ch.is_ascii_uppercase() {
-            out.push('_');
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
 /// Checks the extension block, returns the fragment without it (what stock Envoy can read)
 /// and the envoy-smc configuration it carried.
-fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcConfig>) {
+fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::config::Config>) {
     let mut rest = fragment.clone();
     let mut config = None;
     if let Some(exts) = rest
@@ -712,14 +674,6 @@ fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcC
             body.as_object_mut().unwrap().remove("@type");
             let c = envoy_smc::config::from_yaml(&serde_json::to_string(&body).unwrap())
                 .unwrap_or_else(|e| panic!("{what}: the envoy-smc typed_config is invalid: {e}"));
-            // Envoy parses the typed_config with protobuf's strict JSON parser, which knows enum
-            // values only by their exact names (MODE_AUTO): the loader's shorthands don't pass.
-            strings_as_envoy_reads_them(
-                &body,
-                &envoy_smc::config::to_json(&c),
-                "typed_config",
-                what,
-            );
             config = Some(c);
             false
         });
@@ -737,7 +691,11 @@ fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc::SmcC
     (rest, config)
 }
 
-fn validate_fragment(envoy: Option<&Path>, fragment: &Json, what: &str) -> envoy_smc::SmcConfig {
+fn validate_fragment(
+    envoy: Option<&Path>,
+    fragment: &Json,
+    what: &str,
+) -> envoy_smc::config::Config {
     let (rest, config) = split_bootstrap(fragment, what);
     let config = config.unwrap_or_else(|| panic!("{what}: no envoy-smc bootstrap extension"));
     if let Some(envoy) = envoy {
@@ -1023,7 +981,7 @@ fn check_set(
         // false) or that opens new listen sockets.
         // Istio's inbound listener at the port the description names (ProxyConfig
         // proxyInboundListenPort), which render puts into listeners.ports.
-        let inbound_port = config.listeners.as_ref().map_or(15006, |l| l.ports[0]);
+        let inbound_port = config.listener_ports[0];
         for (_, l) in sample.listeners.iter_mut() {
             if l["name"] == "virtualInbound" {
                 l["address"]["socket_address"]["port_value"] = json!(inbound_port);
@@ -1204,11 +1162,7 @@ fn image_template_extension_is_valid() {
         json!({"bootstrap_extensions": [ext], "default_socket_interface": render::EXTENSION_NAME});
     let (_, config) = split_bootstrap(&fragment, "bazel/image/envoy_smc_extension.json");
     let config = config.expect("the image template registers the envoy-smc extension");
-    let ports = config
-        .listeners
-        .as_ref()
-        .map(|l| l.ports.clone())
-        .unwrap_or_default();
+    let ports = &config.listener_ports;
     assert!(
         ports.contains(&15006),
         "the image's config must select Istio's inbound listener 15006"
@@ -1253,7 +1207,7 @@ bootstrap: override
 bootstrap_socket_options:
   - {level: 1, name: 9, int_value: 1}
 config:
-  mode: IPPROTO_SMC
+  mode: MODE_IPPROTO_SMC
   mesh_switch:
     keep_tcp_option: {level: 6, name: 23, int_value: 0}
   opt_in: {annotations_file: /etc/istio/pod/annotations}
@@ -1539,7 +1493,7 @@ fn demo_configs_policy() {
         local_addrs: vec!["10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap()],
         annotations: Vec::new(),
     };
-    let policy = Policy::new(&config, &env).unwrap();
+    let policy = Policy::new(&config, &env);
     let load = |f: &str| yaml_docs(&std::fs::read_to_string(dir.join(f)).unwrap(), f).remove(0);
     let client = load("client.yaml");
     let server = load("server.yaml");

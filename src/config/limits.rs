@@ -291,10 +291,10 @@ mod tests {
     fn ordinary_documents_pass() {
         for text in [
             "",
-            "mode: AUTO\nupstream:\n  allow:\n    - 10.0.0.0/8\n    - \"fd00::/8\"\n",
+            "mode: MODE_AUTO\nupstream:\n  allow:\n    - 10.0.0.0/8\n    - \"fd00::/8\"\n",
             "{\"upstream\": {\"allow\": [\"10.0.0.0/8\"]}, \"listeners\": {\"ports\": [1, 2]}}",
             "opt_in:\n  annotations: {a: \"x[[[[\", b: 'y{{{'}\n# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
-            "note: |\n                                                      deep text\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nmode: AUTO\n",
+            "note: |\n                                                      deep text\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nmode: MODE_AUTO\n",
         ] {
             check_text(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         }

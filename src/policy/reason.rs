@@ -7,7 +7,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum TcpReason {
-    /// `mode: OFF`.
+    /// `mode: MODE_OFF`.
     Disabled = 1,
     /// The workload's opt-in annotation is not "true".
     NotOptedIn = 2,
@@ -99,7 +99,7 @@ impl TcpReason {
     /// A sentence for people.
     pub fn describe(self) -> &'static str {
         match self {
-            TcpReason::Disabled => "SMC is disabled (mode: OFF)",
+            TcpReason::Disabled => "SMC is disabled (mode: MODE_OFF)",
             TcpReason::NotOptedIn => "the workload has not opted in (its opt-in annotation is not \"true\")",
             TcpReason::KernelLacksSmc => "the kernel cannot open SMC sockets of the configured mode",
             TcpReason::MeshSwitchAbsent => "the cluster does not carry the mesh switch (no EnvoyFilter patch)",

@@ -408,7 +408,7 @@ impl Description {
                         p = base.join(p);
                     }
                 }
-                crate::config::from_file(&p).map_err(|e| {
+                crate::config::from_file(&p).map(crate::config::Config::into_proto).map_err(|e| {
                     let field = if e.field.is_empty() {
                         "config".to_owned()
                     } else {
@@ -419,7 +419,7 @@ impl Description {
             }
             Some(v @ Json::Object(_)) => {
                 let text = serde_json::to_string(v).unwrap_or_default();
-                crate::config::from_yaml(&text).map_err(|e| {
+                crate::config::from_yaml(&text).map(crate::config::Config::into_proto).map_err(|e| {
                     err(
                         if e.field.is_empty() {
                             "config".to_owned()
