@@ -1525,3 +1525,164 @@ fn demo_configs_policy() {
     let admin = policy.before_listen("127.0.0.1:15100".parse().unwrap(), SocketFacts::default());
     assert!(!admin.is_smc());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Enum spellings: ours are Envoy's
+
+/// `envoy --mode validate` on a YAML bootstrap: whether Envoy accepts it.
+fn envoy_accepts_yaml(envoy: &Path, yaml: &str) -> bool {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy_config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!(
+        "enum-{}-{}.yaml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "-l", "critical", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run envoy");
+    let _ = std::fs::remove_file(&file);
+    out.status.success()
+}
+
+/// One YAML spelling of an enum value, in each way someone may write it, is accepted by the
+/// envoy-smc loader exactly when a stock Envoy 1.40 accepts the same spelling of one of its own
+/// enum values (`core.v3.SocketOption.SocketState`, prefix `STATE_`, like `MODE_`): so a file
+/// is valid for the preload library and the CLI exactly when it is valid in Envoy.
+#[test]
+fn enum_spellings_are_accepted_exactly_as_envoy_accepts_them() {
+    let Some(envoy) = envoy() else { return };
+    // How it is written, from the full name, the short name and the number.
+    type Spell = fn(&str, &str, i32) -> String;
+    let spellings: &[(&str, Spell)] = &[
+        ("full name", |full, _, _| full.to_owned()),
+        ("lower case", |full, _, _| full.to_ascii_lowercase()),
+        ("mixed case", |full, _, _| {
+            full.char_indices()
+                .map(|(i, c)| {
+                    if i % 2 == 1 {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        }),
+        ("number", |_, _, n| n.to_string()),
+        ("number as a string", |_, _, n| format!("\"{n}\"")),
+        ("number as a float", |_, _, n| format!("{n}.0")),
+        ("short name", |_, short, _| short.to_owned()),
+        ("short name, lower case", |_, short, _| {
+            short.to_ascii_lowercase()
+        }),
+        ("full name with a space", |full, _, _| {
+            format!("\"{full} \"")
+        }),
+        ("unknown name", |_, _, _| "SOMETHING_ELSE".to_owned()),
+    ];
+    let mut differ = Vec::new();
+    for (how, spell) in spellings {
+        let state = spell("STATE_BOUND", "BOUND", 1);
+        let bootstrap = format!(
+            "static_resources:\n  clusters:\n  - name: c\n    connect_timeout: 1s\n    type: STATIC\n\
+             \x20   upstream_bind_config:\n      source_address: {{address: 0.0.0.0, port_value: 0}}\n\
+             \x20     socket_options: [{{level: 1, name: 18, int_value: 1, state: {state}}}]\n\
+             \x20   load_assignment:\n      cluster_name: c\n      endpoints: [{{lb_endpoints: \
+             [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]\n"
+        );
+        let in_envoy = envoy_accepts_yaml(envoy, &bootstrap);
+        let mode = spell("MODE_AF_SMC", "AF_SMC", 1);
+        let ours = envoy_smc::config::from_yaml(&format!("mode: {mode}"));
+        if let Ok(c) = &ours {
+            assert_eq!(
+                c.mode,
+                envoy_smc::config::proto::smc_config::Mode::AfSmc,
+                "{how}: {mode}"
+            );
+        }
+        eprintln!(
+            "{how:24} Envoy `state: {state}`: {in_envoy:5}  envoy-smc `mode: {mode}`: {}",
+            ours.is_ok()
+        );
+        if in_envoy != ours.is_ok() {
+            differ.push(format!("{how}: Envoy {in_envoy}, envoy-smc {ours:?}"));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// The same YAML file is accepted, and read the same, by every entry point's loader: the CLI
+/// (`envoy-smc config`), the preload library's (ENVOY_SMC_CONFIG: config::from_file), and the
+/// C ABI the native extension calls (envoy_smc_runtime_new_from_yaml; the binary form Envoy
+/// passes is covered by tests/config.rs), and a short enum name is refused by each.
+#[test]
+fn one_yaml_is_valid_in_every_entry_point() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy_config");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, valid) in [
+        (
+            "good",
+            "mode: mode_af_smc\nopt_in: {all_workloads: true}\nupstream: {allow: [10.0.0.0/8]}\n",
+            true,
+        ),
+        ("short", "mode: AF_SMC\n", false),
+    ] {
+        let file = dir.join(format!("entry-{name}-{}.yaml", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let cli = Command::new(BIN)
+            .args(["config", "--json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let preload = envoy_smc::config::from_file(&file);
+        let abi = envoy_smc_runtime_from_yaml(text);
+        assert_eq!(cli.status.success(), valid, "{name}: CLI {cli:?}");
+        assert_eq!(preload.is_ok(), valid, "{name}: preload loader {preload:?}");
+        assert_eq!(abi.is_ok(), valid, "{name}: C ABI {abi:?}");
+        if valid {
+            let shown: Json = serde_json::from_slice(&cli.stdout).unwrap();
+            assert_eq!(shown["config"]["mode"], "MODE_AF_SMC");
+            assert_eq!(
+                envoy_smc::config::to_json(preload.unwrap().proto()),
+                shown["config"]
+            );
+        } else {
+            let want =
+                "mode: \"AF_SMC\" is not a value of envoy_smc.v1.SmcConfig.Mode: write MODE_AF_SMC";
+            assert!(
+                String::from_utf8_lossy(&cli.stderr).contains(want),
+                "{cli:?}"
+            );
+            assert!(preload.unwrap_err().to_string().starts_with(want));
+            assert!(abi.unwrap_err().starts_with(want));
+        }
+        std::fs::remove_file(&file).unwrap();
+    }
+}
+
+/// The C ABI's loader, called as C calls it: Ok, or the error string it hands back.
+fn envoy_smc_runtime_from_yaml(text: &str) -> Result<(), String> {
+    use envoy_smc::ffi::*;
+    let mut rt: *mut envoy_smc_runtime = std::ptr::null_mut();
+    let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+    // SAFETY: text is readable for its length; rt and err are valid out-pointers.
+    let r = unsafe {
+        envoy_smc_runtime_new_from_yaml(text.as_ptr().cast(), text.len(), &mut rt, &mut err)
+    };
+    if r == envoy_smc_result::ENVOY_SMC_OK {
+        // SAFETY: rt came from envoy_smc_runtime_new_from_yaml and is freed once.
+        unsafe { envoy_smc_runtime_free(rt) };
+        return Ok(());
+    }
+    // SAFETY: on failure err is a NUL-terminated string from the library, freed once.
+    let msg = unsafe { std::ffi::CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: as above.
+    unsafe { envoy_smc_string_free(err) };
+    Err(msg)
+}
