@@ -1480,6 +1480,53 @@ fn render_errors_name_the_field() {
     assert!(out.stdout.is_empty());
 }
 
+/// The description is a serde type that refuses unknown fields: the exact messages.
+#[test]
+fn render_errors_have_exact_messages() {
+    for (text, want) in [
+        (
+            "meshh: true\n",
+            "meshh: unknown field (expected one of `mesh`, `root_namespace`, `namespaces`, \
+             `workloads`, `keep_tcp`, `egress_tcp`, `listener_port`, `proxy_metadata`, `config`, \
+             `bootstrap_socket_options`, `bootstrap`, `image`, `fortio`, `node`)",
+        ),
+        (
+            "node: {alerts: true, agents: {}}\n",
+            "node.agents: unknown field (expected one of `namespace`, `exporter`, `alerts`, \
+             `monitor_labels`, `agent`)",
+        ),
+        (
+            "mesh: yes-please\n",
+            "mesh: invalid type: string \"yes-please\", expected a boolean",
+        ),
+        ("image: {tag: x}\n", "image.hub: is required"),
+        (
+            "keep_tcp: [{service: a.b, port: 70000}]\n",
+            "keep_tcp[0].port: invalid value: integer `70000`, expected u16",
+        ),
+        (
+            "workloads: [{namespace: shop, labels: {app: 3}}]\n",
+            "workloads[0].labels.app: invalid type: integer `3`, expected a string",
+        ),
+        (
+            "bootstrap: sideways\n",
+            "bootstrap: unknown variant `sideways`, expected `template` or `override`",
+        ),
+        (
+            "config: {mode: AF_SMC}\n",
+            "config.mode: \"AF_SMC\" is not a value of envoy_smc.v1.SmcConfig.Mode: write \
+             MODE_AF_SMC (Envoy accepts only the full enum value names: MODE_AUTO, MODE_AF_SMC, \
+             MODE_IPPROTO_SMC, MODE_OFF)",
+        ),
+    ] {
+        let e = Description::from_yaml(text, Some(&config_dir())).expect_err(text);
+        assert_eq!(e.to_string(), want, "{text:?}");
+    }
+    // `null` is "not given", as before.
+    let d = Description::from_yaml("namespaces: ~\nproxy_metadata: ~\n", None).unwrap();
+    assert!(d.namespaces.is_empty() && d.proxy_metadata.is_empty());
+}
+
 /// The test bed's sidecars, read by the policy with the test bed's configuration: the switched
 /// cluster is SMC, the kept one TCP, the one without the switch TCP; the inbound listener SMC.
 #[test]
