@@ -14,7 +14,8 @@
 //!    nesting of flow collections).
 //! 3. [`check_value`]: after parsing, every list and mapping has at most [`MAX_ITEMS`] entries
 //!    and the depth is bounded again, before the values are converted and validated. Per-field
-//!    limits (shorter lists, numeric ranges) are in `validate.rs`.
+//!    limits (shorter lists, numeric ranges) are checked where the configuration is compiled
+//!    (`validate.rs`).
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
