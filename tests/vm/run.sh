@@ -12,7 +12,8 @@
 # The VM has no network device to the outside (-nic none). See tests/vm/README.md.
 #
 # Exit status: COMMAND's own; 124 if the VM did not finish in time; 125 if the VM or its setup
-# failed before COMMAND ran; 1 if the host could not be prepared (qemu, kernel); 2 usage error.
+# failed before COMMAND ran; 1 if the host could not be prepared (qemu, kernel); 2 usage error;
+# 3 if a binary of this checkout was replaced on the host while the VM ran (the run is void).
 set -euo pipefail
 
 SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +33,7 @@ QUIET=0
 CONSOLE=0
 PREPARE_ONLY=0
 EXTRA_ENV=()
+BUILD_LOCKS=()
 
 # Modules loaded at boot (with their modules.dep dependencies), before the command runs.
 BOOT_MODULES=(
@@ -438,6 +440,42 @@ for p in "$REPO" "$PWD" "$CACHE" "$ENVOY_SMC_BIN"; do
 done | sort -u >"$CTL/host-tmp"
 
 # ---------------------------------------------------------------------------------------------
+# The VM reads this checkout's binaries over 9p with cache=loose, which never revalidates: a file
+# replaced on the host during the boot (a cargo build in this checkout) is then read as a mix of
+# the pages it cached before and the new file's, and such a binary fails in ways no source
+# explains (once every `envoy-smc doctor` of a boot aborted with "unsafe precondition(s)
+# violated: usize::unchecked_mul cannot overflow"). So hold cargo's own build-directory locks,
+# shared, while the VM runs: cargo in this checkout waits ("Blocking waiting for file lock on
+# artifact directory"); and fingerprint the binaries to catch anything else that replaces them.
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+for lock in "$TARGET_DIR"/*/.cargo-lock; do
+  [ -f "$lock" ] || continue
+  exec {fd}<"$lock"
+  if ! flock -s -n "$fd"; then
+    msg "waiting for the cargo build running in this checkout ($lock)"
+    flock -s -w 1800 "$fd" || die 1 "a cargo build in this checkout still holds $lock after 30 min"
+  fi
+  BUILD_LOCKS+=("$fd")
+done
+# The checkout's binaries and every file COMMAND names (suite.sh passes DIR:EXE), and their
+# inode, size and mtime.
+BINARIES=$(
+  {
+    find "$TARGET_DIR" -mindepth 2 -maxdepth 2 -type f -perm -u+x 2>/dev/null || true
+    for f in "$ENVOY_SMC_BIN" "${CMD[@]}"; do
+      for a in "$f" "${f##*:}"; do [ ! -f "$a" ] || printf '%s\n' "$a"; done
+    done
+  } | sort -u
+)
+fingerprint() {
+  local f
+  while IFS= read -r f; do
+    [ -z "$f" ] || stat -c '%i %s %Y %n' "$f" 2>/dev/null || echo "gone - - $f"
+  done <<<"$BINARIES"
+}
+BINARIES_BEFORE=$(fingerprint)
+
+# ---------------------------------------------------------------------------------------------
 # boot
 PIDS=()
 QPID=
@@ -475,6 +513,14 @@ QPID=
 for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 PIDS=()
 T_END=$(now)
+for fd in "${BUILD_LOCKS[@]}"; do exec {fd}<&-; done
+replaced=$({ diff <(echo "$BINARIES_BEFORE") <(fingerprint) || true; } |
+  sed -n 's/^> [^ ]* [^ ]* [^ ]* //p')
+if [ -n "$replaced" ]; then
+  printf 'vm: error: replaced on the host while the VM ran, so the VM may have run a mix of the old and the new file (9p cache=loose): %s; this run does not count: run it again with no build in this checkout meanwhile\n' \
+    "$(echo "$replaced" | tr '\n' ' ')" >&2
+  exit 3
+fi
 
 # ---------------------------------------------------------------------------------------------
 # result
