@@ -90,7 +90,8 @@ options:
 environment: ENVOY_SMC_BIN (envoy-smc CLI used for `ueid add`, default <repo>/target/debug/envoy-smc),
 ENVOY_SMC_VM_CACHE (default ~/.cache/envoy-smc/vm, or $XDG_CACHE_HOME/envoy-smc/vm), ENVOY_SMC_VM_KERNEL (a linux-image-* package name, stock kernel),
 ENVOY_SMC_VM_MIRROR (Debian mirror URL), ENVOY_SMC_VM_MEM (MiB, 2048), ENVOY_SMC_VM_SMP (2),
-ENVOY_SMC_VM_MODULES (more kernel modules to load at boot), ENVOY_SMC_VM_APPEND (kernel args).
+ENVOY_SMC_VM_MODULES (more kernel modules to load at boot), ENVOY_SMC_VM_APPEND (kernel args),
+ENVOY_SMC_VM_BOOT_ATTEMPTS (boots tried when the kernel dies before the guest starts, 4).
 EOF
 }
 
@@ -495,23 +496,44 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp "$SMP" -nographic -n
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap
   -virtfs "local,path=$SHARED,mount_tag=shared,security_model=none")
 
-msg "booting (timeout ${TIMEOUT} s); shared dir: $SHARED"
+# A boot that dies before the guest's init script starts (no "$CTL/times" yet) never ran any of
+# the command. Under TCG the Debian 6.12 kernel sometimes oopses in a late initcall, on an int3
+# left by live code patching ("Oops: int3", RIP sched_clock_cpu+0x9, then "Fatal exception in
+# interrupt"): seen once in a CI run, and on the first boot of a loaded host. Such a boot is
+# tried again, at most BOOT_ATTEMPTS times in all, and said so; a failure after the guest
+# started is never retried.
+BOOT_ATTEMPTS=${ENVOY_SMC_VM_BOOT_ATTEMPTS:-4}
+[[ $BOOT_ATTEMPTS =~ ^[1-9]$ ]] || die 2 "ENVOY_SMC_VM_BOOT_ATTEMPTS must be 1..9, got '$BOOT_ATTEMPTS'"
 T_BOOT=$(now)
-timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null >"$CTL/console.log" 2>&1 &
-QPID=$!
-tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stdout" &
-PIDS+=($!)
-tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stderr" >&2 &
-PIDS+=($!)
-if [ "$CONSOLE" = 1 ]; then
-  tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/console.log" | sed -u 's/^/vm console: /' >&2 &
+attempt=1
+while :; do
+  msg "booting (timeout ${TIMEOUT} s); shared dir: $SHARED"
+  timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null >"$CTL/console.log" 2>&1 &
+  QPID=$!
+  tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stdout" &
   PIDS+=($!)
-fi
-QRC=0
-wait "$QPID" || QRC=$?
-QPID=
-for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-PIDS=()
+  tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stderr" >&2 &
+  PIDS+=($!)
+  if [ "$CONSOLE" = 1 ]; then
+    tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/console.log" | sed -u 's/^/vm console: /' >&2 &
+    PIDS+=($!)
+  fi
+  QRC=0
+  wait "$QPID" || QRC=$?
+  QPID=
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+  died_before_guest=0
+  if [ ! -f "$CTL/rc" ] && [ ! -f "$CTL/times" ] && [ ! -s "$CTL/setup.log" ]; then
+    case $QRC in 124|125|126|127|137) ;; *) died_before_guest=1 ;; esac
+  fi
+  [ "$died_before_guest" = 1 ] && [ "$attempt" -lt "$BOOT_ATTEMPTS" ] || break
+  cp "$CTL/console.log" "$CTL/console.boot-$attempt.log"
+  printf 'vm: warning: the kernel died during boot, before the guest ran anything (attempt %s of %s; console kept in %s); booting again\n' \
+    "$attempt" "$BOOT_ATTEMPTS" "$CTL/console.boot-$attempt.log" >&2
+  tr -d '\r' <"$CTL/console.log" | grep -m 3 -E 'Kernel panic|RIP:|BUG:|Oops' | sed 's/^/  | /' >&2 || true
+  attempt=$((attempt + 1))
+done
 T_END=$(now)
 for fd in "${BUILD_LOCKS[@]}"; do exec {fd}<&-; done
 replaced=$({ diff <(echo "$BINARIES_BEFORE") <(fingerprint) || true; } |
@@ -543,7 +565,7 @@ if [ ! -f "$CTL/rc" ]; then
   fi
   case $QRC in
     125|126|127) printf 'vm: error: qemu-system-x86_64 could not be started (status %s)\n' "$QRC" >&2 ;;
-    *) printf 'vm: error: the VM ended without running the command to the end (qemu exit status %s)\n' "$QRC" >&2 ;;
+    *) printf 'vm: error: the VM ended without running the command to the end (qemu exit status %s; boots tried: %s)\n' "$QRC" "$attempt" >&2 ;;
   esac
   [ ! -s "$CTL/setup.log" ] || { echo "vm: guest setup log:" >&2; sed 's/^/  | /' "$CTL/setup.log" >&2; }
   console_tail 40
