@@ -137,7 +137,8 @@ fn memory_is_bounded_and_the_earliest_expiring_entries_are_evicted() {
         b.trip(dest(i), u64::from(i));
     }
     let entries = b.entries();
-    assert!(entries.len() <= 128, "{} entries", entries.len());
+    // The table's bound: four slots per destination to remember.
+    assert!(entries.len() <= 4 * 64, "{} entries", entries.len());
     assert_eq!(
         b.held(),
         entries.iter().filter(|e| e.phase != Phase::Closed).count()
@@ -172,7 +173,8 @@ fn many_threads_many_destinations_no_lost_updates() {
     for t in threads {
         t.join().unwrap();
     }
-    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once.
+    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once (with one
+    // 8-slot window per destination a third of the runs forgot one: 7999).
     assert_eq!(b.held(), 8000);
     let held = (0..8000)
         .filter(|&i| b.admit(dest(i), 1) == Admission::Hold)
