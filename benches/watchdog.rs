@@ -118,8 +118,7 @@ fn scenario(name: &str, detect_after_ms: u64, inflight: u64, rate: u64, secs: u6
     let rt = Runtime::new(
         &config::from_yaml(&yaml).unwrap(),
         &Environment::assuming(KernelSupport::BOTH),
-    )
-    .unwrap();
+    );
     let full = TcpListener::bind("127.0.0.1:0").unwrap();
     // SAFETY: listen(2) on an open socket: backlog 0 queues one connection, then drops SYNs.
     assert_eq!(unsafe { libc::listen(full.as_raw_fd(), 0) }, 0);

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define ENVOY_SMC_ABI_VERSION 3814471607u
+#define ENVOY_SMC_ABI_VERSION 3363670731u
 
 
 /*
@@ -55,7 +55,7 @@ enum envoy_smc_tcp_reason
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /*
-   `mode: OFF`.
+   `mode: MODE_OFF`.
    */
   ENVOY_SMC_TCP_REASON_DISABLED = 1,
   /*

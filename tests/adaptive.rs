@@ -135,7 +135,8 @@ fn memory_is_bounded_and_the_earliest_expiring_entries_are_evicted() {
         b.trip(dest(i), u64::from(i));
     }
     let entries = b.entries();
-    assert!(entries.len() <= 128, "{} entries", entries.len());
+    // The table's bound: four slots per destination to remember.
+    assert!(entries.len() <= 4 * 64, "{} entries", entries.len());
     assert_eq!(
         b.held(),
         entries.iter().filter(|e| e.phase != Phase::Closed).count()
@@ -170,7 +171,8 @@ fn many_threads_many_destinations_no_lost_updates() {
     for t in threads {
         t.join().unwrap();
     }
-    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once.
+    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once (with one
+    // 8-slot window per destination a third of the runs forgot one: 7999).
     assert_eq!(b.held(), 8000);
     let held = (0..8000)
         .filter(|&i| b.admit(dest(i), 1) == Admission::Hold)
@@ -202,7 +204,7 @@ fn concurrent_probes_admit_exactly_one() {
 fn runtime() -> Runtime {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 60000}";
-    Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap()
+    Runtime::new(&config::from_yaml(text).unwrap(), &env)
 }
 
 #[test]
@@ -213,7 +215,7 @@ fn the_runtime_consults_the_breaker_only_for_smc_verdicts() {
     let disabled =
         config::from_yaml("opt_in: {all_workloads: true}\nadaptive_fallback: {disabled: true}")
             .unwrap();
-    assert!(!AdaptiveSettings::from_config(&disabled).enabled);
+    assert!(!disabled.adaptive.enabled);
     let err = config::from_yaml("adaptive_fallback: {hold_down_ms: 5000, max_hold_down_ms: 1000}")
         .unwrap_err();
     assert!(
@@ -586,7 +588,7 @@ mod socket2_like {
 fn short_connections_to_a_held_destination_recover_it() {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 1, max_hold_down_ms: 1000}";
-    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap();
+    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env);
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let d = server.local_addr().unwrap();
     rt.hold_destination(d);

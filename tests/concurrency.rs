@@ -27,7 +27,7 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
     // the SMC verdicts end as replace_failed (still counted exactly, still a working TCP socket).
     let env = Environment::assuming(KernelSupport::BOTH);
     let cfg = config::from_yaml("opt_in: {all_workloads: true}\nupstream: {allow: [\"10.0.0.0/8\"], deny: [\"10.96.0.0/12\"]}").unwrap();
-    let rt = Arc::new(Runtime::new(&cfg, &env).unwrap());
+    let rt = Arc::new(Runtime::new(&cfg, &env));
     let before = open_fds();
     let dests: [SocketAddr; 4] = [
         "10.1.1.1:80".parse().unwrap(),  // SMC (or replace_failed without SMC)
@@ -115,16 +115,15 @@ fn decisions_stay_consistent_while_the_config_is_swapped() {
     let env = Environment::assuming(KernelSupport::BOTH);
     let on =
         config::from_yaml("opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}").unwrap();
-    let off = config::from_yaml("mode: OFF").unwrap();
-    let rt = Arc::new(Runtime::new(&on, &env).unwrap());
+    let off = config::from_yaml("mode: MODE_OFF").unwrap();
+    let rt = Arc::new(Runtime::new(&on, &env));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
         let (rt, stop, env) = (Arc::clone(&rt), Arc::clone(&stop), env.clone());
         std::thread::spawn(move || {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                rt.swap_config(if n % 2 == 0 { &off } else { &on }, &env)
-                    .unwrap();
+                rt.swap_config(if n % 2 == 0 { &off } else { &on }, &env);
                 n += 1;
             }
             n

@@ -100,7 +100,7 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
         eprintln!("skipped: this kernel has SMC");
         return;
     }
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
     let raw = fd.as_raw_fd();
@@ -131,7 +131,7 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
 
 #[test]
 fn tcp_verdicts_on_tcp_sockets_change_nothing_and_are_counted() {
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_NONBLOCK).unwrap();
     let a = rt.apply_connect(fd.as_fd(), Verdict::Tcp(TcpReason::KeptOnTcp));
     assert_eq!(a.verdict, Verdict::Tcp(TcpReason::KeptOnTcp));
@@ -251,7 +251,7 @@ fn replacement_refuses_what_is_not_an_ip_stream_socket() {
 
 #[test]
 fn facts_ignore_options_that_are_not_ints() {
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let f = rt.note_sockopt(
         SocketFacts::default(),
         libc::SOL_SOCKET,

@@ -87,7 +87,7 @@ static_resources:
 Y
 }
 cat >"$W/smc.yaml" <<Y
-mode: AUTO
+mode: MODE_AUTO
 opt_in: {all_workloads: true}
 mesh_switch: {always_on: true}
 listeners: {ports: [$PROXY]}

@@ -661,7 +661,7 @@ fn vm_only(name: &str) -> Option<PathBuf> {
 
 fn smc_cfg(mode: &str, inbound: u16) -> Cfg {
     config(&format!(
-        "mode: {mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
+        "mode: MODE_{mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
          listeners: {{ports: [{inbound}]}}\nupstream: {{allow_local: true}}\n"
     ))
 }
@@ -1359,7 +1359,7 @@ fn without_the_opt_in_everything_stays_tcp() {
     };
     let (ports, server_ip) = (Ports::vm(), "10.9.0.2");
     let cfg = config(&format!(
-        "mode: AUTO\nmesh_switch: {{always_on: true}}\nlisteners: {{ports: [{}]}}\n\
+        "mode: MODE_AUTO\nmesh_switch: {{always_on: true}}\nlisteners: {{ports: [{}]}}\n\
          upstream: {{allow_local: true}}\n",
         ports.inbound
     ));

@@ -311,7 +311,7 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_proto(
                 String::from_utf8_lossy(value).into_owned(),
             ));
         }
-        let result = crate::config::from_proto_bytes(data).and_then(|c| Runtime::new(&c, &env));
+        let result = crate::config::from_proto_bytes(data).map(|c| Runtime::new(&c, &env));
         finish_new(result, out, err)
     })
 }

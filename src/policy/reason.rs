@@ -19,8 +19,8 @@
 #[strum(serialize_all = "snake_case")]
 #[repr(u32)]
 pub enum TcpReason {
-    /// `mode: OFF`.
-    #[strum(message = "SMC is disabled (mode: OFF)")]
+    /// `mode: MODE_OFF`.
+    #[strum(message = "SMC is disabled (mode: MODE_OFF)")]
     Disabled = 1,
     /// The workload's opt-in annotation is not "true".
     #[strum(message = "the workload has not opted in (its opt-in annotation is not \"true\")")]

@@ -26,7 +26,7 @@ static int failures;
     }                                                                          \
   } while (0)
 
-static const char *GOOD = "mode: AUTO\nmesh_switch: {always_on: true}\n"
+static const char *GOOD = "mode: MODE_AUTO\nmesh_switch: {always_on: true}\n"
                           "opt_in: {all_workloads: true}\nlisteners: {ports: [15006]}\n";
 
 static envoy_smc_runtime *new_runtime(const char *yaml) {

@@ -319,7 +319,7 @@ impl Cfg {
 
 pub fn smc_config(listener_port: u16, always_on: bool) -> Cfg {
     config(&format!(
-        "mode: AUTO\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: {always_on}}}\n\
+        "mode: MODE_AUTO\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: {always_on}}}\n\
          listeners: {{ports: [{listener_port}]}}\nupstream: {{allow_local: true}}\n"
     ))
 }
