@@ -1,8 +1,6 @@
 //! Adaptive fallback: the breaker's state machine, its behaviour under many threads, and the
 //! watchdog on real sockets.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -19,6 +17,7 @@ use envoy_smc::smc::{reconnect_tcp, KernelSupport};
 use envoy_smc::stats::Counter;
 use envoy_smc::Runtime;
 
+mod common;
 use common::{wait_for, wait_until};
 
 fn settings(hold: u32, max_hold: u32, max_destinations: u32) -> AdaptiveSettings {
@@ -139,7 +138,8 @@ fn memory_is_bounded_and_the_earliest_expiring_entries_are_evicted() {
         b.trip(dest(i), u64::from(i));
     }
     let entries = b.entries();
-    assert!(entries.len() <= 128, "{} entries", entries.len());
+    // The table's bound: four slots per destination to remember.
+    assert!(entries.len() <= 4 * 64, "{} entries", entries.len());
     assert_eq!(
         b.held(),
         entries.iter().filter(|e| e.phase != Phase::Closed).count()
@@ -174,7 +174,8 @@ fn many_threads_many_destinations_no_lost_updates() {
     for t in threads {
         t.join().unwrap();
     }
-    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once.
+    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once (with one
+    // 8-slot window per destination a third of the runs forgot one: 7999).
     assert_eq!(b.held(), 8000);
     let held = (0..8000)
         .filter(|&i| b.admit(dest(i), 1) == Admission::Hold)
@@ -206,7 +207,7 @@ fn concurrent_probes_admit_exactly_one() {
 fn runtime() -> Runtime {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 60000}";
-    Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap()
+    Runtime::new(&config::from_yaml(text).unwrap(), &env)
 }
 
 #[test]
@@ -217,7 +218,7 @@ fn the_runtime_consults_the_breaker_only_for_smc_verdicts() {
     let disabled =
         config::from_yaml("opt_in: {all_workloads: true}\nadaptive_fallback: {disabled: true}")
             .unwrap();
-    assert!(!AdaptiveSettings::from_config(&disabled).enabled);
+    assert!(!disabled.adaptive.enabled);
     let err = config::from_yaml("adaptive_fallback: {hold_down_ms: 5000, max_hold_down_ms: 1000}")
         .unwrap_err();
     assert!(
@@ -571,15 +572,9 @@ mod socket2_like {
                 0,
             ))
         };
-        let sin = super::common::sockaddr_in(to);
-        // SAFETY: valid fd and sockaddr_in.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        };
+        let sin = socket2::SockAddr::from(to);
+        // SAFETY: valid fd and socket address.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
         assert!(
             rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS)
         );
@@ -594,7 +589,7 @@ mod socket2_like {
 fn short_connections_to_a_held_destination_recover_it() {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 1, max_hold_down_ms: 1000}";
-    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap();
+    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env);
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let d = server.local_addr().unwrap();
     rt.hold_destination(d);

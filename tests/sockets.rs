@@ -2,8 +2,6 @@
 //! /proc/net/protocols), so every socket is TCP with the reason "kernel lacks SMC" and data flows;
 //! the socket replacement is exercised TCP -> TCP, which needs no SMC.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -102,7 +100,7 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
         eprintln!("skipped: this kernel has SMC");
         return;
     }
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
     let raw = fd.as_raw_fd();
@@ -121,15 +119,9 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
     // The socket still connects and carries data.
     let mut stream = TcpStream::from(fd);
     let addr = server.local_addr().unwrap();
-    let sin = common::sockaddr_in(SocketAddr::from(([127, 0, 0, 1], addr.port())));
-    // SAFETY: the fd is open and sin is a valid sockaddr_in.
-    let rc = unsafe {
-        libc::connect(
-            stream.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            16,
-        )
-    };
+    let sin = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], addr.port())));
+    // SAFETY: the fd is open and sin is a valid socket address.
+    let rc = unsafe { libc::connect(stream.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
     assert_eq!(rc, 0);
     stream.write_all(b"x").unwrap();
     let (mut acc, _) = server.accept().unwrap();
@@ -139,7 +131,7 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
 
 #[test]
 fn tcp_verdicts_on_tcp_sockets_change_nothing_and_are_counted() {
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_NONBLOCK).unwrap();
     let a = rt.apply_connect(fd.as_fd(), Verdict::Tcp(TcpReason::KeptOnTcp));
     assert_eq!(a.verdict, Verdict::Tcp(TcpReason::KeptOnTcp));
@@ -193,16 +185,10 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     setint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
     setint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
     let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sin = common::sockaddr_in(bound);
-    // SAFETY: fd is open, sin is a valid sockaddr_in.
+    let sin = socket2::SockAddr::from(bound);
+    // SAFETY: fd is open, sin is a valid socket address.
     assert_eq!(
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        },
+        unsafe { libc::bind(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len(),) },
         0
     );
     let before = envoy_smc::runtime::local_address(fd.as_fd()).unwrap();
@@ -265,7 +251,7 @@ fn replacement_refuses_what_is_not_an_ip_stream_socket() {
 
 #[test]
 fn facts_ignore_options_that_are_not_ints() {
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let f = rt.note_sockopt(
         SocketFacts::default(),
         libc::SOL_SOCKET,

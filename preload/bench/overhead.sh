@@ -36,7 +36,7 @@ proxy_yaml() {  # proxy_yaml MAX_REQUESTS_PER_CONNECTION (0: unlimited)
   bed proxy admin="$PROXY_ADMIN" listen="$PROXY" upstream="$BACK" per_conn="$1"
 }
 cat >"$W/smc.yaml" <<Y
-mode: AUTO
+mode: MODE_AUTO
 opt_in: {all_workloads: true}
 mesh_switch: {always_on: true}
 listeners: {ports: [$PROXY]}

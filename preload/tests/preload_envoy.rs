@@ -32,6 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use envoy_smc::diag::smc_diag::{Mode, SmcState};
 
 /// The bed's ports: fixed in the VM (Istio's 15006 for the inbound listener), free ones on a
 /// shared host.
@@ -574,7 +575,7 @@ fn vm_only(name: &str) -> Option<PathBuf> {
 
 fn smc_cfg(mode: &str, inbound: u16) -> Cfg {
     config(&format!(
-        "mode: {mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
+        "mode: MODE_{mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
          listeners: {{ports: [{inbound}]}}\nupstream: {{allow_local: true}}\n"
     ))
 }
@@ -781,11 +782,11 @@ impl Tech {
             Tech::SmcR
         }
     }
-    /// smc_diag's mode number and `envoy-smc status`'s name for it.
-    fn mode(self) -> (u8, &'static str) {
+    /// smc_diag's mode and `envoy-smc status`'s name for it.
+    fn mode(self) -> (Mode, &'static str) {
         match self {
-            Tech::SmcR => (0, "SMCR"),
-            Tech::SmcD => (2, "SMCD"),
+            Tech::SmcR => (Mode::SmcR, "SMCR"),
+            Tech::SmcD => (Mode::SmcD, "SMCD"),
         }
     }
 }
@@ -855,15 +856,23 @@ fn stock_envoy_pair_over_smc() {
         let server_inodes = bed.server.socket_inodes();
         let smc_client = diag
             .iter()
-            .filter(|d| d.mode == mode_num && d.state == 1 && client_inodes.contains(&d.inode))
+            .filter(|d| {
+                d.mode == mode_num
+                    && d.state == SmcState::ACTIVE
+                    && client_inodes.contains(&d.inode)
+            })
             .count();
         let smc_server = diag
             .iter()
-            .filter(|d| d.mode == mode_num && d.state == 1 && server_inodes.contains(&d.inode))
+            .filter(|d| {
+                d.mode == mode_num
+                    && d.state == SmcState::ACTIVE
+                    && server_inodes.contains(&d.inode)
+            })
             .count();
         let others: Vec<_> = diag
             .iter()
-            .filter(|d| d.mode != mode_num && d.state != 10)
+            .filter(|d| d.mode != mode_num && d.state != SmcState::LISTEN)
             .collect();
         assert!(
             smc_client >= 1,
@@ -880,8 +889,11 @@ fn stock_envoy_pair_over_smc() {
         if tech == Tech::SmcR {
             assert!(
                 diag.iter()
-                    .filter(|d| d.mode == 0 && d.state == 1)
-                    .all(|d| d.ib_device.as_deref().is_some_and(|n| n.starts_with("rxe"))),
+                    .filter(|d| d.mode == Mode::SmcR && d.state == SmcState::ACTIVE)
+                    .all(|d| d
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.ib_device.starts_with("rxe"))),
                 "{what}: {diag:?}"
             );
         }
@@ -1168,8 +1180,9 @@ fn istio_shaped_inbound_redirect_over_smc_r() {
         );
         let inodes = client.socket_inodes();
         assert!(
-            diag.iter()
-                .any(|d| d.mode == 0 && d.state == 1 && inodes.contains(&d.inode)),
+            diag.iter().any(|d| d.mode == Mode::SmcR
+                && d.state == SmcState::ACTIVE
+                && inodes.contains(&d.inode)),
             "{what}: no SMC-R connection held by the client Envoy: {diag:?}"
         );
         let rxe = rxe_packets() - rxe0;
@@ -1268,7 +1281,7 @@ fn without_the_opt_in_everything_stays_tcp() {
     };
     let (ports, server_ip) = (Ports::vm(), "10.9.0.2");
     let cfg = config(&format!(
-        "mode: AUTO\nmesh_switch: {{always_on: true}}\nlisteners: {{ports: [{}]}}\n\
+        "mode: MODE_AUTO\nmesh_switch: {{always_on: true}}\nlisteners: {{ports: [{}]}}\n\
          upstream: {{allow_local: true}}\n",
         ports.inbound
     ));

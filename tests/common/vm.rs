@@ -21,36 +21,18 @@ pub fn in_vm(run_with: &str) -> bool {
 }
 
 fn bind(fd: &OwnedFd, a: SocketAddrV4) {
-    let sin = super::sockaddr_in(SocketAddr::V4(a));
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "bind {a}: {}", std::io::Error::last_os_error());
+    socket2::SockRef::from(fd)
+        .bind(&a.into())
+        .unwrap_or_else(|e| panic!("bind {a}: {e}"));
 }
 
 /// An SMC listener of `kind` on `addr` (port 0: any), with SO_REUSEADDR.
 pub fn smc_listener(kind: SocketKind, addr: SocketAddrV4) -> TcpListener {
     let fd = smc::open_socket(kind, false, libc::SOCK_CLOEXEC).expect("open SMC listener");
-    let one: libc::c_int = 1;
-    // SAFETY: a valid int option value of the length passed.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            4,
-        )
-    };
+    let sock = socket2::SockRef::from(&fd);
+    sock.set_reuse_address(true).expect("SO_REUSEADDR");
     bind(&fd, addr);
-    // SAFETY: listen on an fd we own.
-    let rc = unsafe { libc::listen(fd.as_raw_fd(), 64) };
-    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    sock.listen(64).expect("listen");
     TcpListener::from(fd)
 }
 
@@ -61,16 +43,9 @@ pub fn smc_client(kind: SocketKind, src: Ipv4Addr, dst: SocketAddr, switch: bool
     if switch {
         smc::apply_fallback_switch(fd.as_fd()).expect("fallback switch");
     }
-    let sin = super::sockaddr_in(dst);
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "connect {dst}: {}", std::io::Error::last_os_error());
+    socket2::SockRef::from(&fd)
+        .connect(&dst.into())
+        .unwrap_or_else(|e| panic!("connect {dst}: {e}"));
     TcpStream::from(fd)
 }
 

@@ -23,7 +23,7 @@
 #     moved to TCP in flight under the same fd (adaptive.rescued), so all 200 requests to
 #     10.9.0.2:9001 succeed, the first included, and a lone first request (9004) succeeds on its
 #     first attempt in about 2 s instead of waiting out its 10 s connect timeout; every later
-#     connection is held on TCP (tcp_total{reason="black_hole_hold_down"});
+#     connection is held on TCP (envoy_smc_tcp_black_hole_hold_down);
 #   - envoy-smc status lists both destinations as held (since when, next SMC retry), later as
 #     recovered, and never the healthy one;
 #   - the healthy upstream stays SMC-R throughout (envoy-smc status --json: the client Envoy's
@@ -258,14 +258,14 @@ def fresh_stats():
         wait_for("the client library to rewrite client.prom", 5, lambda: prom_mtime() > t, 0.02)
     return stats()
 
-TRIPPED = "envoy_smc_adaptive_black_hole_tripped_total"
-NOT_PROVEN = "envoy_smc_adaptive_black_hole_not_proven_total"
-RECOVERED = "envoy_smc_adaptive_recovered_total"
-PROBES = "envoy_smc_adaptive_probes_total"
-WATCHED = "envoy_smc_adaptive_connects_watched_total"
-RESCUED = "envoy_smc_adaptive_rescued_total"
-RESCUE_FAILED = "envoy_smc_adaptive_rescue_failed_total"
-HOLD = 'envoy_smc_tcp_total{reason="black_hole_hold_down"}'
+TRIPPED = "envoy_smc_adaptive_black_hole_tripped"
+NOT_PROVEN = "envoy_smc_adaptive_black_hole_not_proven"
+RECOVERED = "envoy_smc_adaptive_recovered"
+PROBES = "envoy_smc_adaptive_probes"
+WATCHED = "envoy_smc_adaptive_connects_watched"
+RESCUED = "envoy_smc_adaptive_rescued"
+RESCUE_FAILED = "envoy_smc_adaptive_rescue_failed"
+HOLD = "envoy_smc_tcp_black_hole_hold_down"
 
 def status_json():
     r = subprocess.run([CLI, "status", "--json", "--pid", str(CLIENT_PID), "--no-listen",
@@ -456,7 +456,7 @@ probed = after.get(PROBES, 0) - before.get(PROBES, 0)
 # A hold-down that ran out during the requests (slow host) lets one probe try SMC: the rule is
 # still there, so each probe trips again (with a doubled hold-down).
 check(tripped == 2 + probed and held >= 199,
-      "every later connection to a black-holed destination was held on TCP (tcp_total{reason=black_hole_hold_down})",
+      "every later connection to a black-holed destination was held on TCP (envoy_smc_tcp_black_hole_hold_down)",
       f"hold_down +{held} (199 to 9001 at least); tripped +{tripped} = 9001, 9004 + {probed} probe(s) "
       "that met the black hole again")
 rescued = after.get(RESCUED, 0) - before.get(RESCUED, 0)

@@ -224,10 +224,10 @@ check "no pod-a connection fell back" not has " TCP " "$status_a"
 check "SMC-D bytes counted by the kernel" has "kernel SMC-D handshakes: .*SMC-D bytes rx [1-9]" "$status_a"
 # the decision: SMC for the peer pod (not a local address of pod-a's netns), TCP for loopback
 stats_a=$(cat "$work/pod-a.prom" 2>/dev/null || true)
-check "pod-a: decided SMC at connect() (smc_connect_*)" has '^envoy_smc_smc_connect_\(ipproto_smc\|af_smc\)_total [1-9]' "$stats_a"
+check "pod-a: decided SMC at connect() (smc_connect_*)" has '^envoy_smc_smc_connect_\(ipproto_smc\|af_smc\) [1-9]' "$stats_a"
 check "pod-a: nothing kept on TCP as a local address" not has 'reason="local_address"} [1-9]' "$stats_a"
 stats_b=$(cat "$work/pod-b.prom" 2>/dev/null || true)
-check "pod-b: the inbound listener is an SMC listener" has '^envoy_smc_smc_listen_\(ipproto_smc\|af_smc\)_total [1-9]' "$stats_b"
+check "pod-b: the inbound listener is an SMC listener" has '^envoy_smc_smc_listen_\(ipproto_smc\|af_smc\) [1-9]' "$stats_b"
 # (its cluster carries no mesh switch, the first reason in the order; loopback would be next)
 check "pod-b: the app hop stays TCP (no mesh switch on the app cluster)" has 'reason="mesh_switch_absent"} [1-9]' "$stats_b"
 
