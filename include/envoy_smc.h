@@ -8,11 +8,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define ENVOY_SMC_ABI_VERSION 2
+#define ENVOY_SMC_ABI_VERSION 2452086242u
 
 
 /*
- Result codes. The numbers are never reused.
+ Result codes. The numbers are never reused; `envoy_smc_result_name` names them.
  */
 enum envoy_smc_result
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -55,7 +55,7 @@ enum envoy_smc_tcp_reason
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /*
-   `mode: OFF`.
+   `mode: MODE_OFF`.
    */
   ENVOY_SMC_TCP_REASON_DISABLED = 1,
   /*
@@ -481,6 +481,13 @@ size_t envoy_smc_stats_snapshot(const envoy_smc_runtime *rt, uint64_t *out, size
  NULL past the last counter.
  */
 const char *envoy_smc_counter_name(size_t index);
+
+/*
+ The name of a result code (e.g. 2 → "invalid_config"), a static NUL-terminated string; never
+ free it. A number that is no result code gives "unknown_result"; never NULL. Safe from any
+ thread.
+ */
+const char *envoy_smc_result_name(uint32_t result);
 
 /*
  The name of a TCP reason code (e.g. 6 → "loopback"), a static string; NULL for unknown codes.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use crate::adaptive::{Admission, Breaker, Entry, Rescuer, Watchdog};
-use crate::config::{self, AdaptiveSettings, ConfigError, SmcConfig};
+use crate::config::{self, AdaptiveSettings, Config, ConfigError};
 use crate::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
 use crate::smc::{self, SocketKind, SocketRecord};
 use crate::stats::{Counter, Stats};
@@ -110,34 +110,33 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// A runtime for `config` in `env`.
-    pub fn new(config: &SmcConfig, env: &Environment) -> Result<Runtime, ConfigError> {
-        let policy = Policy::new(config, env)?;
+    pub fn new(config: &Config, env: &Environment) -> Runtime {
+        let policy = Policy::new(config, env);
         log_availability(&policy);
         let stats = Arc::new(Stats::default());
-        Ok(Runtime {
+        Runtime {
             policy: ArcSwap::from_pointee(policy),
-            adaptive: ArcSwapOption::new(Adaptive::new(
-                AdaptiveSettings::from_config(config),
-                &stats,
-                None,
-            )),
+            adaptive: ArcSwapOption::new(Adaptive::new(config.adaptive, &stats, None)),
             rescuer: Mutex::new(None),
             stats,
             shared: smc::SharedListeners::default(),
             warned_replace: AtomicBool::new(false),
-        })
+        }
     }
 
     /// A runtime from YAML/JSON text, on this host.
     pub fn from_yaml(text: &str) -> Result<Runtime, ConfigError> {
-        Runtime::new(&config::from_yaml(text)?, &Environment::of_this_host())
+        Ok(Runtime::new(
+            &config::from_yaml(text)?,
+            &Environment::of_this_host(),
+        ))
     }
 
     /// Replaces the configuration for every later decision; sockets already decided keep theirs.
-    pub fn swap_config(&self, config: &SmcConfig, env: &Environment) -> Result<(), ConfigError> {
-        let policy = Policy::new(config, env)?;
+    pub fn swap_config(&self, config: &Config, env: &Environment) {
+        let policy = Policy::new(config, env);
         log_availability(&policy);
-        let settings = AdaptiveSettings::from_config(config);
+        let settings = config.adaptive;
         let current = self.adaptive.load().as_ref().map(|a| *a.breaker.settings());
         // Remembered destinations survive a swap unless the adaptive settings changed.
         if current != Some(settings).filter(|s| s.enabled) {
@@ -146,7 +145,6 @@ impl Runtime {
                 .store(Adaptive::new(settings, &self.stats, rescuer));
         }
         self.policy.store(Arc::new(policy));
-        Ok(())
     }
 
     /// The policy in force (lock-free read).
@@ -396,6 +394,14 @@ impl Runtime {
         Some(a.breaker.trip(dest, a.breaker.now_ms()))
     }
 
+    /// Connects the black-hole watchdog is watching now (0 when adaptive fallback is disabled).
+    pub fn connects_watched_now(&self) -> usize {
+        self.adaptive
+            .load()
+            .as_ref()
+            .map_or(0, |a| a.watchdog.watching())
+    }
+
     /// Destinations the breaker remembers (held, probing, or recovered with strikes).
     pub fn black_holes(&self) -> Vec<Entry> {
         self.adaptive
@@ -616,24 +622,8 @@ fn log_availability(policy: &Policy) {
 
 /// The address `fd` is bound to.
 pub fn local_address(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    let mut storage: libc::sockaddr_storage = unsafe_zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage is large enough for any address and len says so.
-    let rc = unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    crate::ffi::sockaddr::to_socket_addr(&storage, len)
+    socket2::SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP address"))
-}
-
-fn unsafe_zeroed() -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
 }

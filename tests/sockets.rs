@@ -2,8 +2,6 @@
 //! /proc/net/protocols), so every socket is TCP with the reason "kernel lacks SMC" and data flows;
 //! the socket replacement is exercised TCP -> TCP, which needs no SMC.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -138,15 +136,9 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
     // The socket still connects and carries data.
     let mut stream = TcpStream::from(fd);
     let addr = server.local_addr().unwrap();
-    let sin = common::sockaddr_in(SocketAddr::from(([127, 0, 0, 1], addr.port())));
-    // SAFETY: the fd is open and sin is a valid sockaddr_in.
-    let rc = unsafe {
-        libc::connect(
-            stream.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            16,
-        )
-    };
+    let sin = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], addr.port())));
+    // SAFETY: the fd is open and sin is a valid socket address.
+    let rc = unsafe { libc::connect(stream.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
     assert_eq!(rc, 0);
     stream.write_all(b"x").unwrap();
     let (mut acc, _) = server.accept().unwrap();
@@ -162,7 +154,7 @@ fn smc_runtime() -> Runtime {
          upstream: {deny: [\"10.9.9.0/24\"]}\nadaptive_fallback: {disabled: true}",
     )
     .unwrap();
-    Runtime::new(&cfg, &Environment::assuming(KernelSupport::BOTH)).unwrap()
+    Runtime::new(&cfg, &Environment::assuming(KernelSupport::BOTH))
 }
 const SMC_DEST: &str = "10.1.1.1:80";
 const TCP_DEST: &str = "10.9.9.9:80";
@@ -213,8 +205,7 @@ fn a_bound_socket_duplicated_before_listen_gets_its_listener_decision() {
         )
         .unwrap(),
         &Environment::assuming(KernelSupport::BOTH),
-    )
-    .unwrap();
+    );
     let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
     let mut w = rt
         .on_socket(
@@ -225,18 +216,9 @@ fn a_bound_socket_duplicated_before_listen_gets_its_listener_decision() {
         )
         .unwrap();
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sin = common::sockaddr_in(local);
-    // SAFETY: fd is open, sin is a valid sockaddr_in.
-    assert_eq!(
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        },
-        0
-    );
+    socket2::SockRef::from(&fd)
+        .bind(&local.into())
+        .expect("bind 127.0.0.1:0");
     w.record.bound = Some(local);
     let a = rt
         .on_dup(fd.as_fd(), &mut w)
@@ -287,16 +269,10 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     setint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
     setint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
     let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sin = common::sockaddr_in(bound);
-    // SAFETY: fd is open, sin is a valid sockaddr_in.
+    let sin = socket2::SockAddr::from(bound);
+    // SAFETY: fd is open, sin is a valid socket address.
     assert_eq!(
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        },
+        unsafe { libc::bind(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len(),) },
         0
     );
     let before = envoy_smc::runtime::local_address(fd.as_fd()).unwrap();
@@ -359,7 +335,7 @@ fn replacement_refuses_what_is_not_an_ip_stream_socket() {
 
 #[test]
 fn facts_ignore_options_that_are_not_ints() {
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let f = rt.note_sockopt(
         SocketFacts::default(),
         libc::SOL_SOCKET,
@@ -440,18 +416,9 @@ fn a_replacement_carries_the_record() {
     };
     set(&fd, &mut rec, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    let sin = common::sockaddr_in(local);
-    // SAFETY: fd is open, sin is a valid sockaddr_in.
-    assert_eq!(
-        unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        },
-        0
-    );
+    socket2::SockRef::from(&fd)
+        .bind(&local.into())
+        .expect("bind 127.0.0.1:0");
     rec.bound = Some(local);
     let before = envoy_smc::runtime::local_address(fd.as_fd()).unwrap();
     let (raw, old) = (fd.as_raw_fd(), inode(&fd));

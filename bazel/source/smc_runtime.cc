@@ -7,26 +7,6 @@ namespace Envoy {
 namespace Network {
 namespace Smc {
 
-namespace {
-
-std::string resultName(envoy_smc_result result) {
-  switch (result) {
-  case ENVOY_SMC_OK:
-    return "ok";
-  case ENVOY_SMC_NULL_ARGUMENT:
-    return "null argument";
-  case ENVOY_SMC_INVALID_CONFIG:
-    return "invalid configuration";
-  case ENVOY_SMC_INVALID_ARGUMENT:
-    return "invalid argument";
-  case ENVOY_SMC_INTERNAL_ERROR:
-    return "internal error";
-  }
-  return "result " + std::to_string(static_cast<uint32_t>(result));
-}
-
-} // namespace
-
 bool Runtime::abiMatches(std::string* error) {
   // A library built for another ABI would read our structs with another layout: refuse to start
   // rather than misread every socket decision.
@@ -163,6 +143,11 @@ std::vector<std::string> Runtime::counterNames() {
     }
     names.emplace_back(name);
   }
+}
+
+std::string Runtime::resultName(envoy_smc_result result) {
+  // The library names every code, unknown ones included ("unknown_result"), never NULL.
+  return envoy_smc_result_name(static_cast<uint32_t>(result));
 }
 
 std::string Runtime::reasonName(uint32_t reason) {

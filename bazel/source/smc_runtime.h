@@ -83,6 +83,8 @@ public:
   std::vector<uint64_t> counters() const;
   static std::vector<std::string> counterNames();
   static std::string reasonName(uint32_t reason);
+  // The library's name of a result code ("invalid_config"; "unknown_result" for no code).
+  static std::string resultName(envoy_smc_result result);
   static std::string version();
 
 private:

@@ -10,10 +10,12 @@
 //! - Out-parameters are written only on success.
 #![allow(non_camel_case_types)]
 
+mod abi_hash;
 mod panic;
 mod rescue;
 pub mod sockaddr;
 
+pub use abi_hash::{abi_hash, ABI_VERSION_DEFINE};
 pub use rescue::*;
 
 use std::ffi::{c_char, c_int, CStr};
@@ -27,13 +29,14 @@ use crate::smc::SocketKind;
 use crate::smc::SocketRecord;
 use crate::stats::{counter_name, COUNTERS};
 
-/// The version of the ABI described by envoy_smc.h. Checked by the Envoy extension at start-up
-/// (`envoy_smc_abi_version() == ENVOY_SMC_ABI_VERSION`); bumped on every incompatible change.
-pub const ENVOY_SMC_ABI_VERSION: u32 = 2;
+// The version of the ABI described by envoy_smc.h: `ENVOY_SMC_ABI_VERSION`, a hash of the header
+// computed by build.rs (src/ffi/abi_hash.rs). Checked by the Envoy extension at start-up
+// (`envoy_smc_abi_version() == ENVOY_SMC_ABI_VERSION`).
+include!(concat!(env!("OUT_DIR"), "/abi_version.rs"));
 
-/// Result codes. The numbers are never reused.
+/// Result codes. The numbers are never reused; `envoy_smc_result_name` names them.
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::FromRepr)]
 pub enum envoy_smc_result {
     ENVOY_SMC_OK = 0,
     /// A required pointer argument was NULL.
@@ -46,6 +49,22 @@ pub enum envoy_smc_result {
     ENVOY_SMC_INTERNAL_ERROR = 4,
 }
 use envoy_smc_result::*;
+
+impl envoy_smc_result {
+    /// The result's name (`envoy_smc_result_name`), NUL-terminated for C.
+    pub fn name(self) -> &'static CStr {
+        match self {
+            ENVOY_SMC_OK => c"ok",
+            ENVOY_SMC_NULL_ARGUMENT => c"null_argument",
+            ENVOY_SMC_INVALID_CONFIG => c"invalid_config",
+            ENVOY_SMC_INVALID_ARGUMENT => c"invalid_argument",
+            ENVOY_SMC_INTERNAL_ERROR => c"internal_error",
+        }
+    }
+}
+
+/// What `envoy_smc_result_name` says for a number that is no result.
+const UNKNOWN_RESULT: &CStr = c"unknown_result";
 
 /// The kind of socket behind an fd after a verdict was carried out.
 #[repr(u32)]
@@ -306,7 +325,7 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_proto(
                 String::from_utf8_lossy(value).into_owned(),
             ));
         }
-        let result = crate::config::from_proto_bytes(data).and_then(|c| Runtime::new(&c, &env));
+        let result = crate::config::from_proto_bytes(data).map(|c| Runtime::new(&c, &env));
         finish_new(result, out, err)
     })
 }
@@ -801,6 +820,18 @@ pub extern "C" fn envoy_smc_counter_name(index: usize) -> *const c_char {
     })
 }
 
+/// The name of a result code (e.g. 2 → "invalid_config"), a static NUL-terminated string; never
+/// free it. A number that is no result code gives "unknown_result"; never NULL. Safe from any
+/// thread.
+#[no_mangle]
+pub extern "C" fn envoy_smc_result_name(result: u32) -> *const c_char {
+    guard(UNKNOWN_RESULT.as_ptr(), || {
+        envoy_smc_result::from_repr(result)
+            .map_or(UNKNOWN_RESULT, envoy_smc_result::name)
+            .as_ptr()
+    })
+}
+
 /// The name of a TCP reason code (e.g. 6 → "loopback"), a static string; NULL for unknown codes.
 #[no_mangle]
 pub extern "C" fn envoy_smc_reason_name(reason: u32) -> *const c_char {
@@ -831,4 +862,49 @@ fn static_cstr(name: &'static str) -> *const c_char {
         m
     });
     names.get(name).map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(result: u32) -> &'static str {
+        // SAFETY: envoy_smc_result_name returns a static NUL-terminated string, never NULL.
+        unsafe { CStr::from_ptr(envoy_smc_result_name(result)) }
+            .to_str()
+            .expect("ASCII")
+    }
+
+    #[test]
+    fn every_result_has_a_distinct_name_and_unknown_codes_one_too() {
+        let names: Vec<_> = (0..5).map(name).collect();
+        assert_eq!(
+            names,
+            [
+                "ok",
+                "null_argument",
+                "invalid_config",
+                "invalid_argument",
+                "internal_error"
+            ]
+        );
+        assert_eq!(
+            envoy_smc_result::from_repr(5),
+            None,
+            "a new code needs a name here"
+        );
+        for unknown in [5, 99, u32::MAX] {
+            assert_eq!(name(unknown), "unknown_result");
+        }
+    }
+
+    #[test]
+    fn the_abi_version_is_the_hash_of_the_header() {
+        let header = include_str!("../../include/envoy_smc.h");
+        assert_eq!(ENVOY_SMC_ABI_VERSION, abi_hash(header));
+        let changed = header.replace("uint32_t reason;", "uint64_t reason;");
+        assert_ne!(header, changed);
+        assert_ne!(abi_hash(header), abi_hash(&changed));
+        assert_eq!(envoy_smc_abi_version(), ENVOY_SMC_ABI_VERSION);
+    }
 }

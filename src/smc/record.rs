@@ -204,12 +204,8 @@ fn install(
     syscall!(dup3(new.as_raw_fd(), fd, flags))?;
     drop(new);
     if let Some(addr) = bound {
-        let (storage, len) = crate::ffi::sockaddr::from_socket_addr(addr);
-        syscall!(bind(
-            fd,
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len
-        ))?;
+        let sa = socket2::SockAddr::from(addr);
+        syscall!(bind(fd, sa.as_ptr().cast(), sa.len()))?;
     }
     Ok(())
 }

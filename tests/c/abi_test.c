@@ -26,7 +26,7 @@ static int failures;
     }                                                                          \
   } while (0)
 
-static const char *GOOD = "mode: AUTO\nmesh_switch: {always_on: true}\n"
+static const char *GOOD = "mode: MODE_AUTO\nmesh_switch: {always_on: true}\n"
                           "opt_in: {all_workloads: true}\nlisteners: {ports: [15006]}\n";
 
 static envoy_smc_runtime *new_runtime(const char *yaml) {
@@ -100,6 +100,10 @@ static void test_names_and_stats(envoy_smc_runtime *rt) {
   CHECK(strcmp(envoy_smc_reason_name(6), "loopback") == 0);
   CHECK(envoy_smc_reason_name(0) == NULL);
   CHECK(envoy_smc_reason_name(9999) == NULL);
+  CHECK(strcmp(envoy_smc_result_name(ENVOY_SMC_OK), "ok") == 0);
+  CHECK(strcmp(envoy_smc_result_name(ENVOY_SMC_INVALID_ARGUMENT), "invalid_argument") == 0);
+  CHECK(strcmp(envoy_smc_result_name(5), "unknown_result") == 0);
+  CHECK(strcmp(envoy_smc_result_name(UINT32_MAX), "unknown_result") == 0);
   CHECK(envoy_smc_stats_snapshot(NULL, NULL, 0) == 0);
   uint64_t two[2] = {77, 77};
   CHECK(envoy_smc_stats_snapshot(rt, two, 1) == n);
