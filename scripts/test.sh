@@ -66,6 +66,8 @@ if [ "$run_vm" = 1 ]; then
   # The VM's second kernel, built from Debian's linux-source-7.3 (10-25 min once, then cached);
   # the bench step's SMC-D part and the *-7.3 steps below boot it.
   step kernel bash tests/vm/build-kernel.sh
+  # The harness's own failure handling: a boot that dies early is retried, a command is not.
+  step vm-harness bash tests/vm/harness-test.sh
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
   step demo bash scripts/demo.sh --check
