@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
-use envoy_smc::config::{self, SmcConfig};
+use envoy_smc::config;
 
 mod skel {
     // The skeleton libbpf-cargo generated from src/bpf/hs_ctrl.bpf.c (build.rs).
@@ -70,26 +70,14 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// From a validated configuration (the same parsers the policy compiles it with).
-    pub fn from_config(c: &SmcConfig) -> Result<Rules, String> {
-        config::validate(c).map_err(|e| e.to_string())?;
-        let up = c.upstream.clone().unwrap_or_default();
-        let cidrs = |l: &[String]| -> Vec<config::Cidr> {
-            l.iter()
-                .filter_map(|s| config::parse_cidr(s).ok())
-                .collect()
-        };
-        let ports = |l: &[String]| -> Vec<config::PortRange> {
-            l.iter()
-                .filter_map(|s| config::parse_port_range(s).ok())
-                .collect()
-        };
-        Ok(Rules {
-            allow: cidrs(&up.allow),
-            deny: cidrs(&up.deny),
-            allow_ports: ports(&up.allow_ports),
-            deny_ports: ports(&up.deny_ports),
-        })
+    /// From the compiled configuration, the one the policy of every entry point consumes.
+    pub fn from_config(c: &config::Config) -> Rules {
+        Rules {
+            allow: c.allow.clone(),
+            deny: c.deny.clone(),
+            allow_ports: c.allow_ports.clone(),
+            deny_ports: c.deny_ports.clone(),
+        }
     }
 }
 
@@ -397,7 +385,7 @@ mod tests {
             "upstream:\n  allow: [\"10.9.0.0/24\"]\n  deny: [\"10.9.0.3/32\"]\n  deny_ports: [\"9999\", \"7000-7010\"]\n",
         )
         .unwrap();
-        let r = Rules::from_config(&c).unwrap();
+        let r = Rules::from_config(&c);
         assert_eq!(r.allow.len(), 1);
         assert_eq!(r.deny, vec![config::parse_cidr("10.9.0.3/32").unwrap()]);
         assert_eq!(r.deny_ports.len(), 2);

@@ -168,10 +168,10 @@ fn run(args: RunArgs) -> Result<(), String> {
         Some(p) => {
             envoy_smc::config::from_file(p).map_err(|e| format!("--config {}: {e}", p.display()))?
         }
-        None => envoy_smc::SmcConfig::default(),
+        None => envoy_smc::config::Config::default(),
     };
-    let rules = hsctrl::Rules::from_config(&smc_config)?;
-    let adaptive = envoy_smc::config::AdaptiveSettings::from_config(&smc_config);
+    let rules = hsctrl::Rules::from_config(&smc_config);
+    let adaptive = smc_config.adaptive;
 
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
