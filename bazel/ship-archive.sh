@@ -43,7 +43,14 @@ defined_globals() {
     sed 's/@.*//' | sort -u
 }
 
-"$ld" -r --whole-archive "$in" -o "$work/combined.o"
+# A release build with split-debuginfo carries the split DWARF (*.dwo) as archive members: they
+# are not objects to link (ld would take them for code with an executable stack) and belong with
+# the debug files, not in what Envoy links. "S": no symbol index (GNU ar would load the LLVM
+# plugin for it, below); ld -r --whole-archive needs none.
+cp "$in" "$work/in.a"
+mapfile -t dwo < <("$ar" t "$in" | grep '\.dwo$' || true)
+[ ${#dwo[@]} -eq 0 ] || "$ar" dS "$work/in.a" "${dwo[@]}"
+"$ld" -r --whole-archive "$work/in.a" -o "$work/combined.o"
 
 # The C ABI: what the crate exports with #[no_mangle]. Taken from the input, so the list follows
 # the header without a copy of it here.

@@ -37,6 +37,7 @@ if [ -z "${IN_VM:-}" ]; then
 fi
 
 # --- in the VM ---
+source scripts/test-lib.sh
 bin=${ENVOY_SMC_BIN_RELEASE:-target/release/envoy-smc}
 work=$(mktemp -d)
 pids=()
@@ -66,7 +67,7 @@ for i in $(seq 1 "$NS"); do
   pids+=($!)
 done
 for i in $(seq 1 "$NS"); do
-  until grep -q ready "$work/esmc-bench-$i.out" 2>/dev/null; do sleep 0.2; done
+  wait_until 120 "namespace esmc-bench-$i to hold its $PER sockets" grep -q ready "$work/esmc-bench-$i.out" || exit 1
 done
 t1=$(date +%s.%N)
 [ -z "${HOST:-}" ] || echo "bench/exporter: on the host (no SMC in its kernel: no sockets, the per-namespace cost only)" >&2
@@ -75,7 +76,7 @@ echo "bench/exporter: $((NS * PER)) SMC listening sockets in $NS namespaces, set
 "$bin" exporter --listen 127.0.0.1:0 --doctor-interval 0 2>"$work/exporter.err" &
 exp=$!
 pids+=("$exp")
-until grep -q "serving http://" "$work/exporter.err"; do sleep 0.2; done
+wait_until 60 "the exporter to serve" grep -q "serving http://" "$work/exporter.err" || exit 1
 url=$(grep -o 'http://[^ ]*/metrics' "$work/exporter.err")
 url=${url%/metrics}
 rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$exp/status")

@@ -30,6 +30,7 @@ if [ "${1:-}" != --in-vm ]; then
 fi
 
 # ---- inside the VM ----
+source "$repo/scripts/test-lib.sh"
 work=${TMPDIR:-/run/tmp}/listener-cost
 mkdir -p "$work"
 cat >"$work/smc.yaml" <<'EOF'
@@ -37,47 +38,10 @@ mode: MODE_AF_SMC
 opt_in: {all_workloads: true}
 listeners: {ports: [15006]}
 EOF
-hcm() {
-  cat <<EOF
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: $1
-          route_config:
-            virtual_hosts:
-            - {name: app, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: app}}]}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-EOF
-}
-{
-  echo 'admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15100}}}'
-  echo 'static_resources:'
-  echo '  listeners:'
-  echo '  - name: smc_listener'
-  echo '    address: {socket_address: {address: 10.9.0.2, port_value: 15006}}'
-  hcm smc
-  echo '  - name: tcp_listener'
-  echo '    address: {socket_address: {address: 10.9.0.2, port_value: 15008}}'
-  hcm tcp
-  # The SMC listener is one socket shared by the workers: compare with a TCP one shared the same way.
-  echo '  - name: tcp_shared_listener'
-  echo '    address: {socket_address: {address: 10.9.0.2, port_value: 15009}}'
-  echo '    enable_reuse_port: false'
-  hcm tcp_shared
-  cat <<'EOF'
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 5s
-    load_assignment:
-      cluster_name: app
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8081}}}}]}]
-EOF
-} >"$work/server.yaml"
+# One Envoy, three listeners to the same app: the SMC listener (shared by the workers), a TCP one
+# per worker (reuse_port), and a TCP one shared the same way as the SMC one.
+python3 "$repo/scripts/envoy-bootstrap.py" inbound-server \
+  listeners=smc:15006,tcp:15008,tcp_shared:15009:shared >"$work/server.yaml"
 
 sleep 100000 | "$GEN/echo" 127.0.0.1 8081 >"$work/echo.log" 2>&1 &
 echo_pid=$!
@@ -86,10 +50,9 @@ ENVOY_SMC_CONFIG=$work/smc.yaml ENVOY_SMC_STATS_FILE=$work/server.prom ENVOY_SMC
   --disable-hot-restart --concurrency 2 --log-level warn >"$work/server.log" 2>&1 &
 envoy_pid=$!
 trap 'kill $envoy_pid $echo_pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  wrk -c1 -t1 -d1s http://10.9.0.2:15006/ >/dev/null 2>&1 && wrk -c1 -t1 -d1s http://10.9.0.2:15008/ >/dev/null 2>&1 && break
-  sleep 0.3
-done
+answers() { curl -s -o /dev/null "http://10.9.0.2:$1/"; }
+wait_until 60 "the Envoy to answer on 10.9.0.2:15006" answers 15006 || exit 1
+wait_until 60 "the Envoy to answer on 10.9.0.2:15008 and :15009" eval 'answers 15008 && answers 15009' || exit 1
 "$repo/target/debug/envoy-smc" status --pid "$envoy_pid" | grep -E "LISTEN|15006|15008" | head -5 || true
 
 cat >"$work/report.lua" <<'EOF'

@@ -284,9 +284,10 @@ def preload_summary(p):
     if not p:
         return None
     state = next((k.split('state="')[1].split('"')[0] for k in p if k.startswith("envoy_smc_preload_info")), "?")
-    tcp = {k.split('reason="')[1].split('"')[0]: int(v) for k, v in p.items() if k.startswith("envoy_smc_tcp_total{") and v}
-    other = {k[len("envoy_smc_"):].removesuffix("_total"): int(v) for k, v in p.items()
-             if k.startswith("envoy_smc_") and "{" not in k and v}
+    # Names as Envoy renders smc.<name> (src/stats: prometheus_name): envoy_smc_tcp_<reason>, ...
+    tcp = {k[len("envoy_smc_tcp_"):]: int(v) for k, v in p.items() if k.startswith("envoy_smc_tcp_") and v}
+    other = {k[len("envoy_smc_"):]: int(v) for k, v in p.items()
+             if k.startswith("envoy_smc_") and not k.startswith("envoy_smc_tcp_") and "{" not in k and v}
     return {"state": state, "tcp_by_reason": tcp, "counters": other}
 
 

@@ -146,77 +146,14 @@ msg "profile $PROFILE; raw results in ${RUN#"$REPO"/}"
 # listener on 127.0.0.1 and a cluster to the server sidecar's inbound listener; the server
 # sidecar's inbound listener (Envoy's default listener settings) and a cluster to the app.
 # Route /close goes to a copy of the cluster with one request per connection (connection rate).
-cluster_yaml() {  # NAME IP PORT MAX_REQUESTS_PER_CONNECTION(0: unlimited)
-  local extra=""
-  [ "$4" = 0 ] || extra=", max_requests_per_connection: $4"
-  cat <<EOF
-  - name: $1
-    type: STATIC
-    connect_timeout: 10s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {idle_timeout: 300s$extra}
-        explicit_http_config: {http_protocol_options: {}}
-    load_assignment:
-      cluster_name: $1
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: $2, port_value: $3}}}}]}]
-EOF
-}
-hcm_yaml() {  # STAT_PREFIX ROUTES...
-  cat <<EOF
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: $1
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-EOF
-  shift
-  local r
-  for r in "$@"; do
-    echo "              - {match: {prefix: \"${r%%=*}\"}, route: {cluster: ${r#*=}, timeout: 30s}}"
-  done
-  cat <<EOF
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-EOF
-}
+# The bootstraps come from scripts/envoy-bootstrap.py (the beds of the tests, bench and demo).
 client_yaml() {  # ADMIN OUTBOUND SERVER_IP INBOUND
-  cat <<EOF
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $1}}
-static_resources:
-  listeners:
-  - name: outbound
-    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
-    filter_chains:
-    - filters:
-$(hcm_yaml outbound /close=server_sidecar_close /=server_sidecar)
-  clusters:
-$(cluster_yaml server_sidecar "$3" "$4" 0)
-$(cluster_yaml server_sidecar_close "$3" "$4" 1)
-EOF
+  python3 "$REPO/scripts/envoy-bootstrap.py" sidecar-client admin="$1" listen="$2" server_ip="$3" \
+    inbound="$4" idle_timeout=300s close_route=true
 }
 server_yaml() {  # ADMIN SERVER_IP INBOUND APP_PORT
-  cat <<EOF
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $1}}
-static_resources:
-  listeners:
-  - name: inbound
-    address: {socket_address: {address: $2, port_value: $3}}
-    filter_chains:
-    - filters:
-$(hcm_yaml inbound /=app)
-  clusters:
-$(cluster_yaml app 127.0.0.1 "$4" 0)
-EOF
+  python3 "$REPO/scripts/envoy-bootstrap.py" sidecar-server admin="$1" server_ip="$2" inbound="$3" \
+    app="$4" idle_timeout=300s
 }
 smc_yaml() {  # MODE INBOUND: the preload test's configuration (every workload, switch always on)
   cat <<EOF

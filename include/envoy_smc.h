@@ -8,11 +8,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define ENVOY_SMC_ABI_VERSION 1
+#define ENVOY_SMC_ABI_VERSION 1038235792u
 
 
 /*
- Result codes. The numbers are never reused.
+ Result codes. The numbers are never reused; `envoy_smc_result_name` names them.
  */
 enum envoy_smc_result
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -55,7 +55,7 @@ enum envoy_smc_tcp_reason
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /*
-   `mode: OFF`.
+   `mode: MODE_OFF`.
    */
   ENVOY_SMC_TCP_REASON_DISABLED = 1,
   /*
@@ -186,6 +186,11 @@ typedef struct {
    */
   uint32_t facts;
   /*
+   The socket's address family and file flags, from `envoy_smc_socket`: `ENVOY_SMC_STATE_*`
+   bits. A caller that changes `O_NONBLOCK` or `FD_CLOEXEC` later updates them.
+   */
+  uint32_t flags;
+  /*
    Non-zero: envoy-smc may still make this socket SMC. Zero: every other call on it is a
    no-op. A plain integer, so any value a caller writes is defined behaviour.
    */
@@ -195,6 +200,36 @@ typedef struct {
    */
   uint32_t reason;
 } envoy_smc_socket_state;
+
+/*
+ A socket option the caller set on a socket (`value`: `len` bytes, as given to setsockopt).
+ */
+typedef struct {
+  int level;
+  int name;
+  const void *value;
+  socklen_t len;
+} envoy_smc_sockopt;
+
+/*
+ What the caller did to a tracked socket since `envoy_smc_socket`, besides what the state
+ records: every option it set successfully (the latest value of each level/name) and the
+ address it bound, if any. A replacement socket is built from it alone (nothing is read back
+ from the old socket), so it must be complete: an option missing here is missing on the
+ replacement. Borrowed for the duration of one call.
+ */
+typedef struct {
+  /*
+   `n_options` entries (NULL when 0).
+   */
+  const envoy_smc_sockopt *options;
+  size_t n_options;
+  /*
+   The address given to a successful bind(), or NULL.
+   */
+  const struct sockaddr *bound;
+  socklen_t bound_len;
+} envoy_smc_socket_record;
 
 /*
  A decision and, after it was carried out, what happened.
@@ -326,65 +361,75 @@ void envoy_smc_note_sockopt(const envoy_smc_runtime *rt,
                             socklen_t optlen);
 
 /*
- Decides, for the bound socket `fd` about to listen, whether it is an SMC listener. Writes the
- verdict to `*out`; changes nothing (see `envoy_smc_apply_listen`). An untracked state gives TCP
- with the state's own reason.
- NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
+ Before listen() on `fd`: decides whether the socket is an SMC listener and carries the
+ verdict out, in one call. SMC: the socket under `fd` becomes an SMC socket built from the
+ state and `record` (same fd number, flags, options and bound address; SMC_LIMIT_HS if asked);
+ TCP: it stays (or becomes) a plain TCP socket. Counts the outcome: call it once per socket.
+ Writes the verdict to `*out` (`replaced`: the socket under the fd changed, register the fd
+ with epoll again where it was; an SMC verdict that could not be carried out is TCP with
+ reason `replace_failed` or `options_not_carried`, and `fd` keeps a working TCP socket). An
+ untracked state: TCP with the state's own reason, nothing done. `record` NULL: no options,
+ not bound. NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; a bad fd or record:
+ ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR. Call it from the thread that
+ owns `fd`.
 
  # Safety
- `state` and `out` must be NULL or valid; `fd` must be open.
+ `state`, `record` and `out` must be NULL or valid; `fd` must be open.
  */
-envoy_smc_result envoy_smc_decide_listen(const envoy_smc_runtime *rt,
-                                         int fd,
-                                         const envoy_smc_socket_state *state,
-                                         envoy_smc_verdict *out);
+envoy_smc_result envoy_smc_on_listen(const envoy_smc_runtime *rt,
+                                     int fd,
+                                     const envoy_smc_socket_state *state,
+                                     const envoy_smc_socket_record *record,
+                                     envoy_smc_verdict *out);
 
 /*
- Decides whether a client socket connecting to `addr` (`addrlen` bytes) uses SMC. Writes the
- verdict to `*out`; changes nothing (see `envoy_smc_apply_connect`). An untracked state gives TCP
- with the state's own reason (e.g. `kernel_lacks_smc`).
- NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; an address that is not IPv4/IPv6:
- ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
+ Before `fd` is duplicated (Envoy's `IoHandle::duplicate`), the last moment its socket can be
+ replaced: the one rule of every entry point -- a bound socket (`record->bound` set) gets its
+ listener decision now, exactly as in `envoy_smc_on_listen` (call nothing more for it); an
+ unbound one stays the TCP socket it is and is not decided: `*out` is TCP with reason 0.
+ Arguments, results and `*out` otherwise as for `envoy_smc_on_listen`.
 
  # Safety
- `addr` must point at `addrlen` readable bytes; `state` and `out` NULL or valid.
+ As for `envoy_smc_on_listen`.
  */
-envoy_smc_result envoy_smc_decide_connect(const envoy_smc_runtime *rt,
-                                          const envoy_smc_socket_state *state,
-                                          const struct sockaddr *addr,
-                                          socklen_t addrlen,
-                                          envoy_smc_verdict *out);
+envoy_smc_result envoy_smc_on_dup(const envoy_smc_runtime *rt,
+                                  int fd,
+                                  const envoy_smc_socket_state *state,
+                                  const envoy_smc_socket_record *record,
+                                  envoy_smc_verdict *out);
 
 /*
- Carries out a listener verdict on `fd` before listen(): SMC → the socket under `fd` becomes an
- SMC socket (same fd number, flags, options and bound address; SMC_LIMIT_HS if asked); TCP → it
- is (or becomes) a plain TCP socket. Counts the outcome: call it exactly once per decision.
- Updates `*verdict` (`replaced`; an SMC verdict that could not be carried out becomes TCP with
- reason replace_failed, and `fd` keeps a working TCP socket). Untracked state: no-op.
- NULL arguments: ENVOY_SMC_NULL_ARGUMENT; a bad fd or verdict: ENVOY_SMC_INVALID_ARGUMENT;
- a panic: ENVOY_SMC_INTERNAL_ERROR.
+ Before connect() on `fd` to `addr` (`addrlen` bytes): decides, carries out and watches, in
+ one call. SMC: the socket under `fd` becomes an SMC socket built from the state and `record`
+ (`replaced` is then true: register the fd with epoll again), and the connect is watched for
+ a path that drops SMC's SYNs (adaptive fallback). TCP: a plain TCP socket is left as it is
+ (no system call), an SMC one gets the kernel's fallback switch. `cookie` NULL: watched
+ without a rescue; non-NULL: for a caller that installed a rescuer, watched with `token`
+ (the rescuer is then called exactly once with it) and `*cookie` is the socket's cookie for
+ `envoy_smc_rescue_connect`, or 0 when the connect is not watched (TCP, adaptive fallback off:
+ the rescuer is never called for it). Counts the outcome: call it once per socket. `*out`,
+ the untracked case, `record` and the results as for `envoy_smc_on_listen`; an address that is
+ not IPv4/IPv6: ENVOY_SMC_INVALID_ARGUMENT. `before_replace` (may be NULL) is called with
+ `ctx` on this thread only when the socket is about to be replaced, while the old socket is
+ still under `fd` (the shim drops its epoll registration there); returning false keeps the
+ socket as it is, uncounted (the verdict written is then TCP `replace_failed`).
 
  # Safety
- `state` and `verdict` must be NULL or valid; `fd` must be open.
+ `addr` must point at `addrlen` readable bytes; `state`, `record`, `cookie` and `out` NULL or
+ valid; `fd` must be open; `before_replace` must be safe to call with `ctx` and must not
+ unwind.
  */
-envoy_smc_result envoy_smc_apply_listen(const envoy_smc_runtime *rt,
-                                        int fd,
-                                        const envoy_smc_socket_state *state,
-                                        envoy_smc_verdict *verdict);
-
-/*
- Carries out a client verdict on `fd` before connect(): SMC → the socket under `fd` becomes an
- SMC socket (`replaced` is then true: the old socket's epoll registration is gone, register the
- fd again); TCP → an SMC socket gets the kernel's fallback switch, a TCP socket stays as it is.
- Counting, `*verdict` updates and errors as for `envoy_smc_apply_listen`.
-
- # Safety
- As for `envoy_smc_apply_listen`.
- */
-envoy_smc_result envoy_smc_apply_connect(const envoy_smc_runtime *rt,
-                                         int fd,
-                                         const envoy_smc_socket_state *state,
-                                         envoy_smc_verdict *verdict);
+envoy_smc_result envoy_smc_on_connect(const envoy_smc_runtime *rt,
+                                      int fd,
+                                      const envoy_smc_socket_state *state,
+                                      const envoy_smc_socket_record *record,
+                                      const struct sockaddr *addr,
+                                      socklen_t addrlen,
+                                      bool (*before_replace)(void *ctx),
+                                      void *ctx,
+                                      uint64_t token,
+                                      uint64_t *cookie,
+                                      envoy_smc_verdict *out);
 
 /*
  After `bind()` of the socket `fd` (described by `state`) to `addr` (`addrlen` bytes) failed with
@@ -409,33 +454,9 @@ envoy_smc_result envoy_smc_join_shared_listener(const envoy_smc_runtime *rt,
                                                 bool *joined);
 
 /*
- Decide and apply in one call, before listen(). See the two functions it combines.
-
- # Safety
- As for `envoy_smc_apply_listen`.
- */
-envoy_smc_result envoy_smc_before_listen(const envoy_smc_runtime *rt,
-                                         int fd,
-                                         const envoy_smc_socket_state *state,
-                                         envoy_smc_verdict *out);
-
-/*
- Decide and apply in one call, before connect(). See the two functions it combines.
-
- # Safety
- As for `envoy_smc_decide_connect` and `envoy_smc_apply_connect`.
- */
-envoy_smc_result envoy_smc_before_connect(const envoy_smc_runtime *rt,
-                                          int fd,
-                                          const envoy_smc_socket_state *state,
-                                          const struct sockaddr *addr,
-                                          socklen_t addrlen,
-                                          envoy_smc_verdict *out);
-
-/*
  Watches an SMC socket that is about to connect to `addr` (adaptive fallback: a path that
- drops SMC's SYNs is detected and later connections to it use TCP). Call it after
- `envoy_smc_apply_connect` made the socket SMC; `envoy_smc_before_connect` does so itself.
+ drops SMC's SYNs is detected and later connections to it use TCP), for a caller that made the
+ socket SMC itself (`envoy_smc_on_connect` watches the sockets it makes SMC).
  NULL arguments, a non-IP address or a panic: no-op.
 
  # Safety
@@ -460,6 +481,13 @@ size_t envoy_smc_stats_snapshot(const envoy_smc_runtime *rt, uint64_t *out, size
  NULL past the last counter.
  */
 const char *envoy_smc_counter_name(size_t index);
+
+/*
+ The name of a result code (e.g. 2 → "invalid_config"), a static NUL-terminated string; never
+ free it. A number that is no result code gives "unknown_result"; never NULL. Safe from any
+ thread.
+ */
+const char *envoy_smc_result_name(uint32_t result);
 
 /*
  The name of a TCP reason code (e.g. 6 → "loopback"), a static string; NULL for unknown codes.

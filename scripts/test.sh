@@ -67,6 +67,8 @@ if [ "$run_vm" = 1 ]; then
   # The VM's second kernel, built from Debian's linux-source-7.3 (10-25 min once, then cached);
   # the bench step's SMC-D part and the *-7.3 steps below boot it.
   step kernel bash tests/vm/build-kernel.sh
+  # The harness's own failure handling: a boot that dies early is retried, a command is not.
+  step vm-harness bash tests/vm/harness-test.sh
   step vm bash tests/vm/suite.sh
   # The demo, asserting what it shows (and the patched configs on Envoys without envoy-smc).
   step demo bash scripts/demo.sh --check
@@ -85,6 +87,9 @@ if [ "$run_vm" = 1 ]; then
   step live-switch bash tests/vm/live-switch.sh
   # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (90-200 s with the boot).
   step agent bash tests/vm/agent-e2e.sh
+  # The agent's per-destination decisions with smc_hs_ctrl on the 7.3 kernel: a denied CIDR and
+  # port never get TCP option 254, a black-holed destination is held on TCP (about 100 s).
+  step agent-hsctrl bash tests/vm/agent-hsctrl.sh --no-build
 fi
 
 echo

@@ -4,7 +4,9 @@
 //! cgroups create into IPPROTO_SMC; this agent decides which cgroups (the proxy-uid processes
 //! of pods annotated `smc.asm.alibabacloud.com/enabled: "true"`) and follows pods as they come
 //! and go. No custom proxy image, no LD_PRELOAD, no envoy-smc code in the proxy.
+mod blackhole;
 mod bpf;
+mod hsctrl;
 mod node;
 mod select;
 mod state;
@@ -82,6 +84,15 @@ struct RunArgs {
     /// Where the agent publishes what it selected (JSON, rewritten after every change).
     #[arg(long, default_value = state::DEFAULT_STATE_FILE)]
     state_file: PathBuf,
+    /// The envoy-smc configuration (the file the other entry points read): its upstream
+    /// allow/deny CIDRs and ports and its adaptive-fallback settings are applied per
+    /// destination where the kernel has smc_hs_ctrl. Default: nothing denied, default
+    /// adaptive fallback.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Per-destination decisions with smc_hs_ctrl: `auto` (where the kernel has it) or `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    hs_ctrl: String,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -154,6 +165,13 @@ fn run(args: RunArgs) -> Result<(), String> {
     sel.annotation = args.annotation;
     sel.annotations_path = args.annotations_path;
     let publisher = state::Publisher::new(args.state_file)?;
+    let smc_config = match &args.config {
+        Some(p) => envoy_smc_core::config::from_file(p)
+            .map_err(|e| format!("--config {}: {e}", p.display()))?,
+        None => envoy_smc_core::config::Config::default(),
+    };
+    let rules = hsctrl::Rules::from_config(&smc_config);
+    let adaptive = smc_config.adaptive;
 
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -169,6 +187,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         sel.cgroup_root.display(),
         sel.ns_root
     );
+    let mut per_dest = PerDestination::start(&args.hs_ctrl, &sel.proc, &rules, adaptive)?;
     let interval = Duration::from_secs_f64(args.interval);
     let mut last_pods = String::new();
     while !STOP.load(Ordering::Relaxed) {
@@ -176,7 +195,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         let scan = select::scan(&sel).map_err(|e| format!("{}: {e}", sel.proc.display()))?;
         reconcile(&converter, &scan)?;
         let counts = converter.selected()?;
-        let published = state::State::new(&sel, &scan, &counts);
+        let mut published = state::State::new(&sel, &scan, &counts);
+        published.per_destination = per_dest.round(&sel.proc, &scan);
         // Log selection changes (not every count change).
         let pods = published.selection_summary();
         if pods != last_pods {
@@ -188,7 +208,9 @@ fn run(args: RunArgs) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }
     }
-    // Dropping the converter detaches the program: new sockets are plain TCP from here on.
+    // Each namespace gets its hs_ctrl value back and the struct_ops is unregistered; then
+    // dropping the converter detaches the program: new sockets are plain TCP from here on.
+    drop(per_dest);
     drop(converter);
     publisher.remove();
     eprintln!("envoy-smc-agent: detached; new sockets are plain TCP");
@@ -207,4 +229,103 @@ fn reconcile(converter: &bpf::Converter, scan: &select::Scan) -> Result<(), Stri
         converter.select(*id)?;
     }
     Ok(())
+}
+
+/// Per-destination decisions (smc_hs_ctrl) and the black-hole watch, where the kernel allows.
+enum PerDestination {
+    Active(Box<Decider>),
+    /// Why not (kernel without smc_hs_ctrl, or --hs-ctrl off).
+    Unavailable(String),
+}
+
+/// The registered struct_ops and its black-hole watch.
+struct Decider {
+    hs: hsctrl::HsCtrl,
+    watcher: blackhole::Watcher,
+    /// adaptive_fallback is not disabled.
+    watch: bool,
+    /// Namespaces where the struct_ops could not be selected last round (logged on change).
+    not_selected: std::collections::BTreeMap<u64, String>,
+}
+
+impl PerDestination {
+    fn start(
+        mode: &str,
+        proc: &std::path::Path,
+        rules: &hsctrl::Rules,
+        adaptive: envoy_smc_core::config::AdaptiveSettings,
+    ) -> Result<PerDestination, String> {
+        if mode == "off" {
+            return Ok(PerDestination::Unavailable("off (--hs-ctrl off)".into()));
+        }
+        if !hsctrl::kernel_has_hs_ctrl() {
+            let why = "this kernel has no smc_hs_ctrl (Linux 6.19+, CONFIG_SMC_HS_CTRL_BPF): \
+                       no per-destination decisions, no black-hole rescue";
+            eprintln!("envoy-smc-agent: {why}");
+            return Ok(PerDestination::Unavailable(why.into()));
+        }
+        // A name of this process's own: a registration left by an agent that died stays in
+        // the kernel (the struct_ops cannot be held by a link) and keeps its name.
+        let name = format!("envoy_smc{:x}", std::process::id());
+        let hs = hsctrl::HsCtrl::register(&name, proc.to_path_buf())?;
+        hs.set_rules(rules)?;
+        eprintln!(
+            "envoy-smc-agent: smc_hs_ctrl {name:?} registered: {} denied and {} allowed CIDRs, {} denied and {} allowed port ranges; black-hole watch {}",
+            rules.deny.len(),
+            rules.allow.len(),
+            rules.deny_ports.len(),
+            rules.allow_ports.len(),
+            if adaptive.enabled { "on" } else { "off (adaptive_fallback.disabled)" }
+        );
+        Ok(PerDestination::Active(Box::new(Decider {
+            hs,
+            watcher: blackhole::Watcher::new(adaptive),
+            watch: adaptive.enabled,
+            not_selected: Default::default(),
+        })))
+    }
+
+    /// Selects the struct_ops in the selected pods' namespaces, watches them for black holes,
+    /// and says where things stand.
+    fn round(&mut self, proc: &std::path::Path, scan: &select::Scan) -> state::PerDestination {
+        let d = match self {
+            PerDestination::Unavailable(why) => {
+                return state::PerDestination {
+                    unavailable: why.clone(),
+                    ..Default::default()
+                }
+            }
+            PerDestination::Active(d) => d,
+        };
+        // One pid per namespace of the selected pods.
+        let mut namespaces = std::collections::BTreeMap::new();
+        for pod in scan.pods.values().filter(|p| p.opted_in) {
+            if let Some(&pid) = pod.pids.first() {
+                if let Some(ns) = hsctrl::netns_of(proc, pid) {
+                    namespaces.entry(ns).or_insert(pid);
+                }
+            }
+        }
+        let not_selected = d.hs.select_in(&namespaces);
+        for (ns, e) in &not_selected {
+            if !d.not_selected.contains_key(ns) {
+                eprintln!("envoy-smc-agent: smc_hs_ctrl not selected in net:[{ns}]: {e}");
+            }
+        }
+        d.not_selected = not_selected;
+        namespaces.retain(|ns, _| !d.not_selected.contains_key(ns));
+        if d.watch {
+            for e in d.watcher.round(&d.hs, proc, &namespaces) {
+                eprintln!("envoy-smc-agent: {e}");
+            }
+        }
+        state::PerDestination {
+            hs_ctrl: d.hs.name().to_string(),
+            namespaces: d.hs.namespaces(),
+            not_selected: d.not_selected.clone(),
+            decisions: d.hs.decisions(),
+            held: d.watcher.held(),
+            unavailable: String::new(),
+        }
+    }
 }

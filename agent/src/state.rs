@@ -20,6 +20,32 @@ pub struct State {
     pub not_selected: Vec<PodState>,
     /// Proxy-uid processes that are not in a pod's cgroup.
     pub skipped: Vec<crate::select::Skipped>,
+    /// Per-destination decisions (smc_hs_ctrl) and black holes.
+    #[serde(default)]
+    pub per_destination: PerDestination,
+}
+
+/// Where the smc_hs_ctrl struct_ops stands.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct PerDestination {
+    /// The registered struct_ops' name (what net.smc.hs_ctrl reads where it is selected).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hs_ctrl: String,
+    /// Network namespaces (inodes) where it is selected.
+    #[serde(default)]
+    pub namespaces: Vec<u64>,
+    /// Selected pods' namespaces where it could not be selected, and why.
+    #[serde(default)]
+    pub not_selected: BTreeMap<u64, String>,
+    /// The BPF program's decisions so far, by outcome (`offered`, `denied_address`, ...).
+    #[serde(default)]
+    pub decisions: BTreeMap<String, u64>,
+    /// Destinations held on TCP after a proven black hole.
+    #[serde(default)]
+    pub held: Vec<crate::blackhole::Held>,
+    /// Why there are no per-destination decisions on this node (empty when there are).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unavailable: String,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -55,6 +81,7 @@ impl State {
                 .map(pod)
                 .collect(),
             skipped: scan.skipped.clone(),
+            per_destination: PerDestination::default(),
         }
     }
 
@@ -171,6 +198,31 @@ pub fn show(path: &std::path::Path, json: bool) -> Result<(), String> {
             "{:<12} pid {:<56} {:>10} {:>9}  {}",
             "skipped", s.pid, "-", "-", s.reason
         );
+    }
+    let pd = &st.per_destination;
+    if !pd.unavailable.is_empty() {
+        println!("per destination: {}", pd.unavailable);
+    } else if !pd.hs_ctrl.is_empty() {
+        let decisions: Vec<String> = pd
+            .decisions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "per destination: smc_hs_ctrl {:?} selected in {} network namespace(s); SYN decisions: {}",
+            pd.hs_ctrl,
+            pd.namespaces.len(),
+            decisions.join(", ")
+        );
+        for (ns, why) in &pd.not_selected {
+            println!("  not selected in net:[{ns}]: {why}");
+        }
+        for h in &pd.held {
+            println!(
+                "  held on TCP (black hole): {} for {:.0} s, {:.0} s left",
+                h.destination, h.hold_down_s, h.remaining_s
+            );
+        }
     }
     Ok(())
 }

@@ -49,6 +49,9 @@ Api::SysCallIntResult SmcIoHandle::bind(Address::InstanceConstSharedPtr address)
     source_ = address;
   }
   const Api::SysCallIntResult result = IoSocketHandleImpl::bind(address);
+  if (!decided_ && result.return_value_ == 0) {
+    bound_ = address;
+  }
   // A listener update's new socket on the address of this process's shared AF_SMC listener
   // (Envoy's default enable_reuse_port in AF_SMC mode) cannot bind beside it: it takes the
   // listener over instead, so the update is not rejected and no connection is lost.
@@ -72,51 +75,86 @@ Api::SysCallIntResult SmcIoHandle::setOption(int level, int optname, const void*
   // An option the kernel refused is not on the socket; Envoy fails the socket for it anyway.
   if (!decided_ && result.return_value_ == 0) {
     runtime_->noteSockopt(&state_, level, optname, optval, optlen);
+    // Recorded (latest value wins) so that a replacement carries it without reading it back.
+    std::string value(static_cast<const char*>(optval), optval != nullptr ? optlen : 0);
+    bool found = false;
+    for (auto& o : options_) {
+      if (o.level == level && o.name == optname) {
+        o.value = value;
+        found = true;
+      }
+    }
+    if (!found) {
+      options_.push_back({level, optname, std::move(value)});
+    }
   }
   return result;
 }
 
 Api::SysCallIntResult SmcIoHandle::listen(int backlog) {
-  decideListener();
+  decideListener(false);
   return IoSocketHandleImpl::listen(backlog);
 }
 
 IoHandlePtr SmcIoHandle::duplicate() {
   // The duplicate shares this open file. Replacing the socket afterwards would leave the
-  // duplicates on the old one, so the listener is decided before it is shared.
-  decideListener();
+  // duplicates on the old one, so it is settled before it is shared: the library's one rule
+  // (a bound socket gets its listener decision, an unbound one stays TCP).
+  decideListener(true);
   return IoSocketHandleImpl::duplicate();
+}
+
+envoy_smc_socket_record SmcIoHandle::record() const {
+  envoy_smc_socket_record r{};
+  r.options = option_views_.empty() ? nullptr : option_views_.data();
+  r.n_options = option_views_.size();
+  if (bound_ != nullptr && bound_->type() == Address::Type::Ip && bound_->sockAddr() != nullptr) {
+    r.bound = bound_->sockAddr();
+    r.bound_len = bound_->sockAddrLen();
+  }
+  return r;
 }
 
 Api::SysCallIntResult SmcIoHandle::connect(Address::InstanceConstSharedPtr address) {
   if (!decided_) {
     decided_ = true;
     envoy_smc_verdict verdict{};
-    if (!activated_ && address->type() == Address::Type::Ip && address->sockAddr() != nullptr &&
-        runtime_->decideConnect(state_, address->sockAddr(), address->sockAddrLen(), &verdict)) {
-      carryOut(verdict, false);
-      if (verdict_.kind != ENVOY_SMC_KIND_TCP) {
-        watch(address);
+    if (!activated_ && address->type() == Address::Type::Ip && address->sockAddr() != nullptr) {
+      option_views_.clear();
+      for (const auto& o : options_) {
+        option_views_.push_back({o.level, o.name, o.value.data(),
+                                 static_cast<socklen_t>(o.value.size())});
+      }
+      // Rescuable only with a file event to make again; without one, later connections are
+      // still kept on TCP once the destination is proven black-holed.
+      std::shared_ptr<ConnectRescue> rescue;
+      if (file_event_ != nullptr && dispatcher_ != nullptr && cb_) {
+        rescue = std::make_shared<ConnectRescue>(*dispatcher_, *this);
+      }
+      const bool had_event = file_event_ != nullptr;
+      uint64_t cookie = 0;
+      const bool applied =
+          runtime_->onConnect(fd_, state_, record(), address->sockAddr(), address->sockAddrLen(),
+                              &SmcIoHandle::beforeReplace, this, rescue, &cookie, &verdict);
+      afterVerdict(verdict, had_event, applied, false);
+      if (cookie != 0) {
+        rescue_ = std::move(rescue);
+        cookie_ = cookie;
+        remote_ = address;
+        source_ = bound_;
       }
     }
+    options_.clear();
+    option_views_.clear();
   }
   return IoSocketHandleImpl::connect(std::move(address));
 }
 
-void SmcIoHandle::watch(const Address::InstanceConstSharedPtr& address) {
-  // Rescuable only with a file event to make again; without one, later connections are still
-  // kept on TCP once the destination is proven black-holed.
-  if (file_event_ == nullptr || dispatcher_ == nullptr || !cb_) {
-    runtime_->watchConnect(fd_, address->sockAddr(), address->sockAddrLen());
-    return;
-  }
-  auto rescue = std::make_shared<ConnectRescue>(*dispatcher_, *this);
-  cookie_ = runtime_->watchRescuableConnect(fd_, address->sockAddr(), address->sockAddrLen(),
-                                            rescue);
-  if (cookie_ != 0) {
-    rescue_ = std::move(rescue);
-    remote_ = address;
-  }
+bool SmcIoHandle::beforeReplace(void* self) {
+  // Drop the epoll registration while the old socket still exists: once it is replaced, the
+  // registration is gone with it and removing it would hit the new socket instead.
+  static_cast<SmcIoHandle*>(self)->file_event_.reset();
+  return true;
 }
 
 void SmcIoHandle::rescueConnect() {
@@ -144,28 +182,30 @@ void SmcIoHandle::rescueConnect() {
   }
 }
 
-void SmcIoHandle::decideListener() {
+void SmcIoHandle::decideListener(bool duplicate) {
   if (decided_) {
     return;
   }
   decided_ = true;
-  envoy_smc_verdict verdict{};
-  if (runtime_->decideListen(fd_, state_, &verdict)) {
-    carryOut(verdict, true);
+  option_views_.clear();
+  for (const auto& o : options_) {
+    option_views_.push_back(
+        {o.level, o.name, o.value.data(), static_cast<socklen_t>(o.value.size())});
   }
+  const bool had_event = file_event_ != nullptr;
+  envoy_smc_verdict verdict{};
+  const bool applied = duplicate ? runtime_->onDup(fd_, state_, record(), &verdict)
+                                 : runtime_->onListen(fd_, state_, record(), &verdict);
+  afterVerdict(verdict, had_event, applied, true);
+  options_.clear();
+  option_views_.clear();
 }
 
-void SmcIoHandle::carryOut(envoy_smc_verdict verdict, bool listener) {
-  // Drop the epoll registration while the old socket still exists: once it is replaced, the
-  // registration is gone with it and removing it would hit the new socket instead.
-  const bool had_event = file_event_ != nullptr;
-  const bool re_register = had_event && verdict.kind != ENVOY_SMC_KIND_TCP;
-  if (re_register) {
-    file_event_.reset();
-  }
-  const bool applied = listener ? runtime_->applyListen(fd_, state_, &verdict)
-                                : runtime_->applyConnect(fd_, state_, &verdict);
-  if (had_event && (re_register || verdict.replaced)) {
+void SmcIoHandle::afterVerdict(const envoy_smc_verdict& verdict, bool had_event, bool applied,
+                               bool listener) {
+  // A listener has no file event before listen(); a replaced client socket had its event dropped
+  // by beforeReplace. Either way, a new open file needs the event made again.
+  if (had_event && (verdict.replaced || file_event_ == nullptr)) {
     file_event_.reset();
     IoSocketHandleImpl::initializeFileEvent(*dispatcher_, cb_, trigger_, events_);
   }
@@ -175,7 +215,7 @@ void SmcIoHandle::carryOut(envoy_smc_verdict verdict, bool listener) {
     cb_ = nullptr;
   }
   if (!applied) {
-    ENVOY_LOG_MISC(warn, "envoy-smc: could not carry out the {} verdict on fd {}; it stays TCP",
+    ENVOY_LOG_MISC(warn, "envoy-smc: could not decide the {} on fd {}; it stays TCP",
                    listener ? "listener" : "client", fd_);
   }
 }

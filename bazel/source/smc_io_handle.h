@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "envoy/event/dispatcher.h"
 #include "envoy/network/io_handle.h"
@@ -75,14 +77,30 @@ public:
   void rescueConnect();
 
 private:
-  void decideListener();
-  void carryOut(envoy_smc_verdict verdict, bool listener);
-  void watch(const Address::InstanceConstSharedPtr& address);
+  // An option Envoy set on the undecided socket, for a replacement.
+  struct RecordedOption {
+    int level;
+    int name;
+    std::string value;
+  };
+  // The options and the bound address, as the library's record of this socket (valid while
+  // options_ and bound_ are unchanged).
+  envoy_smc_socket_record record() const;
+  void decideListener(bool duplicate);
+  // After a verdict was carried out: makes the file event again on a replaced socket.
+  void afterVerdict(const envoy_smc_verdict& verdict, bool had_event, bool applied,
+                    bool listener);
+  // Called by the library right before it replaces the socket of a connect.
+  static bool beforeReplace(void* self);
 
   const RuntimeSharedPtr runtime_;
   envoy_smc_socket_state state_;
   bool decided_{false};
   envoy_smc_verdict verdict_{};
+  // Until the decision: what Envoy set and bound, the whole record a replacement is built from.
+  std::vector<RecordedOption> options_;
+  std::vector<envoy_smc_sockopt> option_views_;
+  Address::InstanceConstSharedPtr bound_;
 
   // What Envoy asked of the file event, kept until the decision: a replaced socket is a new
   // open file, which epoll does not know, so the event has to be created again the same way.

@@ -7,26 +7,6 @@ namespace Envoy {
 namespace Network {
 namespace Smc {
 
-namespace {
-
-std::string resultName(envoy_smc_result result) {
-  switch (result) {
-  case ENVOY_SMC_OK:
-    return "ok";
-  case ENVOY_SMC_NULL_ARGUMENT:
-    return "null argument";
-  case ENVOY_SMC_INVALID_CONFIG:
-    return "invalid configuration";
-  case ENVOY_SMC_INVALID_ARGUMENT:
-    return "invalid argument";
-  case ENVOY_SMC_INTERNAL_ERROR:
-    return "internal error";
-  }
-  return "result " + std::to_string(static_cast<uint32_t>(result));
-}
-
-} // namespace
-
 bool Runtime::abiMatches(std::string* error) {
   // A library built for another ABI would read our structs with another layout: refuse to start
   // rather than misread every socket decision.
@@ -94,24 +74,31 @@ void Runtime::noteSockopt(envoy_smc_socket_state* state, int level, int name, co
   envoy_smc_note_sockopt(runtime_, state, level, name, value, len);
 }
 
-bool Runtime::decideListen(int fd, const envoy_smc_socket_state& state,
-                           envoy_smc_verdict* out) const {
-  return envoy_smc_decide_listen(runtime_, fd, &state, out) == ENVOY_SMC_OK;
+bool Runtime::onListen(int fd, const envoy_smc_socket_state& state,
+                       const envoy_smc_socket_record& record, envoy_smc_verdict* out) const {
+  return envoy_smc_on_listen(runtime_, fd, &state, &record, out) == ENVOY_SMC_OK;
 }
 
-bool Runtime::decideConnect(const envoy_smc_socket_state& state, const sockaddr* addr,
-                            socklen_t addrlen, envoy_smc_verdict* out) const {
-  return envoy_smc_decide_connect(runtime_, &state, addr, addrlen, out) == ENVOY_SMC_OK;
+bool Runtime::onDup(int fd, const envoy_smc_socket_state& state,
+                    const envoy_smc_socket_record& record, envoy_smc_verdict* out) const {
+  return envoy_smc_on_dup(runtime_, fd, &state, &record, out) == ENVOY_SMC_OK;
 }
 
-bool Runtime::applyListen(int fd, const envoy_smc_socket_state& state,
-                          envoy_smc_verdict* verdict) const {
-  return envoy_smc_apply_listen(runtime_, fd, &state, verdict) == ENVOY_SMC_OK;
-}
-
-bool Runtime::applyConnect(int fd, const envoy_smc_socket_state& state,
-                           envoy_smc_verdict* verdict) const {
-  return envoy_smc_apply_connect(runtime_, fd, &state, verdict) == ENVOY_SMC_OK;
+bool Runtime::onConnect(int fd, const envoy_smc_socket_state& state,
+                        const envoy_smc_socket_record& record, const sockaddr* addr,
+                        socklen_t addrlen, bool (*before_replace)(void*), void* ctx,
+                        RescueTicketSharedPtr ticket, uint64_t* cookie,
+                        envoy_smc_verdict* out) const {
+  // The token is a heap copy of the ticket, owned by the library until onRescue takes it back.
+  auto* held = ticket != nullptr ? new RescueTicketSharedPtr(std::move(ticket)) : nullptr;
+  *cookie = 0;
+  const bool ok = envoy_smc_on_connect(runtime_, fd, &state, &record, addr, addrlen,
+                                       before_replace, ctx, reinterpret_cast<uintptr_t>(held),
+                                       held != nullptr ? cookie : nullptr, out) == ENVOY_SMC_OK;
+  if (held != nullptr && *cookie == 0) {
+    delete held; // not watched: the library never calls the rescuer with it
+  }
+  return ok;
 }
 
 bool Runtime::joinSharedListener(int fd, const envoy_smc_socket_state& state,
@@ -120,23 +107,6 @@ bool Runtime::joinSharedListener(int fd, const envoy_smc_socket_state& state,
   return envoy_smc_join_shared_listener(runtime_, fd, &state, addr, addrlen, &joined) ==
              ENVOY_SMC_OK &&
          joined;
-}
-
-void Runtime::watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const {
-  envoy_smc_watch_connect(runtime_, fd, addr, addrlen);
-}
-
-uint64_t Runtime::watchRescuableConnect(int fd, const sockaddr* addr, socklen_t addrlen,
-                                        RescueTicketSharedPtr ticket) const {
-  // The token is a heap copy of the ticket, owned by the library until onRescue takes it back.
-  auto* held = new RescueTicketSharedPtr(std::move(ticket));
-  uint64_t cookie = 0;
-  if (!envoy_smc_watch_connect_rescuable(runtime_, fd, addr, addrlen,
-                                         reinterpret_cast<uintptr_t>(held), &cookie)) {
-    delete held;
-    return 0;
-  }
-  return cookie;
 }
 
 bool Runtime::rescueConnect(int fd, uint64_t cookie, const sockaddr* addr, socklen_t addrlen,
@@ -173,6 +143,11 @@ std::vector<std::string> Runtime::counterNames() {
     }
     names.emplace_back(name);
   }
+}
+
+std::string Runtime::resultName(envoy_smc_result result) {
+  // The library names every code, unknown ones included ("unknown_result"), never NULL.
+  return envoy_smc_result_name(static_cast<uint32_t>(result));
 }
 
 std::string Runtime::reasonName(uint32_t reason) {

@@ -53,26 +53,27 @@ public:
   void noteSockopt(envoy_smc_socket_state* state, int level, int name, const void* value,
                    socklen_t len) const;
 
-  // False when the library could not decide (a bug caught at its boundary, an address it cannot
-  // read): the socket then stays what it is, plain TCP.
-  bool decideListen(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* out) const;
-  bool decideConnect(const envoy_smc_socket_state& state, const sockaddr* addr,
-                     socklen_t addrlen, envoy_smc_verdict* out) const;
-  // Carries a verdict out on fd and counts it; updates *verdict with what happened.
-  bool applyListen(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
-  bool applyConnect(int fd, const envoy_smc_socket_state& state, envoy_smc_verdict* verdict) const;
+  // One call per event: decide, carry out (a replacement socket is built from `record`, nothing
+  // is read back) and count. False when the library could not decide (a bug caught at its
+  // boundary, an address it cannot read): the socket then stays what it is, plain TCP.
+  bool onListen(int fd, const envoy_smc_socket_state& state, const envoy_smc_socket_record& record,
+                envoy_smc_verdict* out) const;
+  // Before a duplicate: a bound socket gets its listener decision, an unbound one stays TCP
+  // undecided (out->reason 0).
+  bool onDup(int fd, const envoy_smc_socket_state& state, const envoy_smc_socket_record& record,
+             envoy_smc_verdict* out) const;
+  // Before connect: also watches an SMC connect (adaptive fallback); with a ticket, as one that
+  // can be rescued in flight (*cookie: for rescueConnect; 0 when not watched, and the ticket is
+  // then never called). `before_replace(ctx)` runs only right before the socket is replaced.
+  bool onConnect(int fd, const envoy_smc_socket_state& state, const envoy_smc_socket_record& record,
+                 const sockaddr* addr, socklen_t addrlen, bool (*before_replace)(void*),
+                 void* ctx, RescueTicketSharedPtr ticket, uint64_t* cookie,
+                 envoy_smc_verdict* out) const;
   // After bind(fd, addr) failed with EADDRINUSE: true when the library put this process's shared
   // AF_SMC listener at addr under fd (a listener update's new socket taking the listener over);
   // the bind is then done and the fd listens already.
   bool joinSharedListener(int fd, const envoy_smc_socket_state& state, const sockaddr* addr,
                           socklen_t addrlen) const;
-  // Adaptive fallback: watch an SMC socket about to connect, so a path that drops SMC's SYNs is
-  // detected and later connections to it stay TCP.
-  void watchConnect(int fd, const sockaddr* addr, socklen_t addrlen) const;
-  // The same, for a connect that can be rescued in flight: returns the socket's cookie (for
-  // rescueConnect), or 0 when the connect is not watched (the ticket is then never called).
-  uint64_t watchRescuableConnect(int fd, const sockaddr* addr, socklen_t addrlen,
-                                 RescueTicketSharedPtr ticket) const;
   // On the thread that owns fd, after its file event was dropped: puts a TCP socket connecting
   // to addr (from source's IP when given) under fd. False: nothing changed.
   bool rescueConnect(int fd, uint64_t cookie, const sockaddr* addr, socklen_t addrlen,
@@ -82,6 +83,8 @@ public:
   std::vector<uint64_t> counters() const;
   static std::vector<std::string> counterNames();
   static std::string reasonName(uint32_t reason);
+  // The library's name of a result code ("invalid_config"; "unknown_result" for no code).
+  static std::string resultName(envoy_smc_result result);
   static std::string version();
 
 private:

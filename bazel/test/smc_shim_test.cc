@@ -287,6 +287,16 @@ TEST(SmcShim, BadConfigThrowsEnvoyExceptionWithLibraryMessage) {
   ASSERT_TRUE(threw);
 }
 
+TEST(SmcShim, ResultNamesComeFromTheLibrary) {
+  using Network::Smc::Runtime;
+  ASSERT_EQ(Runtime::resultName(ENVOY_SMC_OK), "ok");
+  ASSERT_EQ(Runtime::resultName(ENVOY_SMC_INVALID_CONFIG), "invalid_config");
+  ASSERT_EQ(Runtime::resultName(ENVOY_SMC_INTERNAL_ERROR), "internal_error");
+  // A code the library does not know has a name too, not NULL.
+  ASSERT_EQ(Runtime::resultName(static_cast<envoy_smc_result>(4242)), "unknown_result");
+  ASSERT_EQ(std::string(envoy_smc_result_name(UINT32_MAX)), "unknown_result");
+}
+
 TEST(SmcShim, NodeAnnotationsReadFromMetadata) {
   envoy::config::core::v3::Node node;
   auto& fields = *node.mutable_metadata()->mutable_fields();

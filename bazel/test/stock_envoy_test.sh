@@ -4,7 +4,8 @@
 # configuration, and the shipped fragment cannot be validated without envoy-smc compiled in
 # (Envoy rejects the unknown typed_config type, before any extension code runs). The rest (bytes
 # through the extension, smc.* counters, our error message, validate passing) needs an Envoy
-# built with envoy-smc. Prints "N passed, N failed" last.
+# built with envoy-smc. Also: every bootstrap scripts/envoy-bootstrap.py writes for the tests, the
+# bench and the demo passes `envoy --mode validate`. Prints "N passed, N failed" last.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -43,6 +44,32 @@ if [ "$rc" != 0 ] && grep -q "could not find @type 'type.googleapis.com/envoy_sm
   passed=$((passed + 1))
 else
   echo "FAIL stock envoy on the fragment: exit $rc: $(tail -n 2 <<<"$out")"
+  failed=$((failed + 1))
+fi
+
+# The bootstraps of the tests, the bench and the demo (scripts/envoy-bootstrap.py): each bed and
+# variant is a valid Envoy 1.40 bootstrap, and the committed demo files are what it writes.
+beds="$(mktemp -d)"
+trap 'rm -rf "$beds"' EXIT
+if python3 "$root/scripts/envoy-bootstrap.py" --all "$beds"; then
+  for f in "$beds"/*.yaml; do
+    if out="$("$envoy" --mode validate -c "$f" --disable-hot-restart -l error 2>&1)"; then
+      echo "ok   envoy-bootstrap $(basename "$f" .yaml) is a valid Envoy 1.40 bootstrap"
+      passed=$((passed + 1))
+    else
+      echo "FAIL envoy-bootstrap $(basename "$f" .yaml) rejected: $(tail -n 2 <<<"$out")"
+      failed=$((failed + 1))
+    fi
+  done
+else
+  echo "FAIL scripts/envoy-bootstrap.py --all"
+  failed=$((failed + 1))
+fi
+if python3 "$root/scripts/envoy-bootstrap.py" --demo --check; then
+  echo "ok   envoy-config/envoy/{client,server}.yaml are what scripts/envoy-bootstrap.py --demo writes"
+  passed=$((passed + 1))
+else
+  echo "FAIL envoy-config/envoy/{client,server}.yaml are stale"
   failed=$((failed + 1))
 fi
 

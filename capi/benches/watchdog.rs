@@ -53,12 +53,12 @@ struct Conn(libc::c_int);
 
 impl Conn {
     fn start(to: SocketAddr) -> Conn {
-        let (ss, len) = envoy_smc_core::smc::sockaddr::from_socket_addr(to);
+        let sa = socket2::SockAddr::from(to);
         // SAFETY: plain socket/connect calls on an fd owned here.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
             assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len);
+            libc::connect(fd, sa.as_ptr().cast(), sa.len());
             Conn(fd)
         }
     }
@@ -118,8 +118,7 @@ fn scenario(name: &str, detect_after_ms: u64, inflight: u64, rate: u64, secs: u6
     let rt = Runtime::new(
         &config::from_yaml(&yaml).unwrap(),
         &Environment::assuming(KernelSupport::BOTH),
-    )
-    .unwrap();
+    );
     let full = TcpListener::bind("127.0.0.1:0").unwrap();
     // SAFETY: listen(2) on an open socket: backlog 0 queues one connection, then drops SYNs.
     assert_eq!(unsafe { libc::listen(full.as_raw_fd(), 0) }, 0);

@@ -10,6 +10,8 @@
 //! - Out-parameters are written only on success.
 #![allow(non_camel_case_types)]
 
+/// The ABI version: a hash of the header, computed by build.rs.
+mod abi_hash;
 /// The panic boundary every exported function runs in.
 mod panic;
 /// Rescuing connects stuck behind a black hole, for an entry point that owns its fds.
@@ -17,6 +19,7 @@ mod rescue;
 
 use envoy_smc_core::smc::sockaddr;
 
+pub use abi_hash::{abi_hash, ABI_VERSION_DEFINE};
 pub use rescue::*;
 
 use std::ffi::{c_char, c_int, CStr};
@@ -25,17 +28,19 @@ use std::os::fd::BorrowedFd;
 use panic::guard;
 
 use envoy_smc_core::policy::{Environment, SocketFacts, TcpReason, Verdict};
-use envoy_smc_core::runtime::{Applied, Runtime};
+use envoy_smc_core::runtime::{Applied, Runtime, Watch, Watched};
 use envoy_smc_core::smc::SocketKind;
+use envoy_smc_core::smc::SocketRecord;
 use envoy_smc_core::stats::{counter_name, COUNTERS};
 
-/// The version of the ABI described by envoy_smc.h. Checked by the Envoy extension at start-up
-/// (`envoy_smc_abi_version() == ENVOY_SMC_ABI_VERSION`); bumped on every incompatible change.
-pub const ENVOY_SMC_ABI_VERSION: u32 = 1;
+// The version of the ABI described by envoy_smc.h: `ENVOY_SMC_ABI_VERSION`, a hash of the header
+// computed by build.rs (src/ffi/abi_hash.rs). Checked by the Envoy extension at start-up
+// (`envoy_smc_abi_version() == ENVOY_SMC_ABI_VERSION`).
+include!(concat!(env!("OUT_DIR"), "/abi_version.rs"));
 
-/// Result codes. The numbers are never reused.
+/// Result codes. The numbers are never reused; `envoy_smc_result_name` names them.
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::FromRepr)]
 pub enum envoy_smc_result {
     ENVOY_SMC_OK = 0,
     /// A required pointer argument was NULL.
@@ -48,6 +53,22 @@ pub enum envoy_smc_result {
     ENVOY_SMC_INTERNAL_ERROR = 4,
 }
 use envoy_smc_result::*;
+
+impl envoy_smc_result {
+    /// The result's name (`envoy_smc_result_name`), NUL-terminated for C.
+    pub fn name(self) -> &'static CStr {
+        match self {
+            ENVOY_SMC_OK => c"ok",
+            ENVOY_SMC_NULL_ARGUMENT => c"null_argument",
+            ENVOY_SMC_INVALID_CONFIG => c"invalid_config",
+            ENVOY_SMC_INVALID_ARGUMENT => c"invalid_argument",
+            ENVOY_SMC_INTERNAL_ERROR => c"internal_error",
+        }
+    }
+}
+
+/// What `envoy_smc_result_name` says for a number that is no result.
+const UNKNOWN_RESULT: &CStr = c"unknown_result";
 
 /// The kind of socket behind an fd after a verdict was carried out.
 #[repr(u32)]
@@ -71,11 +92,45 @@ pub struct envoy_smc_runtime {
 pub struct envoy_smc_socket_state {
     /// Internal bits (mesh switch seen, per-cluster fallback seen, SO_REUSEPORT, fast open).
     pub facts: u32,
+    /// The socket's address family and file flags, from `envoy_smc_socket`: `ENVOY_SMC_STATE_*`
+    /// bits. A caller that changes `O_NONBLOCK` or `FD_CLOEXEC` later updates them.
+    pub flags: u32,
     /// Non-zero: envoy-smc may still make this socket SMC. Zero: every other call on it is a
     /// no-op. A plain integer, so any value a caller writes is defined behaviour.
     pub tracked: u8,
     /// When not tracked: why the socket stays plain (an `envoy_smc_tcp_reason`); 0 when tracked.
     pub reason: u32,
+}
+
+/// `envoy_smc_socket_state.flags`: the socket is IPv6.
+pub const ENVOY_SMC_STATE_IPV6: u32 = 1;
+/// `envoy_smc_socket_state.flags`: `O_NONBLOCK` is set on the socket's open file.
+pub const ENVOY_SMC_STATE_NONBLOCK: u32 = 2;
+/// `envoy_smc_socket_state.flags`: `FD_CLOEXEC` is set on the fd.
+pub const ENVOY_SMC_STATE_CLOEXEC: u32 = 4;
+
+/// A socket option the caller set on a socket (`value`: `len` bytes, as given to setsockopt).
+#[repr(C)]
+pub struct envoy_smc_sockopt {
+    pub level: c_int,
+    pub name: c_int,
+    pub value: *const std::ffi::c_void,
+    pub len: libc::socklen_t,
+}
+
+/// What the caller did to a tracked socket since `envoy_smc_socket`, besides what the state
+/// records: every option it set successfully (the latest value of each level/name) and the
+/// address it bound, if any. A replacement socket is built from it alone (nothing is read back
+/// from the old socket), so it must be complete: an option missing here is missing on the
+/// replacement. Borrowed for the duration of one call.
+#[repr(C)]
+pub struct envoy_smc_socket_record {
+    /// `n_options` entries (NULL when 0).
+    pub options: *const envoy_smc_sockopt,
+    pub n_options: usize,
+    /// The address given to a successful bind(), or NULL.
+    pub bound: *const libc::sockaddr,
+    pub bound_len: libc::socklen_t,
 }
 
 /// A decision and, after it was carried out, what happened.
@@ -123,27 +178,6 @@ impl From<Verdict> for envoy_smc_verdict {
                 limit_handshake: 0,
                 replaced: 0,
             },
-        }
-    }
-}
-
-impl envoy_smc_verdict {
-    fn to_verdict(self) -> Option<Verdict> {
-        const TCP: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32;
-        const AF_SMC: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_AF_SMC as u32;
-        const IPPROTO_SMC: u32 = envoy_smc_socket_kind::ENVOY_SMC_KIND_IPPROTO_SMC as u32;
-        let limit_hs = self.limit_handshake != 0;
-        match self.kind {
-            TCP => TcpReason::from_u32(self.reason).map(Verdict::Tcp),
-            AF_SMC => Some(Verdict::Smc {
-                kind: SocketKind::AfSmc,
-                limit_hs,
-            }),
-            IPPROTO_SMC => Some(Verdict::Smc {
-                kind: SocketKind::IpprotoSmc,
-                limit_hs,
-            }),
-            _ => None,
         }
     }
 }
@@ -295,8 +329,7 @@ pub unsafe extern "C" fn envoy_smc_runtime_new_from_proto(
                 String::from_utf8_lossy(value).into_owned(),
             ));
         }
-        let result =
-            envoy_smc_core::config::from_proto_bytes(data).and_then(|c| Runtime::new(&c, &env));
+        let result = envoy_smc_core::config::from_proto_bytes(data).map(|c| Runtime::new(&c, &env));
         finish_new(result, out, err)
     })
 }
@@ -367,6 +400,7 @@ pub unsafe extern "C" fn envoy_smc_socket(
         unsafe {
             *state = envoy_smc_socket_state {
                 facts: 0,
+                flags: state_flags(domain, ty),
                 tracked,
                 reason,
             }
@@ -415,160 +449,266 @@ fn untracked_tcp(state: &envoy_smc_socket_state) -> envoy_smc_verdict {
     envoy_smc_verdict::from(Verdict::Tcp(reason))
 }
 
-/// Decides, for the bound socket `fd` about to listen, whether it is an SMC listener. Writes the
-/// verdict to `*out`; changes nothing (see `envoy_smc_apply_listen`). An untracked state gives TCP
-/// with the state's own reason.
-/// NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
+fn state_flags(domain: c_int, ty: c_int) -> u32 {
+    let mut flags = 0;
+    if domain == libc::AF_INET6 {
+        flags |= ENVOY_SMC_STATE_IPV6;
+    }
+    if ty & libc::SOCK_NONBLOCK != 0 {
+        flags |= ENVOY_SMC_STATE_NONBLOCK;
+    }
+    if ty & libc::SOCK_CLOEXEC != 0 {
+        flags |= ENVOY_SMC_STATE_CLOEXEC;
+    }
+    flags
+}
+
+/// The watched socket a state describes, with no options and no bound address.
+fn watched_plain(state: &envoy_smc_socket_state) -> Watched {
+    let domain = if state.flags & ENVOY_SMC_STATE_IPV6 != 0 {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    let mut ty = libc::SOCK_STREAM;
+    if state.flags & ENVOY_SMC_STATE_NONBLOCK != 0 {
+        ty |= libc::SOCK_NONBLOCK;
+    }
+    if state.flags & ENVOY_SMC_STATE_CLOEXEC != 0 {
+        ty |= libc::SOCK_CLOEXEC;
+    }
+    Watched {
+        facts: SocketFacts(state.facts),
+        record: SocketRecord::opened(domain, ty),
+    }
+}
+
+/// The watched socket a state and the caller's record describe. `Err` for a record that is not
+/// valid (a bound address that is not IP).
 ///
 /// # Safety
-/// `state` and `out` must be NULL or valid; `fd` must be open.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_smc_decide_listen(
+/// `record` must be NULL or valid, its arrays readable for their lengths.
+unsafe fn watched(
+    state: &envoy_smc_socket_state,
+    record: *const envoy_smc_socket_record,
+) -> Result<Watched, envoy_smc_result> {
+    let mut w = watched_plain(state);
+    if record.is_null() {
+        return Ok(w);
+    }
+    // SAFETY: non-null and valid (the caller's contract).
+    let r = unsafe { &*record };
+    if !r.bound.is_null() {
+        // SAFETY: the caller guarantees bound/bound_len.
+        let Some(bound) = (unsafe { sockaddr::from_raw(r.bound, r.bound_len) }) else {
+            return Err(ENVOY_SMC_INVALID_ARGUMENT);
+        };
+        w.record.bound = Some(bound);
+    }
+    if r.n_options > envoy_smc_core::smc::MAX_OPTS || (r.options.is_null() && r.n_options != 0) {
+        w.record.mark_not_carried();
+        return Ok(w);
+    }
+    for i in 0..r.n_options {
+        // SAFETY: the caller guarantees n_options entries.
+        let o = unsafe { &*r.options.add(i) };
+        let value = (!o.value.is_null()).then(|| {
+            // SAFETY: the caller guarantees `len` readable bytes at `value`.
+            unsafe { std::slice::from_raw_parts(o.value.cast::<u8>(), o.len as usize) }
+        });
+        match value {
+            Some(v) => w.record.record_opt(o.level, o.name, v),
+            None => w.record.mark_not_carried(),
+        }
+    }
+    Ok(w)
+}
+
+/// The fd of an event on a tracked socket, and what is known of the socket.
+type EventSocket<'a> = (BorrowedFd<'a>, Watched);
+
+/// Checks the arguments every `envoy_smc_on_*` call shares; `Ok(None)`: an untracked state,
+/// whose verdict is TCP for its own reason.
+///
+/// # Safety
+/// As for the `envoy_smc_on_*` functions.
+unsafe fn event_args<'a>(
     rt: *const envoy_smc_runtime,
     fd: c_int,
     state: *const envoy_smc_socket_state,
+    record: *const envoy_smc_socket_record,
+    out: *mut envoy_smc_verdict,
+) -> Result<(&'a Runtime, Option<EventSocket<'a>>), envoy_smc_result> {
+    let rt = runtime(rt).ok_or(ENVOY_SMC_NULL_ARGUMENT)?;
+    if state.is_null() || out.is_null() {
+        return Err(ENVOY_SMC_NULL_ARGUMENT);
+    }
+    // SAFETY: checked non-null; the caller's contract.
+    let state = unsafe { *state };
+    if state.tracked == 0 {
+        // SAFETY: out is non-null and writable.
+        unsafe { *out = untracked_tcp(&state) };
+        return Ok((rt, None));
+    }
+    if fd < 0 {
+        return Err(ENVOY_SMC_INVALID_ARGUMENT);
+    }
+    // SAFETY: the caller's contract for `record`.
+    let w = unsafe { watched(&state, record) }?;
+    // SAFETY: the caller guarantees fd is open for the duration of the call.
+    Ok((rt, Some((unsafe { BorrowedFd::borrow_raw(fd) }, w))))
+}
+
+/// Before listen() on `fd`: decides whether the socket is an SMC listener and carries the
+/// verdict out, in one call. SMC: the socket under `fd` becomes an SMC socket built from the
+/// state and `record` (same fd number, flags, options and bound address; SMC_LIMIT_HS if asked);
+/// TCP: it stays (or becomes) a plain TCP socket. Counts the outcome: call it once per socket.
+/// Writes the verdict to `*out` (`replaced`: the socket under the fd changed, register the fd
+/// with epoll again where it was; an SMC verdict that could not be carried out is TCP with
+/// reason `replace_failed` or `options_not_carried`, and `fd` keeps a working TCP socket). An
+/// untracked state: TCP with the state's own reason, nothing done. `record` NULL: no options,
+/// not bound. NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; a bad fd or record:
+/// ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR. Call it from the thread that
+/// owns `fd`.
+///
+/// # Safety
+/// `state`, `record` and `out` must be NULL or valid; `fd` must be open.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_smc_on_listen(
+    rt: *const envoy_smc_runtime,
+    fd: c_int,
+    state: *const envoy_smc_socket_state,
+    record: *const envoy_smc_socket_record,
     out: *mut envoy_smc_verdict,
 ) -> envoy_smc_result {
     guard(ENVOY_SMC_INTERNAL_ERROR, || {
-        let Some(rt) = runtime(rt) else {
-            return ENVOY_SMC_NULL_ARGUMENT;
-        };
-        if state.is_null() || out.is_null() {
-            return ENVOY_SMC_NULL_ARGUMENT;
+        // SAFETY: this function's contract.
+        match unsafe { event_args(rt, fd, state, record, out) } {
+            Err(e) => e,
+            Ok((_, None)) => ENVOY_SMC_OK,
+            Ok((rt, Some((fd, mut w)))) => {
+                let applied = rt.on_listen(fd, &mut w);
+                // SAFETY: out is non-null and writable.
+                unsafe { *out = applied.into() };
+                ENVOY_SMC_OK
+            }
         }
-        // SAFETY: checked non-null; the caller's contract.
-        let state = unsafe { *state };
-        let verdict = if state.tracked == 0 {
-            untracked_tcp(&state)
-        } else if fd < 0 {
-            return ENVOY_SMC_INVALID_ARGUMENT;
-        } else {
-            // SAFETY: the caller guarantees fd is open for the duration of the call.
-            envoy_smc_verdict::from(rt.decide_listen(
-                unsafe { BorrowedFd::borrow_raw(fd) },
-                SocketFacts(state.facts),
-            ))
-        };
-        // SAFETY: out is non-null and writable.
-        unsafe { *out = verdict };
-        ENVOY_SMC_OK
     })
 }
 
-/// Decides whether a client socket connecting to `addr` (`addrlen` bytes) uses SMC. Writes the
-/// verdict to `*out`; changes nothing (see `envoy_smc_apply_connect`). An untracked state gives TCP
-/// with the state's own reason (e.g. `kernel_lacks_smc`).
-/// NULL `rt`/`state`/`out`: ENVOY_SMC_NULL_ARGUMENT; an address that is not IPv4/IPv6:
-/// ENVOY_SMC_INVALID_ARGUMENT; a panic: ENVOY_SMC_INTERNAL_ERROR.
+/// Before `fd` is duplicated (Envoy's `IoHandle::duplicate`), the last moment its socket can be
+/// replaced: the one rule of every entry point -- a bound socket (`record->bound` set) gets its
+/// listener decision now, exactly as in `envoy_smc_on_listen` (call nothing more for it); an
+/// unbound one stays the TCP socket it is and is not decided: `*out` is TCP with reason 0.
+/// Arguments, results and `*out` otherwise as for `envoy_smc_on_listen`.
 ///
 /// # Safety
-/// `addr` must point at `addrlen` readable bytes; `state` and `out` NULL or valid.
+/// As for `envoy_smc_on_listen`.
 #[no_mangle]
-pub unsafe extern "C" fn envoy_smc_decide_connect(
+pub unsafe extern "C" fn envoy_smc_on_dup(
     rt: *const envoy_smc_runtime,
+    fd: c_int,
     state: *const envoy_smc_socket_state,
+    record: *const envoy_smc_socket_record,
+    out: *mut envoy_smc_verdict,
+) -> envoy_smc_result {
+    guard(ENVOY_SMC_INTERNAL_ERROR, || {
+        // SAFETY: this function's contract.
+        match unsafe { event_args(rt, fd, state, record, out) } {
+            Err(e) => e,
+            Ok((_, None)) => ENVOY_SMC_OK,
+            Ok((rt, Some((fd, mut w)))) => {
+                let v = match rt.on_dup(fd, &mut w) {
+                    Some(applied) => applied.into(),
+                    None => envoy_smc_verdict {
+                        kind: envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32,
+                        reason: 0,
+                        limit_handshake: 0,
+                        replaced: 0,
+                    },
+                };
+                // SAFETY: out is non-null and writable.
+                unsafe { *out = v };
+                ENVOY_SMC_OK
+            }
+        }
+    })
+}
+
+/// Before connect() on `fd` to `addr` (`addrlen` bytes): decides, carries out and watches, in
+/// one call. SMC: the socket under `fd` becomes an SMC socket built from the state and `record`
+/// (`replaced` is then true: register the fd with epoll again), and the connect is watched for
+/// a path that drops SMC's SYNs (adaptive fallback). TCP: a plain TCP socket is left as it is
+/// (no system call), an SMC one gets the kernel's fallback switch. `cookie` NULL: watched
+/// without a rescue; non-NULL: for a caller that installed a rescuer, watched with `token`
+/// (the rescuer is then called exactly once with it) and `*cookie` is the socket's cookie for
+/// `envoy_smc_rescue_connect`, or 0 when the connect is not watched (TCP, adaptive fallback off:
+/// the rescuer is never called for it). Counts the outcome: call it once per socket. `*out`,
+/// the untracked case, `record` and the results as for `envoy_smc_on_listen`; an address that is
+/// not IPv4/IPv6: ENVOY_SMC_INVALID_ARGUMENT. `before_replace` (may be NULL) is called with
+/// `ctx` on this thread only when the socket is about to be replaced, while the old socket is
+/// still under `fd` (the shim drops its epoll registration there); returning false keeps the
+/// socket as it is, uncounted (the verdict written is then TCP `replace_failed`).
+///
+/// # Safety
+/// `addr` must point at `addrlen` readable bytes; `state`, `record`, `cookie` and `out` NULL or
+/// valid; `fd` must be open; `before_replace` must be safe to call with `ctx` and must not
+/// unwind.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_smc_on_connect(
+    rt: *const envoy_smc_runtime,
+    fd: c_int,
+    state: *const envoy_smc_socket_state,
+    record: *const envoy_smc_socket_record,
     addr: *const libc::sockaddr,
     addrlen: libc::socklen_t,
+    before_replace: Option<unsafe extern "C" fn(ctx: *mut std::ffi::c_void) -> bool>,
+    ctx: *mut std::ffi::c_void,
+    token: u64,
+    cookie: *mut u64,
     out: *mut envoy_smc_verdict,
 ) -> envoy_smc_result {
     guard(ENVOY_SMC_INTERNAL_ERROR, || {
-        let Some(rt) = runtime(rt) else {
-            return ENVOY_SMC_NULL_ARGUMENT;
-        };
-        if state.is_null() || out.is_null() || addr.is_null() {
+        if addr.is_null() {
             return ENVOY_SMC_NULL_ARGUMENT;
         }
-        // SAFETY: checked non-null; the caller's contract.
-        let state = unsafe { *state };
-        let verdict = if state.tracked == 0 {
-            untracked_tcp(&state)
-        } else {
-            // SAFETY: the caller guarantees addr/addrlen.
-            let Some(remote) = (unsafe { sockaddr::from_raw(addr, addrlen) }) else {
-                return ENVOY_SMC_INVALID_ARGUMENT;
-            };
-            envoy_smc_verdict::from(rt.decide_connect(remote, SocketFacts(state.facts)))
+        // SAFETY: this function's contract.
+        let (rt, watched) = match unsafe { event_args(rt, fd, state, record, out) } {
+            Err(e) => return e,
+            Ok(args) => args,
         };
-        // SAFETY: out is non-null and writable.
-        unsafe { *out = verdict };
-        ENVOY_SMC_OK
-    })
-}
-
-/// Shared body of the two apply functions.
-fn apply(
-    rt: *const envoy_smc_runtime,
-    fd: c_int,
-    state: *const envoy_smc_socket_state,
-    verdict: *mut envoy_smc_verdict,
-    listen: bool,
-) -> envoy_smc_result {
-    guard(ENVOY_SMC_INTERNAL_ERROR, || {
-        let Some(rt) = runtime(rt) else {
-            return ENVOY_SMC_NULL_ARGUMENT;
-        };
-        if state.is_null() || verdict.is_null() {
-            return ENVOY_SMC_NULL_ARGUMENT;
+        if !cookie.is_null() {
+            // SAFETY: the caller guarantees a writable u64.
+            unsafe { *cookie = 0 };
         }
-        // SAFETY: checked non-null; the caller's contract.
-        let (state, v) = unsafe { (*state, *verdict) };
-        if state.tracked == 0 {
+        let Some((fd, mut w)) = watched else {
             return ENVOY_SMC_OK;
-        }
-        let Some(decided) = v.to_verdict() else {
+        };
+        // SAFETY: the caller guarantees addr/addrlen.
+        let Some(remote) = (unsafe { sockaddr::from_raw(addr, addrlen) }) else {
             return ENVOY_SMC_INVALID_ARGUMENT;
         };
-        if fd < 0 {
-            return ENVOY_SMC_INVALID_ARGUMENT;
-        }
-        // SAFETY: the caller guarantees fd is open for the duration of the call.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let applied = if listen {
-            rt.apply_listen(fd, decided)
+        let watch = if cookie.is_null() {
+            Watch::Plain
         } else {
-            rt.apply_connect(fd, decided)
+            Watch::Rescuable(token)
         };
-        // SAFETY: verdict is non-null and writable.
-        unsafe { *verdict = applied.into() };
+        // The caller owns the fd and tells the runtime about every change: it is the recorded one.
+        // SAFETY: the caller guarantees the hook may be called with ctx.
+        let ready = || before_replace.is_none_or(|f| unsafe { f(ctx) });
+        let Some(connected) = rt.on_connect(fd, &mut w, remote, watch, ready) else {
+            // SAFETY: out is non-null and writable.
+            unsafe { *out = Verdict::Tcp(TcpReason::ReplaceFailed).into() };
+            return ENVOY_SMC_OK;
+        };
+        if let (Some(c), false) = (connected.cookie, cookie.is_null()) {
+            // SAFETY: as above.
+            unsafe { *cookie = c };
+        }
+        // SAFETY: out is non-null and writable.
+        unsafe { *out = connected.applied.into() };
         ENVOY_SMC_OK
     })
-}
-
-/// Carries out a listener verdict on `fd` before listen(): SMC → the socket under `fd` becomes an
-/// SMC socket (same fd number, flags, options and bound address; SMC_LIMIT_HS if asked); TCP → it
-/// is (or becomes) a plain TCP socket. Counts the outcome: call it exactly once per decision.
-/// Updates `*verdict` (`replaced`; an SMC verdict that could not be carried out becomes TCP with
-/// reason replace_failed, and `fd` keeps a working TCP socket). Untracked state: no-op.
-/// NULL arguments: ENVOY_SMC_NULL_ARGUMENT; a bad fd or verdict: ENVOY_SMC_INVALID_ARGUMENT;
-/// a panic: ENVOY_SMC_INTERNAL_ERROR.
-///
-/// # Safety
-/// `state` and `verdict` must be NULL or valid; `fd` must be open.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_smc_apply_listen(
-    rt: *const envoy_smc_runtime,
-    fd: c_int,
-    state: *const envoy_smc_socket_state,
-    verdict: *mut envoy_smc_verdict,
-) -> envoy_smc_result {
-    apply(rt, fd, state, verdict, true)
-}
-
-/// Carries out a client verdict on `fd` before connect(): SMC → the socket under `fd` becomes an
-/// SMC socket (`replaced` is then true: the old socket's epoll registration is gone, register the
-/// fd again); TCP → an SMC socket gets the kernel's fallback switch, a TCP socket stays as it is.
-/// Counting, `*verdict` updates and errors as for `envoy_smc_apply_listen`.
-///
-/// # Safety
-/// As for `envoy_smc_apply_listen`.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_smc_apply_connect(
-    rt: *const envoy_smc_runtime,
-    fd: c_int,
-    state: *const envoy_smc_socket_state,
-    verdict: *mut envoy_smc_verdict,
-) -> envoy_smc_result {
-    apply(rt, fd, state, verdict, false)
 }
 
 /// After `bind()` of the socket `fd` (described by `state`) to `addr` (`addrlen` bytes) failed with
@@ -614,7 +754,8 @@ pub unsafe extern "C" fn envoy_smc_join_shared_listener(
         if state.tracked != 0 {
             // SAFETY: the caller guarantees fd is open for the duration of the call.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let done = rt.join_shared_listener(fd, local, SocketFacts(state.facts));
+            let mut w = watched_plain(&state);
+            let done = rt.join_shared_listener(fd, local, &mut w);
             // SAFETY: as above.
             unsafe { *joined = done };
         }
@@ -622,57 +763,9 @@ pub unsafe extern "C" fn envoy_smc_join_shared_listener(
     })
 }
 
-/// Decide and apply in one call, before listen(). See the two functions it combines.
-///
-/// # Safety
-/// As for `envoy_smc_apply_listen`.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_smc_before_listen(
-    rt: *const envoy_smc_runtime,
-    fd: c_int,
-    state: *const envoy_smc_socket_state,
-    out: *mut envoy_smc_verdict,
-) -> envoy_smc_result {
-    // SAFETY: same contract as this function's.
-    let r = unsafe { envoy_smc_decide_listen(rt, fd, state, out) };
-    if r != ENVOY_SMC_OK {
-        return r;
-    }
-    apply(rt, fd, state, out, true)
-}
-
-/// Decide and apply in one call, before connect(). See the two functions it combines.
-///
-/// # Safety
-/// As for `envoy_smc_decide_connect` and `envoy_smc_apply_connect`.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_smc_before_connect(
-    rt: *const envoy_smc_runtime,
-    fd: c_int,
-    state: *const envoy_smc_socket_state,
-    addr: *const libc::sockaddr,
-    addrlen: libc::socklen_t,
-    out: *mut envoy_smc_verdict,
-) -> envoy_smc_result {
-    // SAFETY: same contract as this function's.
-    let r = unsafe { envoy_smc_decide_connect(rt, state, addr, addrlen, out) };
-    if r != ENVOY_SMC_OK {
-        return r;
-    }
-    let r = apply(rt, fd, state, out, false);
-    if r == ENVOY_SMC_OK
-        // SAFETY: out was written by the calls above.
-        && unsafe { (*out).kind } != envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32
-    {
-        // SAFETY: addr/addrlen per this function's contract.
-        unsafe { envoy_smc_watch_connect(rt, fd, addr, addrlen) };
-    }
-    r
-}
-
 /// Watches an SMC socket that is about to connect to `addr` (adaptive fallback: a path that
-/// drops SMC's SYNs is detected and later connections to it use TCP). Call it after
-/// `envoy_smc_apply_connect` made the socket SMC; `envoy_smc_before_connect` does so itself.
+/// drops SMC's SYNs is detected and later connections to it use TCP), for a caller that made the
+/// socket SMC itself (`envoy_smc_on_connect` watches the sockets it makes SMC).
 /// NULL arguments, a non-IP address or a panic: no-op.
 ///
 /// # Safety
@@ -731,6 +824,18 @@ pub extern "C" fn envoy_smc_counter_name(index: usize) -> *const c_char {
     })
 }
 
+/// The name of a result code (e.g. 2 → "invalid_config"), a static NUL-terminated string; never
+/// free it. A number that is no result code gives "unknown_result"; never NULL. Safe from any
+/// thread.
+#[no_mangle]
+pub extern "C" fn envoy_smc_result_name(result: u32) -> *const c_char {
+    guard(UNKNOWN_RESULT.as_ptr(), || {
+        envoy_smc_result::from_repr(result)
+            .map_or(UNKNOWN_RESULT, envoy_smc_result::name)
+            .as_ptr()
+    })
+}
+
 /// The name of a TCP reason code (e.g. 6 → "loopback"), a static string; NULL for unknown codes.
 #[no_mangle]
 pub extern "C" fn envoy_smc_reason_name(reason: u32) -> *const c_char {
@@ -761,4 +866,49 @@ fn static_cstr(name: &'static str) -> *const c_char {
         m
     });
     names.get(name).map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(result: u32) -> &'static str {
+        // SAFETY: envoy_smc_result_name returns a static NUL-terminated string, never NULL.
+        unsafe { CStr::from_ptr(envoy_smc_result_name(result)) }
+            .to_str()
+            .expect("ASCII")
+    }
+
+    #[test]
+    fn every_result_has_a_distinct_name_and_unknown_codes_one_too() {
+        let names: Vec<_> = (0..5).map(name).collect();
+        assert_eq!(
+            names,
+            [
+                "ok",
+                "null_argument",
+                "invalid_config",
+                "invalid_argument",
+                "internal_error"
+            ]
+        );
+        assert_eq!(
+            envoy_smc_result::from_repr(5),
+            None,
+            "a new code needs a name here"
+        );
+        for unknown in [5, 99, u32::MAX] {
+            assert_eq!(name(unknown), "unknown_result");
+        }
+    }
+
+    #[test]
+    fn the_abi_version_is_the_hash_of_the_header() {
+        let header = include_str!("../../include/envoy_smc.h");
+        assert_eq!(ENVOY_SMC_ABI_VERSION, abi_hash(header));
+        let changed = header.replace("uint32_t reason;", "uint64_t reason;");
+        assert_ne!(header, changed);
+        assert_ne!(abi_hash(header), abi_hash(&changed));
+        assert_eq!(envoy_smc_abi_version(), ENVOY_SMC_ABI_VERSION);
+    }
 }

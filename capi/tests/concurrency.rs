@@ -1,13 +1,10 @@
 //! Many threads deciding at once: counters exact, no fd left open.
 
-#[path = "../../core/tests/common/mod.rs"]
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use envoy_smc::{
-    envoy_smc_before_connect, envoy_smc_runtime, envoy_smc_socket, envoy_smc_socket_state,
+    envoy_smc_on_connect, envoy_smc_runtime, envoy_smc_socket, envoy_smc_socket_state,
     envoy_smc_verdict,
 };
 use envoy_smc_core::config;
@@ -23,14 +20,14 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// Through the C ABI, as Envoy's worker threads would call it: real sockets, decide + apply.
+/// Through the C ABI, as Envoy's worker threads would call it: real sockets, one call per connect.
 #[test]
 fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
     // The kernel is claimed to have SMC so that every rule is exercised; where it really lacks SMC,
     // the SMC verdicts end as replace_failed (still counted exactly, still a working TCP socket).
     let env = Environment::assuming(KernelSupport::BOTH);
     let cfg = config::from_yaml("opt_in: {all_workloads: true}\nupstream: {allow: [\"10.0.0.0/8\"], deny: [\"10.96.0.0/12\"]}").unwrap();
-    let rt = Arc::new(Runtime::new(&cfg, &env).unwrap());
+    let rt = Arc::new(Runtime::new(&cfg, &env));
     let before = open_fds();
     let dests: [SocketAddr; 4] = [
         "10.1.1.1:80".parse().unwrap(),  // SMC (or replace_failed without SMC)
@@ -45,7 +42,7 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                 let rtp = Arc::as_ptr(&rt) as *const envoy_smc_runtime;
                 for i in 0..PER_THREAD {
                     let which = (i + t) % 4;
-                    let sin = common::sockaddr_in(dests[which]);
+                    let sin = socket2::SockAddr::from(dests[which]);
                     let mut state = envoy_smc_socket_state::default();
                     // SAFETY: valid runtime pointer (kept alive by `rt`), valid sockaddr and state.
                     let fd = unsafe {
@@ -54,8 +51,8 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                             libc::AF_INET,
                             libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
                             0,
-                            (&sin as *const libc::sockaddr_in).cast(),
-                            16,
+                            sin.as_ptr().cast(),
+                            sin.len(),
                             &mut state,
                         )
                     };
@@ -82,12 +79,17 @@ fn threads_through_the_c_abi_count_exactly_and_leak_nothing() {
                     };
                     // SAFETY: as above.
                     let r = unsafe {
-                        envoy_smc_before_connect(
+                        envoy_smc_on_connect(
                             rtp,
                             fd,
                             &state,
-                            (&sin as *const libc::sockaddr_in).cast(),
-                            16,
+                            std::ptr::null(),
+                            sin.as_ptr().cast(),
+                            sin.len(),
+                            None,
+                            std::ptr::null_mut(),
+                            0,
+                            std::ptr::null_mut(),
                             &mut v,
                         )
                     };
@@ -118,16 +120,15 @@ fn decisions_stay_consistent_while_the_config_is_swapped() {
     let env = Environment::assuming(KernelSupport::BOTH);
     let on =
         config::from_yaml("opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}").unwrap();
-    let off = config::from_yaml("mode: OFF").unwrap();
-    let rt = Arc::new(Runtime::new(&on, &env).unwrap());
+    let off = config::from_yaml("mode: MODE_OFF").unwrap();
+    let rt = Arc::new(Runtime::new(&on, &env));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
         let (rt, stop, env) = (Arc::clone(&rt), Arc::clone(&stop), env.clone());
         std::thread::spawn(move || {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                rt.swap_config(if n % 2 == 0 { &off } else { &on }, &env)
-                    .unwrap();
+                rt.swap_config(if n % 2 == 0 { &off } else { &on }, &env);
                 n += 1;
             }
             n

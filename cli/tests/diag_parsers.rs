@@ -257,7 +257,8 @@ fn family_fixture() -> Vec<u8> {
 
 fn inet_diag_fixture() -> Vec<u8> {
     let id = sockid(40001, 8080, &[10, 9, 0, 1], &[10, 9, 0, 2], 0, 9);
-    let mut m = vec![libc::AF_INET as u8, 1, 0, 0];
+    // state, timer, retrans (idiag_retrans: 2)
+    let mut m = vec![libc::AF_INET as u8, 1, 0, 2];
     m.extend(id);
     for v in [0u32, 0, 0, 1000, 777] {
         m.extend(v.to_ne_bytes());
@@ -460,6 +461,7 @@ fn inet_diag_and_address_filling() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), 40001)
     );
     assert_eq!(t.inode, 777);
+    assert_eq!(t.retransmits, 2);
     let mut socks = vec![smc_diag::parse_smc_diag_msg(&fallback_fixture()).unwrap()];
     assert_eq!(inet_diag::fill_addresses_from(&mut socks, &[t]), 1);
     assert_eq!(
@@ -490,6 +492,7 @@ fn accepted_by_an_ipproto_smc_listener_is_ipproto_smc_and_gets_its_addresses() {
         local: "[fd00::2]:15006".parse().unwrap(),
         peer: "[fd00::1]:55006".parse().unwrap(),
         inode: 1,
+        retransmits: 0,
     };
     let reverse = inet_diag::TcpEndpoint {
         local: t.peer,

@@ -602,13 +602,13 @@ fn apply(sample: &mut Sample, patches: &[Json], node_metadata: &Json, what: &str
 // ---------------------------------------------------------------------------------------------
 // The policy's view of patched clusters and listeners
 
-fn policy_for(config: &envoy_smc_core::SmcConfig) -> Policy {
+fn policy_for(config: &envoy_smc_core::config::Config) -> Policy {
     let env = Environment {
         kernel: Some(KernelSupport::BOTH),
         local_addrs: vec!["10.1.2.3".parse().unwrap()],
         annotations: vec![("smc.asm.alibabacloud.com/enabled".into(), "true".into())],
     };
-    Policy::new(config, &env).expect("policy from the rendered config")
+    Policy::new(config, &env)
 }
 
 fn facts(policy: &Policy, options: &Json) -> SocketFacts {
@@ -652,47 +652,9 @@ fn listener_verdict(policy: &Policy, sample: &Sample, name: &str) -> Verdict {
 // ---------------------------------------------------------------------------------------------
 // Bootstrap fragments (the extension block)
 
-/// Every string in `given` must be spelt as the canonical proto3 JSON of the same configuration
-/// spells it (enum values by their full names); other strings come back unchanged.
-fn strings_as_envoy_reads_them(given: &Json, canonical: &Json, path: &str, what: &str) {
-    match (given, canonical) {
-        (Json::Object(g), Json::Object(c)) => {
-            for (k, v) in g {
-                let ck = c.get(k).or_else(|| c.get(&snake(k)));
-                if let Some(cv) = ck {
-                    strings_as_envoy_reads_them(v, cv, &format!("{path}.{k}"), what);
-                }
-            }
-        }
-        (Json::Array(g), Json::Array(c)) => {
-            for (i, (v, cv)) in g.iter().zip(c).enumerate() {
-                strings_as_envoy_reads_them(v, cv, &format!("{path}[{i}]"), what);
-            }
-        }
-        (Json::String(g), Json::String(c)) if g.parse::<i64>().is_err() => assert_eq!(
-            g, c,
-            "{what}: {path} is {g:?}: Envoy's JSON parser accepts only {c:?}"
-        ),
-        _ => {}
-    }
-}
-
-fn snake(camel: &str) -> String {
-    let mut out = String::new();
-    for ch in camel.chars() {
-        if ch.is_ascii_uppercase() {
-            out.push('_');
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
 /// Checks the extension block, returns the fragment without it (what stock Envoy can read)
 /// and the envoy-smc configuration it carried.
-fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc_core::SmcConfig>) {
+fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc_core::config::Config>) {
     let mut rest = fragment.clone();
     let mut config = None;
     if let Some(exts) = rest
@@ -713,14 +675,6 @@ fn split_bootstrap(fragment: &Json, what: &str) -> (Json, Option<envoy_smc_core:
             body.as_object_mut().unwrap().remove("@type");
             let c = envoy_smc_core::config::from_yaml(&serde_json::to_string(&body).unwrap())
                 .unwrap_or_else(|e| panic!("{what}: the envoy-smc typed_config is invalid: {e}"));
-            // Envoy parses the typed_config with protobuf's strict JSON parser, which knows enum
-            // values only by their exact names (MODE_AUTO): the loader's shorthands don't pass.
-            strings_as_envoy_reads_them(
-                &body,
-                &envoy_smc_core::config::to_json(&c),
-                "typed_config",
-                what,
-            );
             config = Some(c);
             false
         });
@@ -742,7 +696,7 @@ fn validate_fragment(
     envoy: Option<&Path>,
     fragment: &Json,
     what: &str,
-) -> envoy_smc_core::SmcConfig {
+) -> envoy_smc_core::config::Config {
     let (rest, config) = split_bootstrap(fragment, what);
     let config = config.unwrap_or_else(|| panic!("{what}: no envoy-smc bootstrap extension"));
     if let Some(envoy) = envoy {
@@ -1028,7 +982,7 @@ fn check_set(
         // false) or that opens new listen sockets.
         // Istio's inbound listener at the port the description names (ProxyConfig
         // proxyInboundListenPort), which render puts into listeners.ports.
-        let inbound_port = config.listeners.as_ref().map_or(15006, |l| l.ports[0]);
+        let inbound_port = config.listener_ports[0];
         for (_, l) in sample.listeners.iter_mut() {
             if l["name"] == "virtualInbound" {
                 l["address"]["socket_address"]["port_value"] = json!(inbound_port);
@@ -1211,11 +1165,7 @@ fn image_template_extension_is_valid() {
         json!({"bootstrap_extensions": [ext], "default_socket_interface": render::EXTENSION_NAME});
     let (_, config) = split_bootstrap(&fragment, "bazel/image/envoy_smc_extension.json");
     let config = config.expect("the image template registers the envoy-smc extension");
-    let ports = config
-        .listeners
-        .as_ref()
-        .map(|l| l.ports.clone())
-        .unwrap_or_default();
+    let ports = &config.listener_ports;
     assert!(
         ports.contains(&15006),
         "the image's config must select Istio's inbound listener 15006"
@@ -1260,7 +1210,7 @@ bootstrap: override
 bootstrap_socket_options:
   - {level: 1, name: 9, int_value: 1}
 config:
-  mode: IPPROTO_SMC
+  mode: MODE_IPPROTO_SMC
   mesh_switch:
     keep_tcp_option: {level: 6, name: 23, int_value: 0}
   opt_in: {annotations_file: /etc/istio/pod/annotations}
@@ -1533,6 +1483,53 @@ fn render_errors_name_the_field() {
     assert!(out.stdout.is_empty());
 }
 
+/// The description is a serde type that refuses unknown fields: the exact messages.
+#[test]
+fn render_errors_have_exact_messages() {
+    for (text, want) in [
+        (
+            "meshh: true\n",
+            "meshh: unknown field (expected one of `mesh`, `root_namespace`, `namespaces`, \
+             `workloads`, `keep_tcp`, `egress_tcp`, `listener_port`, `proxy_metadata`, `config`, \
+             `bootstrap_socket_options`, `bootstrap`, `image`, `fortio`, `node`)",
+        ),
+        (
+            "node: {alerts: true, agents: {}}\n",
+            "node.agents: unknown field (expected one of `namespace`, `exporter`, `alerts`, \
+             `monitor_labels`, `agent`)",
+        ),
+        (
+            "mesh: yes-please\n",
+            "mesh: invalid type: string \"yes-please\", expected a boolean",
+        ),
+        ("image: {tag: x}\n", "image.hub: is required"),
+        (
+            "keep_tcp: [{service: a.b, port: 70000}]\n",
+            "keep_tcp[0].port: invalid value: integer `70000`, expected u16",
+        ),
+        (
+            "workloads: [{namespace: shop, labels: {app: 3}}]\n",
+            "workloads[0].labels.app: invalid type: integer `3`, expected a string",
+        ),
+        (
+            "bootstrap: sideways\n",
+            "bootstrap: unknown variant `sideways`, expected `template` or `override`",
+        ),
+        (
+            "config: {mode: AF_SMC}\n",
+            "config.mode: \"AF_SMC\" is not a value of envoy_smc.v1.SmcConfig.Mode: write \
+             MODE_AF_SMC (Envoy accepts only the full enum value names: MODE_AUTO, MODE_AF_SMC, \
+             MODE_IPPROTO_SMC, MODE_OFF)",
+        ),
+    ] {
+        let e = Description::from_yaml(text, Some(&config_dir())).expect_err(text);
+        assert_eq!(e.to_string(), want, "{text:?}");
+    }
+    // `null` is "not given", as before.
+    let d = Description::from_yaml("namespaces: ~\nproxy_metadata: ~\n", None).unwrap();
+    assert!(d.namespaces.is_empty() && d.proxy_metadata.is_empty());
+}
+
 /// The test bed's sidecars, read by the policy with the test bed's configuration: the switched
 /// cluster is SMC, the kept one TCP, the one without the switch TCP; the inbound listener SMC.
 #[test]
@@ -1546,7 +1543,7 @@ fn demo_configs_policy() {
         local_addrs: vec!["10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap()],
         annotations: Vec::new(),
     };
-    let policy = Policy::new(&config, &env).unwrap();
+    let policy = Policy::new(&config, &env);
     let load = |f: &str| yaml_docs(&std::fs::read_to_string(dir.join(f)).unwrap(), f).remove(0);
     let client = load("client.yaml");
     let server = load("server.yaml");
@@ -1577,4 +1574,165 @@ fn demo_configs_policy() {
     assert!(v.is_smc(), "{v:?}");
     let admin = policy.before_listen("127.0.0.1:15100".parse().unwrap(), SocketFacts::default());
     assert!(!admin.is_smc());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enum spellings: ours are Envoy's
+
+/// `envoy --mode validate` on a YAML bootstrap: whether Envoy accepts it.
+fn envoy_accepts_yaml(envoy: &Path, yaml: &str) -> bool {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy_config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!(
+        "enum-{}-{}.yaml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "-l", "critical", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run envoy");
+    let _ = std::fs::remove_file(&file);
+    out.status.success()
+}
+
+/// One YAML spelling of an enum value, in each way someone may write it, is accepted by the
+/// envoy-smc loader exactly when a stock Envoy 1.40 accepts the same spelling of one of its own
+/// enum values (`core.v3.SocketOption.SocketState`, prefix `STATE_`, like `MODE_`): so a file
+/// is valid for the preload library and the CLI exactly when it is valid in Envoy.
+#[test]
+fn enum_spellings_are_accepted_exactly_as_envoy_accepts_them() {
+    let Some(envoy) = envoy() else { return };
+    // How it is written, from the full name, the short name and the number.
+    type Spell = fn(&str, &str, i32) -> String;
+    let spellings: &[(&str, Spell)] = &[
+        ("full name", |full, _, _| full.to_owned()),
+        ("lower case", |full, _, _| full.to_ascii_lowercase()),
+        ("mixed case", |full, _, _| {
+            full.char_indices()
+                .map(|(i, c)| {
+                    if i % 2 == 1 {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        }),
+        ("number", |_, _, n| n.to_string()),
+        ("number as a string", |_, _, n| format!("\"{n}\"")),
+        ("number as a float", |_, _, n| format!("{n}.0")),
+        ("short name", |_, short, _| short.to_owned()),
+        ("short name, lower case", |_, short, _| {
+            short.to_ascii_lowercase()
+        }),
+        ("full name with a space", |full, _, _| {
+            format!("\"{full} \"")
+        }),
+        ("unknown name", |_, _, _| "SOMETHING_ELSE".to_owned()),
+    ];
+    let mut differ = Vec::new();
+    for (how, spell) in spellings {
+        let state = spell("STATE_BOUND", "BOUND", 1);
+        let bootstrap = format!(
+            "static_resources:\n  clusters:\n  - name: c\n    connect_timeout: 1s\n    type: STATIC\n\
+             \x20   upstream_bind_config:\n      source_address: {{address: 0.0.0.0, port_value: 0}}\n\
+             \x20     socket_options: [{{level: 1, name: 18, int_value: 1, state: {state}}}]\n\
+             \x20   load_assignment:\n      cluster_name: c\n      endpoints: [{{lb_endpoints: \
+             [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]\n"
+        );
+        let in_envoy = envoy_accepts_yaml(envoy, &bootstrap);
+        let mode = spell("MODE_AF_SMC", "AF_SMC", 1);
+        let ours = envoy_smc_core::config::from_yaml(&format!("mode: {mode}"));
+        if let Ok(c) = &ours {
+            assert_eq!(
+                c.mode,
+                envoy_smc_core::config::proto::smc_config::Mode::AfSmc,
+                "{how}: {mode}"
+            );
+        }
+        eprintln!(
+            "{how:24} Envoy `state: {state}`: {in_envoy:5}  envoy-smc `mode: {mode}`: {}",
+            ours.is_ok()
+        );
+        if in_envoy != ours.is_ok() {
+            differ.push(format!("{how}: Envoy {in_envoy}, envoy-smc {ours:?}"));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// The same YAML file is accepted, and read the same, by every entry point's loader: the CLI
+/// (`envoy-smc config`), the preload library's (ENVOY_SMC_CONFIG: config::from_file), and the
+/// C ABI the native extension calls (envoy_smc_runtime_new_from_yaml; the binary form Envoy
+/// passes is covered by tests/config.rs), and a short enum name is refused by each.
+#[test]
+fn one_yaml_is_valid_in_every_entry_point() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy_config");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, valid) in [
+        (
+            "good",
+            "mode: mode_af_smc\nopt_in: {all_workloads: true}\nupstream: {allow: [10.0.0.0/8]}\n",
+            true,
+        ),
+        ("short", "mode: AF_SMC\n", false),
+    ] {
+        let file = dir.join(format!("entry-{name}-{}.yaml", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let cli = Command::new(BIN)
+            .args(["config", "--json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let preload = envoy_smc_core::config::from_file(&file);
+        let abi = envoy_smc_runtime_from_yaml(text);
+        assert_eq!(cli.status.success(), valid, "{name}: CLI {cli:?}");
+        assert_eq!(preload.is_ok(), valid, "{name}: preload loader {preload:?}");
+        assert_eq!(abi.is_ok(), valid, "{name}: C ABI {abi:?}");
+        if valid {
+            let shown: Json = serde_json::from_slice(&cli.stdout).unwrap();
+            assert_eq!(shown["config"]["mode"], "MODE_AF_SMC");
+            assert_eq!(
+                envoy_smc_core::config::to_json(preload.unwrap().proto()),
+                shown["config"]
+            );
+        } else {
+            let want =
+                "mode: \"AF_SMC\" is not a value of envoy_smc.v1.SmcConfig.Mode: write MODE_AF_SMC";
+            assert!(
+                String::from_utf8_lossy(&cli.stderr).contains(want),
+                "{cli:?}"
+            );
+            assert!(preload.unwrap_err().to_string().starts_with(want));
+            assert!(abi.unwrap_err().starts_with(want));
+        }
+        std::fs::remove_file(&file).unwrap();
+    }
+}
+
+/// The C ABI's loader, called as C calls it: Ok, or the error string it hands back.
+fn envoy_smc_runtime_from_yaml(text: &str) -> Result<(), String> {
+    use envoy_smc::*;
+    let mut rt: *mut envoy_smc_runtime = std::ptr::null_mut();
+    let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+    // SAFETY: text is readable for its length; rt and err are valid out-pointers.
+    let r = unsafe {
+        envoy_smc_runtime_new_from_yaml(text.as_ptr().cast(), text.len(), &mut rt, &mut err)
+    };
+    if r == envoy_smc_result::ENVOY_SMC_OK {
+        // SAFETY: rt came from envoy_smc_runtime_new_from_yaml and is freed once.
+        unsafe { envoy_smc_runtime_free(rt) };
+        return Ok(());
+    }
+    // SAFETY: on failure err is a NUL-terminated string from the library, freed once.
+    let msg = unsafe { std::ffi::CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: as above.
+    unsafe { envoy_smc_string_free(err) };
+    Err(msg)
 }

@@ -11,26 +11,25 @@
 //!   CAP_SYS_ADMIN every namespace is reported as not entered.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use envoy_smc_core::smc::{self, SocketKind};
+use envoy_smc_core::smc::SocketKind;
 use serde_json::Value;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
+use common::vm::{
+    cli, http, in_vm, inode, json, row, smc_client, smc_listener, start_exporter, terminate,
+    try_http,
+};
 
-fn in_vm() -> bool {
-    if std::env::var("ENVOY_SMC_VM").as_deref() != Ok("1") {
-        eprintln!("skipped: needs the SMC-R test VM (ENVOY_SMC_VM=1); run tests/vm/suite.sh");
-        return false;
-    }
-    true
-}
+const RUN_WITH: &str = "tests/vm/suite.sh vm_netns";
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
@@ -38,97 +37,6 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
-
-fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data; all-zero is valid.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = a.port().to_be();
-    sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-    sin
-}
-
-fn bind(fd: &OwnedFd, a: SocketAddrV4) {
-    let sin = sockaddr_in(a);
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "bind {a}: {}", std::io::Error::last_os_error());
-}
-
-fn smc_listener(kind: SocketKind, addr: SocketAddrV4) -> TcpListener {
-    let fd = smc::open_socket(kind, false, libc::SOCK_CLOEXEC).expect("open SMC listener");
-    bind(&fd, addr);
-    // SAFETY: listen on an fd we own.
-    let rc = unsafe { libc::listen(fd.as_raw_fd(), 64) };
-    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
-    TcpListener::from(fd)
-}
-
-fn smc_client(kind: SocketKind, src: Ipv4Addr, dst: SocketAddr, switch: bool) -> TcpStream {
-    let SocketAddr::V4(dst) = dst else {
-        panic!("IPv4 only here")
-    };
-    let fd = smc::open_socket(kind, false, libc::SOCK_CLOEXEC).expect("open SMC client");
-    bind(&fd, SocketAddrV4::new(src, 0));
-    if switch {
-        smc::apply_fallback_switch(fd.as_fd()).expect("fallback switch");
-    }
-    let sin = sockaddr_in(dst);
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "connect {dst}: {}", std::io::Error::last_os_error());
-    TcpStream::from(fd)
-}
-
-fn inode(fd: &impl AsRawFd) -> u64 {
-    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .unwrap()
-        .ino()
-}
-
-fn cli(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_envoy-smc"))
-        .args(args)
-        .output()
-        .expect("run envoy-smc");
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
-        "envoy-smc {args:?} panicked"
-    );
-    out
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn row(v: &Value, inode: u64) -> Value {
-    v["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["inode"] == inode)
-        .cloned()
-        .unwrap_or_else(|| panic!("inode {inode} not in status: {v:#}"))
-}
 
 /// A client and the socket its listener accepted, one round trip made; then both rows as
 /// `status` (and, for the same namespace, `status --all-netns`) shows them.
@@ -171,7 +79,7 @@ fn rows_case(kind: SocketKind, switch: bool, mode: &str) {
 #[test]
 #[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_af_smc_smcr() {
-    if !in_vm() {
+    if !in_vm(RUN_WITH) {
         return;
     }
     let _g = lock();
@@ -181,7 +89,7 @@ fn client_and_accepted_rows_af_smc_smcr() {
 #[test]
 #[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_ipproto_smc_smcr() {
-    if !in_vm() {
+    if !in_vm(RUN_WITH) {
         return;
     }
     let _g = lock();
@@ -191,7 +99,7 @@ fn client_and_accepted_rows_ipproto_smc_smcr() {
 #[test]
 #[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_ipproto_smc_fallback() {
-    if !in_vm() {
+    if !in_vm(RUN_WITH) {
         return;
     }
     let _g = lock();
@@ -201,7 +109,7 @@ fn client_and_accepted_rows_ipproto_smc_fallback() {
 #[test]
 #[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn client_and_accepted_rows_af_smc_fallback() {
-    if !in_vm() {
+    if !in_vm(RUN_WITH) {
         return;
     }
     let _g = lock();
@@ -290,20 +198,6 @@ fn section<'a>(all: &'a Value, hostname: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no namespace with hostname {hostname}: {all:#}"))
 }
 
-/// Connects to `addr`, sends `req`, returns the whole answer (`None`: nobody listens yet).
-fn try_http(addr: SocketAddr, req: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    Some(out)
-}
-
-fn http(addr: SocketAddr, req: &str) -> String {
-    try_http(addr, req).unwrap_or_else(|| panic!("nothing listens on {addr}"))
-}
-
 fn metric(page: &str, prefix: &str) -> Option<f64> {
     page.lines()
         .find(|l| l.starts_with(prefix))
@@ -314,7 +208,7 @@ fn metric(page: &str, prefix: &str) -> Option<f64> {
 #[test]
 #[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn all_netns_sees_the_root_and_two_pods() {
-    if !in_vm() {
+    if !in_vm(RUN_WITH) {
         return;
     }
     let _g = lock();
@@ -419,27 +313,7 @@ fn all_netns_sees_the_root_and_two_pods() {
     assert_eq!(out.status.code(), Some(3));
 
     // The exporter: one scrape shows every namespace with its pod label.
-    let mut exp = Command::new(env!("CARGO_BIN_EXE_envoy-smc"))
-        .args([
-            "exporter",
-            "--listen",
-            "127.0.0.1:0",
-            "--doctor-interval",
-            "0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the exporter");
-    let mut line = String::new();
-    let mut err = BufReader::new(exp.stderr.take().unwrap());
-    err.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .and_then(|s| s.strip_suffix("/metrics"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("exporter said: {line}"));
+    let (mut exp, _err, addr) = start_exporter("0");
     let page = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     for pod in &pods {
@@ -476,19 +350,7 @@ fn all_netns_sees_the_root_and_two_pods() {
     assert!(http(addr, "BREW /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
     assert!(http(addr, "nonsense\r\n\r\n").starts_with("HTTP/1.1 400"));
     // SIGTERM: a clean exit 0.
-    // SAFETY: kill on our own child's pid.
-    unsafe { libc::kill(exp.id() as i32, libc::SIGTERM) };
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = exp.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "exporter ignores SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(&mut exp, "the exporter");
     assert_eq!(status.code(), Some(0), "exporter exit after SIGTERM");
     drop(pods);
 }
@@ -551,7 +413,7 @@ impl Drop for Reaped {
 #[test]
 #[ignore = "needs the SMC-R VM (tests/vm/suite.sh runs it)"]
 fn prometheus_scrapes_the_exporter_while_traffic_runs() {
-    if !in_vm() {
+    if !in_vm(RUN_WITH) {
         return;
     }
     let Some(prom_bin) = prometheus_bin() else {
@@ -585,29 +447,9 @@ fn prometheus_scrapes_the_exporter_while_traffic_runs() {
         })
     };
 
-    let mut exp = Command::new(env!("CARGO_BIN_EXE_envoy-smc"))
-        .args([
-            "exporter",
-            "--listen",
-            "127.0.0.1:0",
-            "--doctor-interval",
-            "5",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the exporter");
-    let mut line = String::new();
-    BufReader::new(exp.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (exp, _err, target) = start_exporter("5");
     let exporter = Reaped(exp);
-    let target = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .and_then(|s| s.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("exporter said: {line}"))
-        .to_string();
+    let target = target.to_string();
 
     let dir = std::env::temp_dir().join(format!("prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -17,9 +17,7 @@
 //! lock and run one at a time.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::thread;
@@ -28,8 +26,11 @@ use std::time::{Duration, Instant};
 use envoy_smc_cli::diag::genl::{self, SmcGenl};
 use envoy_smc_cli::diag::netlink::{self, build_msg, NlSocket};
 use envoy_smc_cli::diag::smc_diag;
-use envoy_smc_core::smc::{self, SocketKind};
+use envoy_smc_core::smc::SocketKind;
 use serde_json::Value;
+
+mod common;
+use common::vm::{cli, cli_json, in_vm, inode, row, smc_client, smc_listener};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -43,8 +44,7 @@ struct Vm {
 
 /// The VM's topology, or `None` (with a message) outside the VM.
 fn vm() -> Option<Vm> {
-    if std::env::var("ENVOY_SMC_VM").as_deref() != Ok("1") {
-        eprintln!("skipped: needs the SMC-R test VM (ENVOY_SMC_VM=1); run tests/vm/smc-cases.sh");
+    if !in_vm("tests/vm/smc-cases.sh") {
         return None;
     }
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
@@ -59,81 +59,6 @@ fn vm() -> Option<Vm> {
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-// ---------------------------------------------------------------------------------------------
-// sockets through the library's kernel layer
-
-fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data; all-zero is valid.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = a.port().to_be();
-    sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-    sin
-}
-
-fn bind(fd: &OwnedFd, a: SocketAddrV4) {
-    let sin = sockaddr_in(a);
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "bind {a}: {}", std::io::Error::last_os_error());
-}
-
-/// An SMC listener of `kind` on `addr` (port 0: any).
-fn smc_listener(kind: SocketKind, addr: SocketAddrV4) -> TcpListener {
-    let fd = smc::open_socket(kind, false, libc::SOCK_CLOEXEC).expect("open SMC listener");
-    let one: libc::c_int = 1;
-    // SAFETY: a valid int option value of the length passed.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            4,
-        )
-    };
-    bind(&fd, addr);
-    // SAFETY: listen on an fd we own.
-    let rc = unsafe { libc::listen(fd.as_raw_fd(), 64) };
-    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
-    TcpListener::from(fd)
-}
-
-/// An SMC client of `kind` from `src` to `dst`, optionally with the fallback switch.
-fn smc_client(kind: SocketKind, src: Ipv4Addr, dst: SocketAddr, switch: bool) -> TcpStream {
-    let SocketAddr::V4(dst) = dst else {
-        panic!("IPv4 only here")
-    };
-    let fd = smc::open_socket(kind, false, libc::SOCK_CLOEXEC).expect("open SMC client");
-    bind(&fd, SocketAddrV4::new(src, 0));
-    if switch {
-        smc::apply_fallback_switch(fd.as_fd()).expect("fallback switch");
-    }
-    let sin = sockaddr_in(dst);
-    // SAFETY: sin is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "connect {dst}: {}", std::io::Error::last_os_error());
-    TcpStream::from(fd)
-}
-
-fn inode(fd: &impl AsRawFd) -> u64 {
-    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .unwrap()
-        .ino()
 }
 
 /// Accepts one connection and echoes `n` bytes; returns the accepted socket (kept open).
@@ -159,41 +84,11 @@ fn exchange(c: &mut TcpStream, n: usize) {
 // ---------------------------------------------------------------------------------------------
 // the CLI
 
-fn cli(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_envoy-smc"))
-        .args(args)
-        .output()
-        .expect("run envoy-smc");
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
-        "envoy-smc {args:?} panicked"
-    );
-    out
-}
-
-fn cli_json(args: &[&str]) -> (i32, Value) {
-    let out = cli(args);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "envoy-smc {args:?}: not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
 /// `envoy-smc status --json`'s entry for the socket with `inode`.
 fn status_of(inode: u64) -> Value {
     let (code, v) = cli_json(&["status", "--json"]);
     assert_eq!(code, 0, "{v}");
-    v["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["inode"] == inode)
-        .cloned()
-        .unwrap_or_else(|| panic!("inode {inode} not in status: {v:#}"))
+    row(&v, inode)
 }
 
 fn rxe_pkts(dev: &str) -> u64 {
@@ -561,7 +456,6 @@ fn capture_kernel_replies_as_fixtures() {
     serve_forever(l);
     let _smcr = smc_client(SocketKind::AfSmc, vm.client, dst, false);
     let _fb = smc_client(SocketKind::AfSmc, vm.client, dst, true);
-    thread::sleep(Duration::from_millis(200));
 
     let dir = std::path::PathBuf::from(
         std::env::var("ENVOY_SMC_VM_SHARED").unwrap_or_else(|_| "/tmp".into()),
@@ -578,20 +472,24 @@ fn capture_kernel_replies_as_fixtures() {
     };
 
     let mut diag = NlSocket::open(libc::NETLINK_SOCK_DIAG).unwrap();
-    let msgs = diag
-        .request(
-            "smc_diag",
-            smc_diag::SOCK_DIAG_BY_FAMILY,
-            libc::NLM_F_DUMP as u16,
-            &smc_diag::dump_request(),
-        )
-        .unwrap();
-    let socks = smc_diag::parse_dump(&msgs).unwrap();
-    assert!(
-        socks.iter().any(|s| s.link.is_some()),
-        "an SMC-R socket with LGRINFO"
+    let msgs = common::wait_for(
+        "smc_diag to show an SMC-R socket with LGRINFO and a fallback socket",
+        Duration::from_secs(10),
+        || {
+            let msgs = diag
+                .request(
+                    "smc_diag",
+                    smc_diag::SOCK_DIAG_BY_FAMILY,
+                    libc::NLM_F_DUMP as u16,
+                    &smc_diag::dump_request(),
+                )
+                .unwrap();
+            let socks = smc_diag::parse_dump(&msgs).unwrap();
+            (socks.iter().any(|s| s.link.is_some())
+                && socks.iter().any(|s| s.fallback_reason().is_some()))
+            .then_some(msgs)
+        },
     );
-    assert!(socks.iter().any(|s| s.fallback_reason().is_some()));
     save("smc_diag_dump.bin", &msgs);
 
     let fam = SmcGenl::open().unwrap().family;

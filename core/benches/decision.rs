@@ -29,7 +29,7 @@ fn runtime(rules: usize) -> Runtime {
         local_addrs: vec![IpAddr::V4(Ipv4Addr::new(10, 3, 3, 3))],
         annotations: vec![],
     };
-    Runtime::new(&config::from_yaml(&text).unwrap(), &env).unwrap()
+    Runtime::new(&config::from_yaml(&text).unwrap(), &env)
 }
 
 /// What envoy-smc decides for one connection: the socket-time check, the mesh switch option

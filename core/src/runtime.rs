@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use crate::adaptive::{Admission, Breaker, Entry, Rescuer, Watchdog};
-use crate::config::{self, AdaptiveSettings, ConfigError, SmcConfig};
+use crate::config::{self, AdaptiveSettings, Config, ConfigError};
 use crate::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
-use crate::smc::{self, SocketKind};
+use crate::smc::{self, SocketKind, SocketRecord};
 use crate::stats::{Counter, Stats};
 
 /// What carrying out a verdict did.
@@ -26,6 +26,43 @@ pub struct Applied {
     /// The fd now holds a listener shared with other fds (already configured and listening): the
     /// caller sets nothing more on it.
     pub shared: bool,
+}
+
+/// A socket an entry point watches: the facts its options carry and the record a replacement is
+/// built from. Owned by the entry point, used by one thread at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub facts: SocketFacts,
+    pub record: SocketRecord,
+}
+
+impl Watched {
+    /// The facts to decide with: an option the record could not carry keeps the socket as is.
+    fn decision_facts(&self) -> SocketFacts {
+        if self.record.options_carried() {
+            self.facts
+        } else {
+            SocketFacts(self.facts.0 | SocketFacts::OPTIONS_NOT_CARRIED)
+        }
+    }
+}
+
+/// How an SMC connect is watched for a path that drops SMC's SYNs (adaptive fallback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Noticed, so that later connects to the destination use TCP.
+    Plain,
+    /// Also handed to the entry point's rescuer with this token if it gets stuck (see
+    /// [`Runtime::watch_rescuable_connect`]).
+    Rescuable(u64),
+}
+
+/// What a connect event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connected {
+    pub applied: Applied,
+    /// The socket's cookie when the connect is watched for a rescue.
+    pub cookie: Option<u64>,
 }
 
 /// The black-hole breaker and its watchdog, present unless adaptive fallback is disabled.
@@ -73,34 +110,33 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// A runtime for `config` in `env`.
-    pub fn new(config: &SmcConfig, env: &Environment) -> Result<Runtime, ConfigError> {
-        let policy = Policy::new(config, env)?;
+    pub fn new(config: &Config, env: &Environment) -> Runtime {
+        let policy = Policy::new(config, env);
         log_availability(&policy);
         let stats = Arc::new(Stats::default());
-        Ok(Runtime {
+        Runtime {
             policy: ArcSwap::from_pointee(policy),
-            adaptive: ArcSwapOption::new(Adaptive::new(
-                AdaptiveSettings::from_config(config),
-                &stats,
-                None,
-            )),
+            adaptive: ArcSwapOption::new(Adaptive::new(config.adaptive, &stats, None)),
             rescuer: Mutex::new(None),
             stats,
             shared: smc::SharedListeners::default(),
             warned_replace: AtomicBool::new(false),
-        })
+        }
     }
 
     /// A runtime from YAML/JSON text, on this host.
     pub fn from_yaml(text: &str) -> Result<Runtime, ConfigError> {
-        Runtime::new(&config::from_yaml(text)?, &Environment::of_this_host())
+        Ok(Runtime::new(
+            &config::from_yaml(text)?,
+            &Environment::of_this_host(),
+        ))
     }
 
     /// Replaces the configuration for every later decision; sockets already decided keep theirs.
-    pub fn swap_config(&self, config: &SmcConfig, env: &Environment) -> Result<(), ConfigError> {
-        let policy = Policy::new(config, env)?;
+    pub fn swap_config(&self, config: &Config, env: &Environment) {
+        let policy = Policy::new(config, env);
         log_availability(&policy);
-        let settings = AdaptiveSettings::from_config(config);
+        let settings = config.adaptive;
         let current = self.adaptive.load().as_ref().map(|a| *a.breaker.settings());
         // Remembered destinations survive a swap unless the adaptive settings changed.
         if current != Some(settings).filter(|s| s.enabled) {
@@ -109,7 +145,6 @@ impl Runtime {
                 .store(Adaptive::new(settings, &self.stats, rescuer));
         }
         self.policy.store(Arc::new(policy));
-        Ok(())
     }
 
     /// The policy in force (lock-free read).
@@ -121,14 +156,24 @@ impl Runtime {
         &self.stats
     }
 
-    /// At `socket()`: `true` when envoy-smc keeps watching the socket (it may become SMC later);
-    /// `false` when it stays a plain socket for good (counted with its reason).
-    pub fn on_socket(&self, domain: i32, ty: i32, protocol: i32, addr: Option<IpAddr>) -> bool {
-        self.socket_decision(domain, ty, protocol, addr).is_ok()
+    /// At `socket(domain, ty, protocol)` (`addr`: what is known of the socket's address, if
+    /// anything): the socket to watch (it may become SMC later), or why it stays a plain socket
+    /// for good (counted; non-IP-stream sockets are not counted).
+    pub fn on_socket(
+        &self,
+        domain: i32,
+        ty: i32,
+        protocol: i32,
+        addr: Option<IpAddr>,
+    ) -> Result<Watched, TcpReason> {
+        self.socket_decision(domain, ty, protocol, addr)?;
+        Ok(Watched {
+            facts: SocketFacts::default(),
+            record: SocketRecord::opened(domain, ty),
+        })
     }
 
-    /// Like [`Runtime::on_socket`], with the reason a socket stays plain. Non-IP-stream sockets
-    /// are `Err(NotIpStream)` and not counted.
+    /// The decision at `socket()` alone ([`Runtime::on_socket`] without the record).
     pub fn socket_decision(
         &self,
         domain: i32,
@@ -170,12 +215,73 @@ impl Runtime {
             .note_sockopt(facts, level, name, i32::from_ne_bytes(bytes))
     }
 
-    /// The listener decision for the bound socket `fd` (reads its address and kind).
-    pub fn decide_listen(&self, fd: BorrowedFd<'_>, facts: SocketFacts) -> Verdict {
-        let (Ok(local), Ok(Some(_))) = (local_address(fd), smc::socket_kind(fd)) else {
-            return Verdict::Tcp(TcpReason::NotIpStream);
+    /// At a successful `setsockopt` on a watched socket: notes the facts the option carries and
+    /// records it for a replacement. `value` is `None` when the entry point could not read it
+    /// (the socket then stays as it is).
+    pub fn on_sockopt(&self, w: &mut Watched, level: i32, name: i32, value: Option<&[u8]>) {
+        match value {
+            Some(v) => {
+                w.facts = self.note_sockopt(w.facts, level, name, v);
+                w.record.record_opt(level, name, v);
+            }
+            None => w.record.mark_not_carried(),
+        }
+    }
+
+    /// Before `listen()` on a watched socket: decides whether it is an SMC listener and carries
+    /// the verdict out (see [`Applied`]). Counts the outcome.
+    pub fn on_listen(&self, fd: BorrowedFd<'_>, w: &mut Watched) -> Applied {
+        let local = match w.record.bound {
+            // A port the kernel chose: the listener's real port decides.
+            Some(a) if a.port() == 0 => local_address(fd).unwrap_or(a),
+            Some(a) => a,
+            // listen() on an unbound socket binds an ephemeral port: never a selected one.
+            None => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
         };
-        self.policy.load().before_listen(local, facts)
+        let verdict = self.policy.load().before_listen(local, w.decision_facts());
+        self.apply_listen(fd, w, local, verdict)
+    }
+
+    /// Before a watched socket is duplicated (`dup`, `dup2`, `dup3`, `F_DUPFD`, Envoy's
+    /// `IoHandle::duplicate`): the last moment it can be replaced, since a duplicate would keep the
+    /// old socket. The one rule for every entry point: a bound socket gets its listener decision
+    /// now (Envoy duplicates a bound listener socket for its workers when `enable_reuse_port` is
+    /// false, before `listen()`); an unbound one stays the TCP socket it is, undecided (`None`):
+    /// it is no listener yet, and a client cannot be decided before its destination is known.
+    pub fn on_dup(&self, fd: BorrowedFd<'_>, w: &mut Watched) -> Option<Applied> {
+        w.record.bound?;
+        Some(self.on_listen(fd, w))
+    }
+
+    /// Before `connect(remote)` on a watched socket: decides, carries out and, for SMC, watches
+    /// the connect (adaptive fallback; see [`Watch`]). A TCP verdict costs no system call (the
+    /// socket is the plain TCP socket it was opened as); an SMC one replaces the socket from the
+    /// record, reading nothing back. `still_ours` runs only before a replacement: an entry point
+    /// that cannot be sure the fd still holds the recorded socket checks it there; `false` changes
+    /// and counts nothing (`None`).
+    pub fn on_connect(
+        &self,
+        fd: BorrowedFd<'_>,
+        w: &mut Watched,
+        remote: SocketAddr,
+        watch: Watch,
+        still_ours: impl FnOnce() -> bool,
+    ) -> Option<Connected> {
+        let verdict = self.decide_connect(remote, w.decision_facts());
+        if verdict.is_smc() && !still_ours() {
+            return None;
+        }
+        let applied = self.apply_connect(fd, w, verdict);
+        let mut cookie = None;
+        if applied.verdict.is_smc() {
+            match watch {
+                Watch::Plain => self.watch_connect(fd, remote),
+                Watch::Rescuable(token) => {
+                    cookie = self.watch_rescuable_connect(fd, remote, token);
+                }
+            }
+        }
+        Some(Connected { applied, cookie })
     }
 
     /// The client decision for a connect to `remote`: the policy's, then the black-hole breaker's
@@ -288,6 +394,14 @@ impl Runtime {
         Some(a.breaker.trip(dest, a.breaker.now_ms()))
     }
 
+    /// Connects the black-hole watchdog is watching now (0 when adaptive fallback is disabled).
+    pub fn connects_watched_now(&self) -> usize {
+        self.adaptive
+            .load()
+            .as_ref()
+            .map_or(0, |a| a.watchdog.watching())
+    }
+
     /// Destinations the breaker remembers (held, probing, or recovered with strikes).
     pub fn black_holes(&self) -> Vec<Entry> {
         self.adaptive
@@ -297,40 +411,29 @@ impl Runtime {
             .unwrap_or_default()
     }
 
-    /// Decide, carry out and (for SMC) watch, in one call before `connect()`.
-    pub fn before_connect(
-        &self,
-        fd: BorrowedFd<'_>,
-        remote: SocketAddr,
-        facts: SocketFacts,
-    ) -> Applied {
-        let applied = self.apply_connect(fd, self.decide_connect(remote, facts));
-        if applied.verdict.is_smc() {
-            self.watch_connect(fd, remote);
-        }
-        applied
-    }
-
     /// Carries out a listener verdict before `listen()`: an SMC socket (with `SMC_LIMIT_HS` if
     /// asked) for SMC, a plain TCP socket otherwise. An `AF_SMC` verdict for a socket with
     /// `SO_REUSEPORT` (one of a listener's per-worker sockets) joins or becomes the address's
     /// shared `AF_SMC` listener. Counts the outcome. Never leaves the fd without a working socket.
-    pub fn apply_listen(&self, fd: BorrowedFd<'_>, verdict: Verdict) -> Applied {
-        let current = match smc::socket_kind(fd) {
-            Ok(Some((kind, _))) => kind,
-            _ => return applied(Verdict::Tcp(TcpReason::NotIpStream), false),
-        };
+    fn apply_listen(
+        &self,
+        fd: BorrowedFd<'_>,
+        w: &mut Watched,
+        local: SocketAddr,
+        verdict: Verdict,
+    ) -> Applied {
+        let current = w.record.kind;
         match verdict {
             Verdict::Smc {
                 kind: SocketKind::AfSmc,
                 limit_hs,
-            } if current == SocketKind::Tcp && reuse_port_set(fd) => {
-                self.apply_shared_listen(fd, verdict, limit_hs)
+            } if current == SocketKind::Tcp && w.facts.has(SocketFacts::REUSE_PORT) => {
+                self.apply_shared_listen(fd, w, local, verdict, limit_hs)
             }
             Verdict::Smc { kind, limit_hs } => {
                 let replaced = current != kind;
                 if replaced {
-                    if let Err(e) = smc::replace_socket(fd, kind, &[]) {
+                    if let Err(e) = w.record.replace(fd, kind, &[]) {
                         return self.replace_failed(e);
                     }
                     self.stats.inc(Counter::SocketReplaced);
@@ -345,7 +448,7 @@ impl Runtime {
                 if !current.is_smc() {
                     return applied(verdict, false);
                 }
-                if let Err(e) = smc::replace_socket(fd, SocketKind::Tcp, &[]) {
+                if let Err(e) = w.record.replace(fd, SocketKind::Tcp, &[]) {
                     self.stats.inc(Counter::Errors);
                     tracing::warn!(
                         "envoy-smc: cannot turn listener fd {} into a TCP socket: {e}",
@@ -361,16 +464,24 @@ impl Runtime {
 
     /// An `AF_SMC` listener for one of the per-worker `SO_REUSEPORT` sockets of an address: the
     /// first becomes it, the others share it (`smc::SharedListeners`).
-    fn apply_shared_listen(&self, fd: BorrowedFd<'_>, verdict: Verdict, limit_hs: bool) -> Applied {
-        let shared = local_address(fd).and_then(|local| self.shared.listen(fd, local));
-        match shared {
+    fn apply_shared_listen(
+        &self,
+        fd: BorrowedFd<'_>,
+        w: &mut Watched,
+        local: SocketAddr,
+        verdict: Verdict,
+        limit_hs: bool,
+    ) -> Applied {
+        match self.shared.listen(fd, local) {
             Ok(smc::Shared::Created) => {
+                w.record.kind = SocketKind::AfSmc;
                 self.stats.inc(Counter::SocketReplaced);
                 self.limit_handshake(fd, limit_hs);
                 self.stats.inc_smc_listen(SocketKind::AfSmc);
                 applied(verdict, true)
             }
             Ok(smc::Shared::Joined) => {
+                w.record.kind = SocketKind::AfSmc;
                 self.stats.inc(Counter::ListenShared);
                 Applied {
                     verdict,
@@ -393,13 +504,13 @@ impl Runtime {
         &self,
         fd: BorrowedFd<'_>,
         local: SocketAddr,
-        facts: SocketFacts,
+        w: &mut Watched,
     ) -> bool {
-        if !matches!(smc::socket_kind(fd), Ok(Some((SocketKind::Tcp, _)))) || !reuse_port_set(fd) {
+        if w.record.kind != SocketKind::Tcp || !w.facts.has(SocketFacts::REUSE_PORT) {
             return false;
         }
         if !matches!(
-            self.policy.load().before_listen(local, facts),
+            self.policy.load().before_listen(local, w.facts),
             Verdict::Smc {
                 kind: SocketKind::AfSmc,
                 ..
@@ -409,6 +520,7 @@ impl Runtime {
         }
         match self.shared.join(fd, local) {
             Ok(true) => {
+                w.record.kind = SocketKind::AfSmc;
                 self.stats.inc(Counter::ListenShared);
                 tracing::debug!(
                     "envoy-smc: fd {} bound to {local} by sharing its AF_SMC listener",
@@ -439,17 +551,15 @@ impl Runtime {
     }
 
     /// Carries out a client verdict before `connect()`: replaces a TCP socket with an SMC socket
-    /// for SMC; applies the kernel's fallback switch to an SMC socket for TCP. Counts the outcome.
-    pub fn apply_connect(&self, fd: BorrowedFd<'_>, verdict: Verdict) -> Applied {
-        let current = match smc::socket_kind(fd) {
-            Ok(Some((kind, _))) => kind,
-            _ => return applied(Verdict::Tcp(TcpReason::NotIpStream), false),
-        };
+    /// for SMC; applies the kernel's fallback switch to an SMC socket for TCP (a plain TCP socket,
+    /// the usual case, is left alone: no system call). Counts the outcome.
+    fn apply_connect(&self, fd: BorrowedFd<'_>, w: &mut Watched, verdict: Verdict) -> Applied {
+        let current = w.record.kind;
         match verdict {
             Verdict::Smc { kind, .. } => {
                 let replaced = current != kind;
                 if replaced {
-                    if let Err(e) = smc::replace_socket(fd, kind, &[]) {
+                    if let Err(e) = w.record.replace(fd, kind, &[]) {
                         return self.replace_failed(e);
                     }
                     self.stats.inc(Counter::SocketReplaced);
@@ -477,6 +587,12 @@ impl Runtime {
     }
 
     fn replace_failed(&self, e: io::Error) -> Applied {
+        if smc::NotCarried::is(&e) {
+            // An option the application set that the SMC socket refuses: it stays as it was.
+            tracing::debug!("envoy-smc: keeping TCP: {e}");
+            self.stats.inc_tcp(TcpReason::OptionsNotCarried);
+            return applied(Verdict::Tcp(TcpReason::OptionsNotCarried), false);
+        }
         self.stats.inc(Counter::Errors);
         self.stats.inc_tcp(TcpReason::ReplaceFailed);
         if !self.warned_replace.swap(true, Ordering::Relaxed) {
@@ -496,12 +612,6 @@ fn applied(verdict: Verdict, replaced: bool) -> Applied {
     }
 }
 
-/// Whether `SO_REUSEPORT` is set on `fd`.
-fn reuse_port_set(fd: BorrowedFd<'_>) -> bool {
-    smc::sys::getsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT)
-        .is_ok_and(|v| v != 0)
-}
-
 /// One clear line when SMC is off for every socket, and why (not one per connection).
 fn log_availability(policy: &Policy) {
     match policy.smc_kind() {
@@ -512,24 +622,8 @@ fn log_availability(policy: &Policy) {
 
 /// The address `fd` is bound to.
 pub fn local_address(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    let mut storage: libc::sockaddr_storage = unsafe_zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage is large enough for any address and len says so.
-    let rc = unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    crate::smc::sockaddr::to_socket_addr(&storage, len)
+    socket2::SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP address"))
-}
-
-fn unsafe_zeroed() -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
 }

@@ -1,8 +1,6 @@
 //! Adaptive fallback: the breaker's state machine, its behaviour under many threads, and the
 //! watchdog on real sockets.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -18,6 +16,9 @@ use envoy_smc_core::policy::{Environment, TcpReason, Verdict};
 use envoy_smc_core::smc::{reconnect_tcp, KernelSupport};
 use envoy_smc_core::stats::Counter;
 use envoy_smc_core::Runtime;
+
+mod common;
+use common::{wait_for, wait_until};
 
 fn settings(hold: u32, max_hold: u32, max_destinations: u32) -> AdaptiveSettings {
     AdaptiveSettings {
@@ -137,7 +138,8 @@ fn memory_is_bounded_and_the_earliest_expiring_entries_are_evicted() {
         b.trip(dest(i), u64::from(i));
     }
     let entries = b.entries();
-    assert!(entries.len() <= 128, "{} entries", entries.len());
+    // The table's bound: four slots per destination to remember.
+    assert!(entries.len() <= 4 * 64, "{} entries", entries.len());
     assert_eq!(
         b.held(),
         entries.iter().filter(|e| e.phase != Phase::Closed).count()
@@ -172,7 +174,8 @@ fn many_threads_many_destinations_no_lost_updates() {
     for t in threads {
         t.join().unwrap();
     }
-    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once.
+    // 8,000 destinations, 16,384 to remember: every trip is remembered and counted once (with one
+    // 8-slot window per destination a third of the runs forgot one: 7999).
     assert_eq!(b.held(), 8000);
     let held = (0..8000)
         .filter(|&i| b.admit(dest(i), 1) == Admission::Hold)
@@ -204,7 +207,7 @@ fn concurrent_probes_admit_exactly_one() {
 fn runtime() -> Runtime {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 60000}";
-    Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap()
+    Runtime::new(&config::from_yaml(text).unwrap(), &env)
 }
 
 #[test]
@@ -215,7 +218,7 @@ fn the_runtime_consults_the_breaker_only_for_smc_verdicts() {
     let disabled =
         config::from_yaml("opt_in: {all_workloads: true}\nadaptive_fallback: {disabled: true}")
             .unwrap();
-    assert!(!AdaptiveSettings::from_config(&disabled).enabled);
+    assert!(!disabled.adaptive.enabled);
     let err = config::from_yaml("adaptive_fallback: {hold_down_ms: 5000, max_hold_down_ms: 1000}")
         .unwrap_err();
     assert!(
@@ -251,9 +254,9 @@ fn watchdog_trips_when_the_stalled_path_answers_plain_tcp_full_queue_stands_in_f
     let t0 = Instant::now();
     // The stalled socket is watched as if it were connecting to `proven`, whose plain TCP works.
     rt.watch_connect(pending.fd.as_fd(), proven);
-    while rt.stats().get(Counter::BlackHoleTripped) == 0 && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the watchdog to trip", Duration::from_secs(5), || {
+        rt.stats().get(Counter::BlackHoleTripped) > 0
+    });
     let took = t0.elapsed();
     assert_eq!(
         rt.stats().get(Counter::BlackHoleTripped),
@@ -273,20 +276,17 @@ fn watchdog_trips_when_the_stalled_path_answers_plain_tcp_full_queue_stands_in_f
     assert_eq!(rt.stats().get(Counter::ConnectsWatched), 1);
     // The watchdog published the table for `envoy-smc status` (other tests of this process may
     // have added their own destinations to the same file).
-    let t0 = Instant::now();
-    let mine = loop {
-        let tables = publish::read_tables(&publish::state_dir(), Path::new("/proc"));
-        let mine = tables.into_iter().find(|t| t.pid == std::process::id());
-        if mine
-            .as_ref()
-            .is_some_and(|t| t.destinations.iter().any(|d| d.destination == proven))
-            || t0.elapsed() > Duration::from_secs(2)
-        {
-            break mine;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mine = mine.expect("this process's table in the state dir");
+    let mine = wait_for(
+        "this process's table in the state dir, with the tripped destination",
+        Duration::from_secs(2),
+        || {
+            let tables = publish::read_tables(&publish::state_dir(), Path::new("/proc"));
+            tables.into_iter().find(|t| {
+                t.pid == std::process::id()
+                    && t.destinations.iter().any(|d| d.destination == proven)
+            })
+        },
+    );
     let d = mine
         .destinations
         .iter()
@@ -339,11 +339,9 @@ fn watchdog_trips_nothing_when_plain_tcp_fails_too() {
     let rt = runtime();
     let (full, _filler, pending) = stalled_connect();
     rt.watch_connect(pending.fd.as_fd(), full.local_addr().unwrap());
-    let t0 = Instant::now();
-    while rt.stats().get(Counter::BlackHoleNotProven) == 0 && t0.elapsed() < Duration::from_secs(6)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("a not-proven verdict", Duration::from_secs(6), || {
+        rt.stats().get(Counter::BlackHoleNotProven) > 0
+    });
     assert_eq!(rt.stats().get(Counter::BlackHoleNotProven), 1);
     assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 0);
     assert!(rt.black_holes().is_empty());
@@ -358,7 +356,11 @@ fn watchdog_forgets_connects_that_complete_or_close() {
     let (_full, _filler, closed) = stalled_connect();
     rt.watch_connect(closed.fd.as_fd(), server.local_addr().unwrap());
     drop(closed);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until(
+        "the watchdog to forget the completed and the closed connect",
+        Duration::from_secs(10),
+        || rt.connects_watched_now() == 0,
+    );
     assert_eq!(
         rt.stats().get(Counter::BlackHoleTripped),
         0,
@@ -540,12 +542,11 @@ fn a_stuck_connect_nobody_can_rescue_is_counted() {
     let working = TcpListener::bind("127.0.0.1:0").unwrap();
     let (_full, _filler, stuck) = stalled_connect();
     rt.watch_connect(stuck.fd.as_fd(), working.local_addr().unwrap());
-    let t0 = Instant::now();
-    while rt.stats().get(Counter::BlackHoleRescueFailed) == 0
-        && t0.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the failed rescue to be counted",
+        Duration::from_secs(5),
+        || rt.stats().get(Counter::BlackHoleRescueFailed) > 0,
+    );
     assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 1);
     assert_eq!(rt.stats().get(Counter::BlackHoleRescueFailed), 1);
     assert_eq!(rt.stats().get(Counter::BlackHoleRescued), 0);
@@ -569,15 +570,9 @@ mod socket2_like {
                 0,
             ))
         };
-        let sin = super::common::sockaddr_in(to);
-        // SAFETY: valid fd and sockaddr_in.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sin as *const libc::sockaddr_in).cast(),
-                16,
-            )
-        };
+        let sin = socket2::SockAddr::from(to);
+        // SAFETY: valid fd and socket address.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
         assert!(
             rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS)
         );
@@ -592,22 +587,26 @@ mod socket2_like {
 fn short_connections_to_a_held_destination_recover_it() {
     let env = Environment::assuming(KernelSupport::BOTH);
     let text = "opt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\nadaptive_fallback: {hold_down_ms: 1, max_hold_down_ms: 1000}";
-    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env).unwrap();
+    let rt = Runtime::new(&config::from_yaml(text).unwrap(), &env);
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let d = server.local_addr().unwrap();
     rt.hold_destination(d);
-    std::thread::sleep(Duration::from_millis(5));
+    wait_until("the 1 ms hold-down to end", Duration::from_secs(2), || {
+        rt.black_holes()
+            .iter()
+            .any(|e| e.destination == d && e.until <= std::time::SystemTime::now())
+    });
     for _ in 0..2 {
         let c = socket2_like::connect_nonblocking(d);
         rt.watch_connect(c.fd.as_fd(), d);
         let (accepted, _) = server.accept().unwrap();
         drop((accepted, c));
     }
-    let t0 = Instant::now();
-    while rt.stats().get(Counter::BlackHoleRecovered) == 0 && t0.elapsed() < Duration::from_secs(3)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the held destination to recover",
+        Duration::from_secs(3),
+        || rt.stats().get(Counter::BlackHoleRecovered) > 0,
+    );
     assert_eq!(
         rt.stats().get(Counter::BlackHoleRecovered),
         1,
@@ -637,18 +636,19 @@ fn a_black_hole_trips_within_2_s_while_connects_to_a_dead_destination_stall_too(
         rt.watch_connect(p.fd.as_fd(), dead_dest);
     }
     rt.watch_connect(black_holed.fd.as_fd(), proven);
-    while rt.stats().get(Counter::BlackHoleTripped) == 0 && t0.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the black hole to trip", Duration::from_secs(15), || {
+        rt.stats().get(Counter::BlackHoleTripped) > 0
+    });
     let took = t0.elapsed();
     assert_eq!(rt.stats().get(Counter::BlackHoleTripped), 1);
     assert!(took < Duration::from_secs(2), "tripped after {took:?}");
     assert_eq!(rt.black_holes()[0].destination, proven);
     // The ten share one verdict.
-    while rt.stats().get(Counter::BlackHoleNotProven) < 10 && t0.elapsed() < Duration::from_secs(6)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "not-proven verdicts for the ten dead connects",
+        Duration::from_secs(6),
+        || rt.stats().get(Counter::BlackHoleNotProven) >= 10,
+    );
     assert_eq!(rt.stats().get(Counter::BlackHoleNotProven), 10);
     assert_eq!(
         rt.stats().get(Counter::TcpProbes),

@@ -1,11 +1,12 @@
 //! The configuration model: every field from YAML, JSON and Envoy's binary form, the defaults,
 //! and bad input rejected with a message naming the field and the value.
 
-use envoy_smc_core::config::{self, proto, SmcConfig};
+use envoy_smc_core::config::proto::smc_config::Mode;
+use envoy_smc_core::config::{self, proto, Config, OptionMatch, PortRange, SmcConfig};
 use prost::Message;
 
 const FULL: &str = r#"
-mode: IPPROTO_SMC
+mode: MODE_IPPROTO_SMC
 mesh_switch:
   always_on: true
   enable_option: {level: 1, name: 18, int_value: 1}
@@ -29,47 +30,39 @@ upstream:
 #[test]
 fn every_field_loads_from_yaml() {
     let c = config::from_yaml(FULL).expect("valid");
-    assert_eq!(c.mode, proto::smc_config::Mode::IpprotoSmc as i32);
-    let sw = c.mesh_switch.as_ref().unwrap();
-    assert!(sw.always_on);
-    assert_eq!(
-        sw.enable_option,
-        Some(proto::SocketOptionMatch {
-            level: 1,
-            name: 18,
-            int_value: 1
-        })
-    );
-    assert_eq!(
-        sw.keep_tcp_option,
-        Some(proto::SocketOptionMatch {
-            level: 6,
-            name: 30,
-            int_value: 0
-        })
-    );
-    let o = c.opt_in.as_ref().unwrap();
+    assert_eq!(c.mode, Mode::IpprotoSmc);
+    assert!(c.always_on);
+    let option = |level, name, value| OptionMatch { level, name, value };
+    assert_eq!(c.enable_option, option(1, 18, 1));
+    assert_eq!(c.keep_tcp_option, option(6, 30, 0));
+    let o = &c.opt_in;
     assert!(!o.all_workloads);
     assert_eq!(o.annotation, "example.com/smc");
     assert_eq!(
         o.annotations.get("example.com/smc").map(String::as_str),
         Some("true")
     );
-    assert_eq!(o.annotations_file, "/etc/istio/pod/annotations");
-    let l = c.listeners.as_ref().unwrap();
-    assert_eq!(l.ports, vec![15006, 8443]);
-    assert!(l.limit_handshake);
-    let u = c.upstream.as_ref().unwrap();
-    assert_eq!(u.allow, vec!["10.0.0.0/8", "fd00::/8"]);
-    assert_eq!(u.deny, vec!["10.96.0.0/12"]);
+    assert_eq!(
+        o.annotations_file.as_deref(),
+        Some(std::path::Path::new("/etc/istio/pod/annotations"))
+    );
+    assert_eq!(c.listener_ports, vec![15006, 8443]);
+    assert!(c.limit_handshake);
+    let cidr = |s| config::parse_cidr(s).unwrap();
+    assert_eq!(c.allow, vec![cidr("10.0.0.0/8"), cidr("fd00::/8")]);
+    assert_eq!(c.deny, vec![cidr("10.96.0.0/12")]);
+    let ports = |first, last| PortRange { first, last };
+    assert_eq!(c.allow_ports, vec![ports(8080, 8080), ports(9000, 9100)]);
+    assert_eq!(c.deny_ports, vec![ports(15000, 15000)]);
+    assert!(c.allow_local);
+    // The message it came from is kept as written, for showing and rendering.
+    let u = c.proto().upstream.as_ref().unwrap();
     assert_eq!(u.allow_ports, vec!["8080", "9000-9100"]);
-    assert_eq!(u.deny_ports, vec!["15000"]);
-    assert!(u.allow_local);
 }
 
 #[test]
 fn json_with_camel_case_names_and_numeric_strings_is_the_same_config() {
-    let json = r#"{"mode": "IPPROTO_SMC",
+    let json = r#"{"mode": "MODE_IPPROTO_SMC",
         "meshSwitch": {"alwaysOn": true, "enableOption": {"level": "1", "name": 18, "intValue": 1},
                        "keepTcpOption": {"level": 6, "name": 30, "intValue": "0"}},
         "optIn": {"annotation": "example.com/smc", "annotations": {"example.com/smc": "true", "other": "x"},
@@ -86,38 +79,111 @@ fn json_with_camel_case_names_and_numeric_strings_is_the_same_config() {
 #[test]
 fn binary_form_round_trips() {
     let c = config::from_yaml(FULL).unwrap();
-    let bytes = c.encode_to_vec();
+    let bytes = c.proto().encode_to_vec();
     assert_eq!(config::from_proto_bytes(&bytes).unwrap(), c);
     // Envoy's empty typed_config is the default configuration.
-    assert_eq!(config::from_proto_bytes(&[]).unwrap(), SmcConfig::default());
+    assert_eq!(config::from_proto_bytes(&[]).unwrap(), Config::default());
 }
 
 #[test]
 fn defaults_are_the_safe_ones() {
-    for text in ["", "{}", "mode: AUTO", "~"] {
+    for text in ["", "{}", "mode: MODE_AUTO", "~"] {
         let c = config::from_yaml(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
-        assert_eq!(c.mode, proto::smc_config::Mode::Auto as i32);
-        // Unset messages: the mesh switch is required, no workload opted in without its
-        // annotation, no listener selected, local destinations excluded.
-        assert_eq!(c.mesh_switch, None);
-        assert_eq!(c.opt_in, None);
-        assert_eq!(c.listeners, None);
-        assert_eq!(c.upstream, None);
+        assert_eq!(c, Config::default());
+        assert_eq!(c.mode, Mode::Auto);
+        // The mesh switch is required, no workload opted in without its annotation, no
+        // listener selected, local destinations excluded, adaptive fallback on.
+        assert!(!c.always_on);
+        assert!(!c.opt_in.all_workloads);
+        assert_eq!(c.opt_in.annotation, config::DEFAULT_OPT_IN_ANNOTATION);
+        assert!(c.listener_ports.is_empty());
+        assert!(c.allow.is_empty() && !c.allow_local);
+        assert!(c.adaptive.enabled);
     }
     let json = config::to_json(&SmcConfig::default());
     assert_eq!(json["mode"], "MODE_AUTO");
 }
 
+/// Envoy reads enum values by their full names in any case, or by number (also as a string):
+/// `MessageUtil::loadFromJsonNoThrow` turns on protobuf's `case_insensitive_enum_parsing`.
+/// tests/envoy_config.rs checks the same spellings against a real Envoy 1.40.
 #[test]
-fn enum_by_full_name_short_name_and_number() {
-    let af = proto::smc_config::Mode::AfSmc as i32;
-    assert_eq!(config::from_yaml("mode: MODE_AF_SMC").unwrap().mode, af);
-    assert_eq!(config::from_yaml("mode: AF_SMC").unwrap().mode, af);
-    assert_eq!(config::from_yaml("mode: 1").unwrap().mode, af);
-    assert_eq!(
-        config::from_yaml("mode: 3").unwrap().mode,
-        proto::smc_config::Mode::Off as i32
-    );
+fn enum_values_are_spelt_as_envoy_reads_them() {
+    for (text, mode) in [
+        ("mode: MODE_AF_SMC", Mode::AfSmc),
+        ("mode: mode_af_smc", Mode::AfSmc),
+        ("mode: Mode_Ipproto_Smc", Mode::IpprotoSmc),
+        ("mode: 1", Mode::AfSmc),
+        ("mode: \"2\"", Mode::IpprotoSmc),
+        ("{\"mode\": \"MODE_OFF\"}", Mode::Off),
+        ("mode: 3", Mode::Off),
+    ] {
+        let c = config::from_yaml(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(c.mode, mode, "{text}");
+    }
+}
+
+/// The short names older versions took are refused with the spelling Envoy takes.
+#[test]
+fn short_enum_names_are_refused_with_the_full_name() {
+    for (short, full) in [
+        ("AF_SMC", "MODE_AF_SMC"),
+        ("af_smc", "MODE_AF_SMC"),
+        ("IPPROTO_SMC", "MODE_IPPROTO_SMC"),
+        ("AUTO", "MODE_AUTO"),
+        ("OFF", "MODE_OFF"),
+    ] {
+        let e = config::from_yaml(&format!("mode: {short}")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "mode: \"{short}\" is not a value of envoy_smc.v1.SmcConfig.Mode: write {full} \
+                 (Envoy accepts only the full enum value names: MODE_AUTO, MODE_AF_SMC, \
+                 MODE_IPPROTO_SMC, MODE_OFF)"
+            )
+        );
+    }
+}
+
+/// The four kinds of mistake, each with its exact message.
+#[test]
+fn unknown_field_wrong_type_bad_cidr_and_short_enum_have_exact_messages() {
+    for (input, want) in [
+        (
+            "upstream: {alow: [10.0.0.0/8]}",
+            "upstream.alow: unknown field (known fields: allow, deny, allow_ports, deny_ports, allow_local)",
+        ),
+        (
+            "listeners: {ports: 15006}",
+            "listeners.ports: invalid type: integer `15006`, expected a list",
+        ),
+        (
+            "upstream: {allow: [10.0.0.0/8, 10.1.0.0/16, 10.0.0.0/33]}",
+            "upstream.allow[2]: \"10.0.0.0/33\" is not a CIDR (like 10.0.0.0/8 or fd00::/8)",
+        ),
+        (
+            "mode: AF_SMC",
+            "mode: \"AF_SMC\" is not a value of envoy_smc.v1.SmcConfig.Mode: write MODE_AF_SMC \
+             (Envoy accepts only the full enum value names: MODE_AUTO, MODE_AF_SMC, \
+             MODE_IPPROTO_SMC, MODE_OFF)",
+        ),
+    ] {
+        let e = config::from_yaml(input).expect_err(input);
+        assert_eq!(e.to_string(), want, "{input}");
+        // Envoy's binary form goes through the same checks (an unknown field or a wrong type
+        // cannot be written in it).
+        if input.starts_with("upstream: {allow") {
+            let bad = SmcConfig {
+                upstream: Some(proto::Upstream {
+                    allow: vec!["10.0.0.0/8".into(), "10.1.0.0/16".into(), "10.0.0.0/33".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let e = config::from_proto_bytes(&bad.encode_to_vec()).unwrap_err();
+            assert_eq!(e.to_string(), want);
+        }
+    }
 }
 
 /// (input, expected error text)
@@ -164,15 +230,15 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "listeners: {ports: [-1]}",
-        "listeners.ports[0]: -1 is not an unsigned 32-bit integer",
+        "listeners.ports[0]: -1 is out of range for this field",
     ),
     (
         "listeners: {ports: 15006}",
-        "listeners.ports: must be a list, not 15006",
+        "listeners.ports: invalid type: integer `15006`, expected a list",
     ),
     (
         "listeners: {limit_handshake: yes please}",
-        "listeners.limit_handshake: \"yes please\" is not true or false",
+        "listeners.limit_handshake: invalid type: string \"yes please\", expected a boolean",
     ),
     (
         "upstreams: {}",
@@ -197,11 +263,11 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "opt_in: {annotations: [a, b]}",
-        "opt_in.annotations: must be a mapping of names to values",
+        "opt_in.annotations: invalid type: sequence, expected a map",
     ),
     (
         "opt_in: {annotations: {k: 1}}",
-        "opt_in.annotations[\"k\"]: 1 is not a string",
+        "opt_in.annotations.k: invalid type: integer `1`, expected a string",
     ),
     ("[1, 2]", "the configuration must be a mapping"),
     ("mode: [unclosed", "not valid YAML/JSON"),
@@ -209,13 +275,14 @@ const BAD: &[(&str, &str)] = &[
 
 #[test]
 fn bad_input_names_the_field_and_the_value() {
-    for (input, want) in BAD {
-        let err = config::from_yaml(input).expect_err(input).to_string();
-        assert!(
-            err.contains(want),
-            "input {input:?}\n  got:  {err}\n  want: {want}"
-        );
-    }
+    let wrong: Vec<String> = BAD
+        .iter()
+        .filter_map(|(input, want)| {
+            let err = config::from_yaml(input).expect_err(input).to_string();
+            (!err.contains(want)).then(|| format!("input {input:?}\n  got:  {err}\n  want: {want}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
@@ -263,7 +330,7 @@ fn the_documented_example_files_are_valid() {
 /// old loader blocked forever on a FIFO and read /dev/zero until memory ran out).
 fn load_timed(
     path: &std::path::Path,
-) -> Option<(Result<SmcConfig, config::ConfigError>, std::time::Duration)> {
+) -> Option<(Result<Config, config::ConfigError>, std::time::Duration)> {
     let path = path.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -390,6 +457,6 @@ fn every_adaptive_number_is_bounded() {
     }
     // The largest table is accepted and costs memory only as it fills.
     let c = config::from_yaml("adaptive_fallback: {max_destinations: 1048576}").unwrap();
-    let b = envoy_smc_core::adaptive::Breaker::new(config::AdaptiveSettings::from_config(&c));
+    let b = envoy_smc_core::adaptive::Breaker::new(c.adaptive);
     assert!(b.entries().is_empty());
 }

@@ -36,7 +36,7 @@ fn policy_with(text: &str, kernel: KernelSupport, local: &[&str]) -> Policy {
         local_addrs: local.iter().map(|a| a.parse().unwrap()).collect(),
         annotations: vec![],
     };
-    Policy::new(&config::from_yaml(text).unwrap(), &env).unwrap()
+    Policy::new(&config::from_yaml(text).unwrap(), &env)
 }
 
 fn policy(text: &str) -> Policy {
@@ -141,7 +141,7 @@ fn connect_precedence() {
         Verdict::Tcp(TcpReason::AddressNotAllowed)
     );
     // Process-wide reasons beat per-socket ones.
-    let off = policy_with(&format!("{MESH}\nmode: OFF"), BOTH, &[]);
+    let off = policy_with(&format!("{MESH}\nmode: MODE_OFF"), BOTH, &[]);
     assert_eq!(
         off.before_connect(addr("10.4.5.6:8080"), keep),
         Verdict::Tcp(TcpReason::Disabled)
@@ -221,7 +221,7 @@ fn listeners_are_decided_by_port_alone_never_by_a_switch_option() {
         );
     }
     // AF_SMC too: a listener with SO_REUSEPORT (Envoy's default) is shared by its fds.
-    let af = policy_with(&format!("{MESH}\nmode: AF_SMC"), BOTH, &[]);
+    let af = policy_with(&format!("{MESH}\nmode: MODE_AF_SMC"), BOTH, &[]);
     assert_eq!(
         af.before_listen(addr("0.0.0.0:15006"), facts(&af, &[REUSEPORT])),
         Verdict::Smc {
@@ -254,7 +254,7 @@ fn mode_resolution_against_the_kernel() {
         ("OFF", BOTH, Err(TcpReason::Disabled)),
     ];
     for (mode, kernel, want) in cases {
-        let p = policy_with(&format!("{MESH}\nmode: {mode}"), kernel, &[]);
+        let p = policy_with(&format!("{MESH}\nmode: MODE_{mode}"), kernel, &[]);
         assert_eq!(p.smc_kind(), want, "{mode} {kernel:?}");
     }
 }
@@ -269,11 +269,8 @@ fn opt_in_sources_and_precedence() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
     };
-    let build = |text: &str, e: &Environment| {
-        Policy::new(&config::from_yaml(text).unwrap(), e)
-            .unwrap()
-            .smc_kind()
-    };
+    let build =
+        |text: &str, e: &Environment| Policy::new(&config::from_yaml(text).unwrap(), e).smc_kind();
     let key = config::DEFAULT_OPT_IN_ANNOTATION;
     // No opt-in section: the default annotation must be "true" somewhere.
     assert_eq!(build("", &env(&[])), Err(TcpReason::NotOptedIn));
@@ -365,7 +362,7 @@ fn socket_time_rules() {
         p.at_socket(inet, libc::SOCK_STREAM, libc::IPPROTO_SCTP, None),
         Err(TcpReason::NotIpStream)
     );
-    let off = policy_with("mode: OFF", BOTH, &[]);
+    let off = policy_with("mode: MODE_OFF", BOTH, &[]);
     assert_eq!(
         off.at_socket(inet, stream, 0, None),
         Err(TcpReason::Disabled)
@@ -404,8 +401,7 @@ fn a_socket_with_a_filter_attached_stays_as_it_is() {
         )
         .unwrap(),
         &envoy_smc_core::policy::Environment::assuming(envoy_smc_core::smc::KernelSupport::BOTH),
-    )
-    .unwrap();
+    );
     let remote = "10.1.2.3:8080".parse().unwrap();
     let plain = envoy_smc_core::policy::SocketFacts::default();
     assert!(rt.decide_connect(remote, plain).is_smc());

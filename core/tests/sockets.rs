@@ -2,14 +2,13 @@
 //! /proc/net/protocols), so every socket is TCP with the reason "kernel lacks SMC" and data flows;
 //! the socket replacement is exercised TCP -> TCP, which needs no SMC.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use envoy_smc_core::policy::{SocketFacts, TcpReason, Verdict};
-use envoy_smc_core::smc::{self, KernelSupport, SockOpt, SocketKind};
+use envoy_smc_core::policy::{Environment, SocketFacts, TcpReason, Verdict};
+use envoy_smc_core::runtime::Watch;
+use envoy_smc_core::smc::{self, KernelSupport, SockOpt, SocketKind, SocketRecord};
 use envoy_smc_core::stats::Counter;
 use envoy_smc_core::Runtime;
 
@@ -80,7 +79,9 @@ fn without_smc_sockets_are_tcp_with_the_kernel_reason_and_carry_data() {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = server.local_addr().unwrap();
     for _ in 0..3 {
-        assert!(!rt.on_socket(libc::AF_INET, libc::SOCK_STREAM, 0, None));
+        assert!(rt
+            .on_socket(libc::AF_INET, libc::SOCK_STREAM, 0, None)
+            .is_err());
     }
     assert_eq!(rt.stats().get(Counter::SocketsSeen), 3);
     assert_eq!(rt.stats().tcp(TcpReason::KernelLacksSmc), 3);
@@ -92,7 +93,9 @@ fn without_smc_sockets_are_tcp_with_the_kernel_reason_and_carry_data() {
     accepted.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"hello");
     // Non-IP sockets are not counted at all.
-    assert!(!rt.on_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0, None));
+    assert!(rt
+        .on_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0, None)
+        .is_err());
     assert_eq!(rt.stats().get(Counter::SocketsSeen), 3);
 }
 
@@ -102,17 +105,29 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
         eprintln!("skipped: this kernel has SMC");
         return;
     }
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    // Decides SMC (the kernel is claimed to have it), then fails to open the SMC socket.
+    let rt = smc_runtime();
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut w = rt
+        .on_socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            None,
+        )
+        .unwrap();
     let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
     let raw = fd.as_raw_fd();
-    let applied = rt.apply_connect(
-        fd.as_fd(),
-        Verdict::Smc {
-            kind: SocketKind::IpprotoSmc,
-            limit_hs: false,
-        },
-    );
+    let applied = rt
+        .on_connect(
+            fd.as_fd(),
+            &mut w,
+            SMC_DEST.parse().unwrap(),
+            Watch::Plain,
+            || true,
+        )
+        .unwrap()
+        .applied;
     assert_eq!(applied.verdict, Verdict::Tcp(TcpReason::ReplaceFailed));
     assert!(!applied.replaced);
     assert_eq!(rt.stats().tcp(TcpReason::ReplaceFailed), 1);
@@ -121,15 +136,9 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
     // The socket still connects and carries data.
     let mut stream = TcpStream::from(fd);
     let addr = server.local_addr().unwrap();
-    let sin = common::sockaddr_in(SocketAddr::from(([127, 0, 0, 1], addr.port())));
-    // SAFETY: the fd is open and sin is a valid sockaddr_in.
-    let rc = unsafe {
-        libc::connect(
-            stream.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            16,
-        )
-    };
+    let sin = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], addr.port())));
+    // SAFETY: the fd is open and sin is a valid socket address.
+    let rc = unsafe { libc::connect(stream.as_raw_fd(), sin.as_ptr().cast(), sin.len()) };
     assert_eq!(rc, 0);
     stream.write_all(b"x").unwrap();
     let (mut acc, _) = server.accept().unwrap();
@@ -137,19 +146,86 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
     acc.read_exact(&mut b).unwrap();
 }
 
+/// A runtime that decides SMC for [`SMC_DEST`] whatever this kernel has (it is claimed to have
+/// both flavours), and TCP for [`TCP_DEST`] (`upstream.deny`).
+fn smc_runtime() -> Runtime {
+    let cfg = envoy_smc_core::config::from_yaml(
+        "mode: MODE_IPPROTO_SMC\nopt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\n\
+         upstream: {deny: [\"10.9.9.0/24\"]}\nadaptive_fallback: {disabled: true}",
+    )
+    .unwrap();
+    Runtime::new(&cfg, &Environment::assuming(KernelSupport::BOTH))
+}
+const SMC_DEST: &str = "10.1.1.1:80";
+const TCP_DEST: &str = "10.9.9.9:80";
+
 #[test]
 fn tcp_verdicts_on_tcp_sockets_change_nothing_and_are_counted() {
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = smc_runtime();
     let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_NONBLOCK).unwrap();
-    let a = rt.apply_connect(fd.as_fd(), Verdict::Tcp(TcpReason::KeptOnTcp));
-    assert_eq!(a.verdict, Verdict::Tcp(TcpReason::KeptOnTcp));
+    let mut w = rt
+        .on_socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+            0,
+            None,
+        )
+        .unwrap();
+    let c = rt
+        .on_connect(
+            fd.as_fd(),
+            &mut w,
+            TCP_DEST.parse().unwrap(),
+            Watch::Plain,
+            || panic!("a TCP verdict never needs the fd"),
+        )
+        .unwrap();
+    assert_eq!(c.applied.verdict, Verdict::Tcp(TcpReason::DeniedAddress));
+    assert!(!c.applied.replaced && c.cookie.is_none());
+    // Not bound: never a selected listener.
+    let a = rt.on_listen(fd.as_fd(), &mut w);
     assert!(!a.replaced);
-    let a = rt.apply_listen(fd.as_fd(), Verdict::Tcp(TcpReason::ListenerNotSelected));
-    assert!(!a.replaced);
-    assert_eq!(rt.stats().tcp(TcpReason::KeptOnTcp), 1);
+    assert_eq!(rt.stats().tcp(TcpReason::DeniedAddress), 1);
     assert_eq!(rt.stats().tcp(TcpReason::ListenerNotSelected), 1);
     assert_eq!(rt.stats().get(Counter::FallbackSwitchApplied), 0);
     assert_eq!(rt.stats().get(Counter::SocketReplaced), 0);
+    // Duplicated before bind: stays TCP, undecided, uncounted.
+    assert_eq!(rt.on_dup(fd.as_fd(), &mut w), None);
+    assert_eq!(rt.stats().tcp(TcpReason::ListenerNotSelected), 1);
+}
+
+/// The one rule for a socket duplicated before `listen()`, the same for every entry point: a
+/// bound socket gets its listener decision at the dup (the duplicate must share the final
+/// socket), exactly as listen() would have given it.
+#[test]
+fn a_bound_socket_duplicated_before_listen_gets_its_listener_decision() {
+    let rt = Runtime::new(
+        &envoy_smc_core::config::from_yaml(
+            "mode: MODE_IPPROTO_SMC\nopt_in: {all_workloads: true}\nlisteners: {ports: [1]}",
+        )
+        .unwrap(),
+        &Environment::assuming(KernelSupport::BOTH),
+    );
+    let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
+    let mut w = rt
+        .on_socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            None,
+        )
+        .unwrap();
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket2::SockRef::from(&fd)
+        .bind(&local.into())
+        .expect("bind 127.0.0.1:0");
+    w.record.bound = Some(local);
+    let a = rt
+        .on_dup(fd.as_fd(), &mut w)
+        .expect("a bound socket is decided at the dup");
+    // Its real port (the kernel chose it) is not a selected one.
+    assert_eq!(a.verdict, Verdict::Tcp(TcpReason::ListenerNotSelected));
+    assert_eq!(rt.stats().tcp(TcpReason::ListenerNotSelected), 1);
 }
 
 #[test]
@@ -193,16 +269,12 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     setint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
     setint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
     let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sin = common::sockaddr_in(bound);
-    // SAFETY: fd is open, sin is a valid sockaddr_in.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            16,
-        )
-    };
-    assert_eq!(rc, 0);
+    let sin = socket2::SockAddr::from(bound);
+    assert_eq!(
+        // SAFETY: fd is open, sin is a valid socket address.
+        unsafe { libc::bind(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len(),) },
+        0
+    );
     let before = envoy_smc_core::runtime::local_address(fd.as_fd()).unwrap();
     assert_eq!(before.ip(), bound.ip());
     let rcvbuf = getint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF);
@@ -263,7 +335,7 @@ fn replacement_refuses_what_is_not_an_ip_stream_socket() {
 
 #[test]
 fn facts_ignore_options_that_are_not_ints() {
-    let rt = Runtime::from_yaml("mode: OFF").unwrap();
+    let rt = Runtime::from_yaml("mode: MODE_OFF").unwrap();
     let f = rt.note_sockopt(
         SocketFacts::default(),
         libc::SOL_SOCKET,
@@ -278,4 +350,132 @@ fn facts_ignore_options_that_are_not_ints() {
         &[1, 0],
     );
     assert_eq!(f, SocketFacts::default());
+}
+
+fn inode(fd: &OwnedFd) -> u64 {
+    // SAFETY: plain old data filled in by fstat on an open fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    st.st_ino
+}
+
+fn set(fd: &OwnedFd, rec: &mut SocketRecord, level: i32, name: i32, value: &[u8]) {
+    // SAFETY: fd is open; value is valid for its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt({level}, {name})");
+    rec.record_opt(level, name, value);
+}
+
+/// A replacement is built from what the entry point recorded: flags, every option (ints and
+/// structs alike), the bound address and the port the kernel chose for it.
+#[test]
+fn a_replacement_carries_the_record() {
+    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    let fd = smc::open_socket(SocketKind::Tcp, false, ty).unwrap();
+    let mut rec = SocketRecord::opened(libc::AF_INET, ty);
+    set(
+        &fd,
+        &mut rec,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &1i32.to_ne_bytes(),
+    );
+    set(
+        &fd,
+        &mut rec,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        &1i32.to_ne_bytes(),
+    );
+    set(
+        &fd,
+        &mut rec,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        &77i32.to_ne_bytes(),
+    );
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 5,
+    };
+    // SAFETY: linger is plain old data; viewed as its bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&linger as *const libc::linger).cast::<u8>(),
+            std::mem::size_of::<libc::linger>(),
+        )
+    };
+    set(&fd, &mut rec, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    socket2::SockRef::from(&fd)
+        .bind(&local.into())
+        .expect("bind 127.0.0.1:0");
+    rec.bound = Some(local);
+    let before = envoy_smc_core::runtime::local_address(fd.as_fd()).unwrap();
+    let (raw, old) = (fd.as_raw_fd(), inode(&fd));
+    // The record claims another kind: replacing it with TCP is a real replacement on any kernel.
+    rec.kind = SocketKind::IpprotoSmc;
+    rec.replace(fd.as_fd(), SocketKind::Tcp, &[]).unwrap();
+    assert_eq!(rec.kind, SocketKind::Tcp);
+    assert_eq!(fd.as_raw_fd(), raw);
+    assert_ne!(inode(&fd), old, "a new socket under the same fd number");
+    assert_ne!(
+        // SAFETY: fcntl on an open fd.
+        unsafe { libc::fcntl(raw, libc::F_GETFL) } & libc::O_NONBLOCK,
+        0
+    );
+    assert_ne!(
+        // SAFETY: fcntl on an open fd.
+        unsafe { libc::fcntl(raw, libc::F_GETFD) } & libc::FD_CLOEXEC,
+        0
+    );
+    assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), 1);
+    assert_eq!(getint(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
+    assert_eq!(getint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);
+    let mut got = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: got/len are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&mut got as *mut libc::linger).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!((rc, got.l_onoff, got.l_linger), (0, 1, 5));
+    assert_eq!(
+        envoy_smc_core::runtime::local_address(fd.as_fd()).unwrap(),
+        before,
+        "bound to the same address and the port the kernel chose"
+    );
+}
+
+/// An option the new socket refuses fails the replacement before the switch-over: the fd keeps
+/// its socket, and the runtime counts it as `tcp.options_not_carried`.
+#[test]
+fn an_option_the_new_socket_refuses_keeps_the_old_socket() {
+    let fd = smc::open_socket(SocketKind::Tcp, false, 0).unwrap();
+    let mut rec = SocketRecord::opened(libc::AF_INET, libc::SOCK_STREAM);
+    // Recorded as if the old socket had taken it; no socket takes this one.
+    rec.record_opt(libc::SOL_SOCKET, 0x7fff, &1i32.to_ne_bytes());
+    let old = inode(&fd);
+    rec.kind = SocketKind::IpprotoSmc;
+    let err = rec.replace(fd.as_fd(), SocketKind::Tcp, &[]).unwrap_err();
+    assert!(smc::NotCarried::is(&err), "{err}");
+    assert_eq!(inode(&fd), old, "the old socket stays");
+    assert_eq!(rec.kind, SocketKind::IpprotoSmc);
 }

@@ -12,7 +12,7 @@ exe=$(cargo test -q --release -p envoy-smc-preload --test preload_host --no-run 
   sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 LIB=$REPO/target/release/libenvoy_smc_preload.so
 cfg=$(mktemp); trap 'rm -f "$cfg"' EXIT
-printf 'mode: AUTO\nopt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\n' >"$cfg"
+printf 'mode: MODE_AUTO\nopt_in: {all_workloads: true}\nmesh_switch: {always_on: true}\n' >"$cfg"
 run() { env "$@" ENVOY_SMC_TEST_ROLE=microbench MICRO_N=${MICRO_N:-20000} "$exe" role_entry --exact --quiet --nocapture --test-threads=1 | sed -n 's/^RESULT //p'; }
 for i in 1 2 3; do
   echo "stock:             $(run X=1)"

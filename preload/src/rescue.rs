@@ -108,8 +108,8 @@ mod race_tests {
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
             assert!(fd >= 0);
-            let (ss, len) = envoy_smc_core::smc::sockaddr::from_socket_addr(to);
-            let rc = libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len);
+            let sa = socket2::SockAddr::from(to);
+            let rc = libc::connect(fd, sa.as_ptr().cast(), sa.len());
             assert!(rc == 0 || *libc::__errno_location() == libc::EINPROGRESS);
             fd
         }
@@ -176,7 +176,7 @@ mod race_tests {
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: valid out-pointer.
             unsafe { libc::fstat(fd, &mut st) };
-            table::track(fd, Tracked::new(st.st_ino));
+            table::track(fd, Tracked::new(st.st_ino, table::test_watched()));
             table::settle(fd, |mut t| {
                 t.rescue = Some(Rescue {
                     cookie,

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use envoy_smc_core::config::{self, SmcConfig};
+use envoy_smc_core::config::{self, Config};
 use envoy_smc_core::policy::Environment;
 use envoy_smc_core::smc::{local_addresses, KernelSupport};
 use envoy_smc_core::Runtime;
@@ -184,15 +184,7 @@ fn init_active() -> Lib {
         local_addrs: local_addresses().unwrap_or_default(),
         annotations: Vec::new(),
     };
-    let runtime = match Runtime::new(&config, &env) {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(
-                "envoy-smc: invalid configuration: {e}; this process stays on plain TCP"
-            );
-            return Lib::Off(Off::InvalidConfig);
-        }
-    };
+    let runtime = Runtime::new(&config, &env);
     // The adaptive-fallback table this process may publish goes with it.
     // SAFETY: registering a plain extern "C" function with no arguments.
     unsafe { libc::atexit(remove_table_at_exit) };
@@ -234,7 +226,7 @@ fn init_logging() {
     }
 }
 
-fn load_config() -> Result<SmcConfig, String> {
+fn load_config() -> Result<Config, String> {
     match std::env::var_os("ENVOY_SMC_CONFIG") {
         None => {
             tracing::debug!("envoy-smc: ENVOY_SMC_CONFIG not set, default configuration");

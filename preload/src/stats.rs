@@ -22,40 +22,22 @@ pub fn render() -> String {
         state::state_name()
     );
     if let Some(active) = state::active_if_set_up() {
-        let mut reasons = Vec::new();
-        for (name, value) in active.runtime.stats().named() {
-            if let Some(reason) = name.strip_prefix("tcp.") {
-                reasons.push((reason, value));
-            } else {
-                let name = name.replace(['.', '-'], "_");
-                let _ = writeln!(
-                    out,
-                    "# TYPE envoy_smc_{name}_total counter\nenvoy_smc_{name}_total {value}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP envoy_smc_tcp_total Sockets envoy-smc kept on or made plain TCP, by reason.\n\
-             # TYPE envoy_smc_tcp_total counter"
-        );
-        for (reason, value) in reasons {
-            let _ = writeln!(out, "envoy_smc_tcp_total{{reason=\"{reason}\"}} {value}");
-        }
+        active.runtime.stats().write_prometheus(&mut out);
     }
+    // The preload layer's own counters, named as if they were Envoy stats `smc.preload.<name>`.
     let c = &COUNTERS;
-    for (name, value) in [
-        ("epoll_reregistered", &c.epoll_reregistered),
-        ("epoll_reregister_failed", &c.epoll_reregister_failed),
-        ("option_replay_failed", &c.option_replay_failed),
-        ("stale_fd", &c.stale_fd),
-        ("dup_settled", &c.dup_settled),
-        ("internal_errors", &c.internal_errors),
-        ("rescue_options_not_carried", &c.rescue_options_not_carried),
+    for (name, value, help) in [
+        ("epoll_reregistered", &c.epoll_reregistered, "Epoll registrations carried over to a replacement socket."),
+        ("epoll_reregister_failed", &c.epoll_reregister_failed, "Carrying an epoll registration over failed (the socket was turned back into TCP)."),
+        ("option_replay_failed", &c.option_replay_failed, "Options replayed on a replacement socket that the new socket refused."),
+        ("stale_fd", &c.stale_fd, "Sockets whose fd number turned out to hold another socket at decision time."),
+        ("dup_settled", &c.dup_settled, "Tracked sockets duplicated before listen()/connect()."),
+        ("internal_errors", &c.internal_errors, "Panics caught at a hook boundary (the library then stops acting)."),
+        ("rescue_options_not_carried", &c.rescue_options_not_carried, "Stuck connects not rescued because their options cannot all be carried over to a new socket."),
     ] {
         let _ = writeln!(
             out,
-            "# TYPE envoy_smc_preload_{name}_total counter\nenvoy_smc_preload_{name}_total {}",
+            "# HELP envoy_smc_preload_{name} {help}\n# TYPE envoy_smc_preload_{name} counter\nenvoy_smc_preload_{name} {}",
             value.load(Ordering::Relaxed)
         );
     }

@@ -36,6 +36,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, Ordering};
 
 use envoy_smc_core::policy::SocketFacts;
+use envoy_smc_core::runtime::Watched;
 
 /// The fd is a socket envoy-smc is still deciding about.
 pub const TRACKED: u32 = 1;
@@ -53,11 +54,6 @@ const CHUNKS: usize = 1 << 14;
 /// fds at or above this number are never tracked (they stay plain TCP).
 pub const MAX_FD: usize = CHUNK * CHUNKS;
 
-/// Socket options recorded per socket, at most: a socket with more can no longer be replaced.
-pub const MAX_OPTS: usize = 16;
-/// Longest option value recorded: a socket with a longer one can no longer be replaced.
-pub const MAX_OPT_LEN: usize = 64;
-
 /// An epoll registration of a tracked socket: where it was added and with what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Registration {
@@ -68,33 +64,16 @@ pub struct Registration {
     pub data: u64,
 }
 
-/// A socket option the application set on a tracked socket, replayed on a replacement socket.
-#[derive(Debug, Clone, Copy)]
-pub struct RecordedOpt {
-    pub level: c_int,
-    pub name: c_int,
-    pub len: usize,
-    pub value: [u8; MAX_OPT_LEN],
-}
-
-impl RecordedOpt {
-    pub fn bytes(&self) -> &[u8] {
-        &self.value[..self.len]
-    }
-}
-
 /// What envoy-smc knows about a socket it may still replace.
 #[derive(Debug)]
 pub struct Tracked {
     /// The socket's inode when it was opened: the fd number may have been closed and reused
     /// behind envoy-smc's back (raw syscalls, `closefrom`); a mismatch means "not ours".
     pub ino: u64,
-    pub facts: SocketFacts,
+    /// What the program did to the socket (facts, flags, options, bound address): all a
+    /// replacement needs.
+    pub watched: Watched,
     pub regs: Vec<Registration>,
-    pub opts: Vec<RecordedOpt>,
-    /// An option could not be recorded (more than [`MAX_OPTS`], longer than [`MAX_OPT_LEN`], or
-    /// no value): a replacement could not carry every option, so the socket stays as it is.
-    pub opts_overflow: bool,
     /// Set once the socket is an SMC connect in flight kept for a rescue.
     pub rescue: Option<Rescue>,
     /// Link in the list of retired records.
@@ -112,48 +91,20 @@ pub struct Rescue {
 }
 
 impl Tracked {
-    pub fn new(ino: u64) -> Tracked {
+    pub fn new(ino: u64, watched: Watched) -> Tracked {
         Tracked {
             ino,
-            facts: SocketFacts::default(),
+            watched,
             regs: Vec::new(),
-            opts: Vec::new(),
-            opts_overflow: false,
             rescue: None,
             retired_next: ptr::null_mut(),
         }
     }
 
-    /// Whether every option set so far can be given to a replacement socket.
+    /// Whether every option set so far can be given to a new socket.
     pub fn options_carried(&self) -> bool {
-        !self.opts_overflow && !self.facts.has(SocketFacts::OPTIONS_NOT_CARRIED)
-    }
-
-    /// Records an option (the latest value of each level/name wins). An option that cannot be
-    /// recorded marks the socket as one whose options cannot all be carried over.
-    pub fn record_opt(&mut self, level: c_int, name: c_int, value: &[u8]) {
-        if value.len() > MAX_OPT_LEN {
-            self.opts_overflow = true;
-            return;
-        }
-        let mut rec = RecordedOpt {
-            level,
-            name,
-            len: value.len(),
-            value: [0; MAX_OPT_LEN],
-        };
-        rec.value[..value.len()].copy_from_slice(value);
-        if let Some(old) = self
-            .opts
-            .iter_mut()
-            .find(|o| o.level == level && o.name == name)
-        {
-            *old = rec;
-        } else if self.opts.len() < MAX_OPTS {
-            self.opts.push(rec);
-        } else {
-            self.opts_overflow = true;
-        }
+        self.watched.record.options_carried()
+            && !self.watched.facts.has(SocketFacts::OPTIONS_NOT_CARRIED)
     }
 
     /// Records a successful `epoll_ctl` on this socket.
@@ -589,6 +540,15 @@ pub fn rescuable_now() -> i64 {
     RESCUABLE_NOW.load(Ordering::Relaxed)
 }
 
+/// A watched plain IPv4 socket, for tests.
+#[cfg(test)]
+pub fn test_watched() -> Watched {
+    Watched {
+        facts: SocketFacts::default(),
+        record: envoy_smc_core::smc::SocketRecord::opened(libc::AF_INET, libc::SOCK_STREAM),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,17 +557,17 @@ mod tests {
     fn track_settle_forget() {
         let fd = 5000;
         assert!(quiet(fd));
-        track(fd, Tracked::new(7));
+        track(fd, Tracked::new(7, test_watched()));
         assert!(!quiet(fd));
-        with_tracked(fd, |t| t.facts = SocketFacts(3));
+        with_tracked(fd, |t| t.watched.facts = SocketFacts(3));
         let mut got = None;
         settle(fd, |t| {
-            got = Some((t.ino, t.facts));
+            got = Some((t.ino, t.watched.facts));
             None
         });
         assert_eq!(got, Some((7, SocketFacts(3))));
         assert!(quiet(fd));
-        track(fd, Tracked::new(8));
+        track(fd, Tracked::new(8, test_watched()));
         forget(fd);
         assert!(quiet(fd));
         let mut ran = false;
@@ -621,7 +581,7 @@ mod tests {
     #[test]
     fn a_connect_kept_for_rescue_is_taken_once_by_its_cookie() {
         let fd = 5100;
-        track(fd, Tracked::new(7));
+        track(fd, Tracked::new(7, test_watched()));
         settle(fd, |mut t| {
             t.rescue = Some(Rescue {
                 cookie: 42,
@@ -647,7 +607,7 @@ mod tests {
     #[test]
     fn release_and_close_drop_a_kept_connect() {
         let keep = |fd| {
-            track(fd, Tracked::new(1));
+            track(fd, Tracked::new(1, test_watched()));
             settle(fd, |mut t| {
                 t.rescue = Some(Rescue {
                     cookie: 9,
@@ -666,7 +626,7 @@ mod tests {
         assert!(quiet(5201));
         assert_eq!(rescue_with(5201, 9, |_| ()), None);
         // A state handed back without a rescue is not kept.
-        track(5202, Tracked::new(1));
+        track(5202, Tracked::new(1, test_watched()));
         settle(5202, Some);
         assert!(quiet(5202));
     }
@@ -674,7 +634,7 @@ mod tests {
     #[test]
     fn a_close_waits_for_the_rescue_holding_the_slot() {
         let fd = 5300;
-        track(fd, Tracked::new(1));
+        track(fd, Tracked::new(1, test_watched()));
         settle(fd, |mut t| {
             t.rescue = Some(Rescue {
                 cookie: 5,
@@ -713,7 +673,7 @@ mod tests {
     #[test]
     fn a_failing_overwrite_keeps_the_state() {
         let fd = 5400;
-        track(fd, Tracked::new(3));
+        track(fd, Tracked::new(3, test_watched()));
         assert_eq!(overwrite(fd, || -1), -1);
         assert_eq!(
             with_tracked(fd, |t| t.ino),
@@ -727,7 +687,7 @@ mod tests {
     #[test]
     fn epoll_generation_retires_registrations() {
         let (epfd, sock) = (6001, 6002);
-        track(sock, Tracked::new(1));
+        track(sock, Tracked::new(1, test_watched()));
         let gen = mark_epoll(epfd).unwrap();
         let reg = Registration {
             epfd,
@@ -749,7 +709,7 @@ mod tests {
 
     #[test]
     fn registrations_follow_add_mod_del() {
-        let mut t = Tracked::new(1);
+        let mut t = Tracked::new(1, test_watched());
         t.record_epoll(libc::EPOLL_CTL_ADD, 3, 0, 1, 10);
         t.record_epoll(libc::EPOLL_CTL_ADD, 4, 0, 1, 11);
         t.record_epoll(libc::EPOLL_CTL_MOD, 3, 0, 5, 12);
@@ -760,35 +720,17 @@ mod tests {
     }
 
     #[test]
-    fn options_keep_the_latest_value_and_an_overflow_stops_replacement() {
-        let mut t = Tracked::new(1);
-        t.record_opt(1, 2, &1i32.to_ne_bytes());
-        t.record_opt(1, 2, &0i32.to_ne_bytes());
-        assert_eq!(t.opts.len(), 1);
-        assert_eq!(t.opts[0].bytes(), &0i32.to_ne_bytes());
-        assert!(t.options_carried());
-        for n in 0..40 {
-            t.record_opt(9, n, &[1]);
-        }
-        assert_eq!(t.opts.len(), MAX_OPTS);
-        assert!(!t.options_carried(), "the 17th option cannot be carried");
-        let mut long = Tracked::new(1);
-        long.record_opt(6, 14, &[0; MAX_OPT_LEN + 1]);
-        assert!(!long.options_carried(), "TCP_MD5SIG is longer than a slot");
-    }
-
-    #[test]
     fn out_of_range_fds_are_quiet() {
         assert!(quiet(-1));
         assert!(quiet(MAX_FD as c_int));
-        track(-1, Tracked::new(1));
+        track(-1, Tracked::new(1, test_watched()));
         assert!(quiet(-1));
     }
 
     #[test]
     fn forget_range_clears_allocated_chunks_only() {
-        track(7010, Tracked::new(1));
-        track(7020, Tracked::new(1));
+        track(7010, Tracked::new(1, test_watched()));
+        track(7020, Tracked::new(1, test_watched()));
         forget_range(7015, u32::MAX);
         assert!(!quiet(7010));
         assert!(quiet(7020));
@@ -806,7 +748,7 @@ mod process_tests {
     #[test]
     fn a_fork_child_can_close_an_fd_whose_slot_another_thread_held() {
         let fd = 5600;
-        track(fd, Tracked::new(1));
+        track(fd, Tracked::new(1, test_watched()));
         settle(fd, |mut t| {
             t.rescue = Some(Rescue {
                 cookie: 1,
@@ -865,7 +807,7 @@ mod process_tests {
     #[test]
     fn close_range_unshare_keeps_the_state_of_the_shared_fds() {
         let fd = 5700;
-        track(fd, Tracked::new(1));
+        track(fd, Tracked::new(1, test_watched()));
         // A thread of its own: unsharing gives it a private fd table that ends with it.
         std::thread::spawn(move || {
             // SAFETY: closing a range in this thread's own (unshared) table.

@@ -25,9 +25,18 @@ fn copy_from_user(src: *const u8, dst: &mut [u8]) -> Result<(), Fault> {
         iov_base: src as *mut libc::c_void,
         iov_len: dst.len(),
     };
+    // The process that owns this memory, kept by envoy_smc_core::process (no getpid per call): in a
+    // vfork child that is the parent, whose memory the child runs in.
+    let pid = match envoy_smc_core::process::memory_owner_pid() {
+        0 => {
+            // SAFETY: getpid has no preconditions.
+            unsafe { libc::getpid() }
+        }
+        pid => pid,
+    };
     // SAFETY: `local` describes our own writable buffer; the kernel checks `remote` and returns
     // EFAULT rather than faulting.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
     if n == dst.len() as isize {
         return Ok(());
     }
@@ -54,17 +63,19 @@ pub fn read_sockaddr(
     if addr.is_null() || len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
         return Ok(None);
     }
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    // SAFETY: the storage is len <= size_of::<sockaddr_storage>() writable bytes.
-    let dst = unsafe {
-        std::slice::from_raw_parts_mut(
-            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-            len as usize,
-        )
+    // SAFETY: socket2 hands over a zeroed storage that holds any address (len is at most its
+    // size, checked above), and `storage_len` to say how much of it was filled.
+    let read = unsafe {
+        socket2::SockAddr::try_init(|storage, storage_len| {
+            let dst = std::slice::from_raw_parts_mut(storage.cast::<u8>(), len as usize);
+            *storage_len = len;
+            copy_from_user(addr.cast(), dst).map_err(|Fault| std::io::ErrorKind::Other.into())
+        })
     };
-    copy_from_user(addr.cast(), dst)?;
-    Ok(envoy_smc_core::smc::sockaddr::to_socket_addr(&storage, len))
+    match read {
+        Ok(((), sa)) => Ok(envoy_smc_core::smc::sockaddr::ip_of(&sa)),
+        Err(_) => Err(Fault),
+    }
 }
 
 #[cfg(test)]
@@ -75,10 +86,9 @@ mod tests {
     fn a_bad_pointer_is_a_fault_not_a_crash() {
         assert_eq!(read_sockaddr(8 as *const libc::sockaddr, 16), Err(Fault));
         assert_eq!(read_sockaddr(std::ptr::null(), 16), Ok(None));
-        let (ss, len) =
-            envoy_smc_core::smc::sockaddr::from_socket_addr("10.1.2.3:80".parse().unwrap());
+        let sa = socket2::SockAddr::from("10.1.2.3:80".parse::<SocketAddr>().unwrap());
         assert_eq!(
-            read_sockaddr((&ss as *const libc::sockaddr_storage).cast(), len),
+            read_sockaddr(sa.as_ptr().cast(), sa.len()),
             Ok(Some("10.1.2.3:80".parse().unwrap()))
         );
     }

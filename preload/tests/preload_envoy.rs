@@ -32,6 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use envoy_smc_cli::diag::smc_diag::{Mode, SmcState};
 
 /// The bed's ports: fixed in the VM (Istio's 15006 for the inbound listener), free ones on a
 /// shared host.
@@ -443,162 +444,76 @@ fn drive(port: u16, n: usize, size: usize, conns: usize, close: bool) -> (usize,
 // ---------------------------------------------------------------------------------------------
 // bootstraps
 
-fn hcm(stat_prefix: &str, cluster: &str) -> String {
-    format!(
-        r#"
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {stat_prefix}
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: "/"}}, route: {{cluster: {cluster}, timeout: 30s}}}}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#
-    )
-}
-
-fn cluster(name: &str, ip: &str, port: u16, h2: bool) -> String {
-    cluster_with(name, ip, port, h2, 0)
-}
-
-/// A cluster; `per_conn` > 0 limits the requests per upstream connection.
-fn cluster_with(name: &str, ip: &str, port: u16, h2: bool, per_conn: u32) -> String {
-    let limit = if per_conn > 0 {
-        format!(", max_requests_per_connection: {per_conn}")
-    } else {
-        String::new()
-    };
-    let proto = if h2 {
-        r#"
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {idle_timeout: 2s LIMIT}
-        explicit_http_config: {http2_protocol_options: {}}"#
-    } else {
-        r#"
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {idle_timeout: 2s LIMIT}
-        explicit_http_config: {http_protocol_options: {}}"#
-    };
-    let proto = proto.replace(" LIMIT", &limit);
-    format!(
-        r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 10s{proto}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]"#
-    )
+/// A bootstrap written by scripts/envoy-bootstrap.py, where the bootstraps of the tests, the bench
+/// and the demo are all written (its stock-envoy check validates each bed with the real Envoy).
+fn bootstrap(bed: &str, params: &[(&str, String)]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/envoy-bootstrap.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(bed)
+        .args(params.iter().map(|(k, v)| format!("{k}={v}")))
+        .output()
+        .expect("run python3 scripts/envoy-bootstrap.py");
+    assert!(
+        out.status.success(),
+        "envoy-bootstrap.py {bed} {params:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn client_bootstrap(p: Ports, server_ip: &str, h2: bool) -> String {
     client_bootstrap_with(p, server_ip, h2, 0)
 }
 
+/// The client sidecar; `per_conn` > 0 limits the requests per upstream connection.
 fn client_bootstrap_with(p: Ports, server_ip: &str, h2: bool, per_conn: u32) -> String {
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {ca}}}}}
-static_resources:
-  listeners:
-  - name: outbound
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {ob}}}}}
-    filter_chains:
-    - filters:{hcm}
-  clusters:{cl}
-"#,
-        hcm = hcm("outbound", "server_sidecar"),
-        cl = cluster_with("server_sidecar", server_ip, p.inbound, h2, per_conn),
-        ca = p.client_admin,
-        ob = p.outbound,
+    bootstrap(
+        "sidecar-client",
+        &[
+            ("admin", p.client_admin.to_string()),
+            ("listen", p.outbound.to_string()),
+            ("server_ip", server_ip.to_string()),
+            ("inbound", p.inbound.to_string()),
+            ("h2", h2.to_string()),
+            ("per_conn", per_conn.to_string()),
+        ],
     )
 }
 
 fn server_bootstrap(p: Ports, server_ip: &str, reuse_port: bool) -> String {
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {sa}}}}}
-static_resources:
-  listeners:
-  - name: inbound
-    address: {{socket_address: {{address: {server_ip}, port_value: {ib}}}}}
-    enable_reuse_port: {reuse_port}
-    filter_chains:
-    - filters:{hcm}
-  clusters:{cl}
-"#,
-        hcm = hcm("inbound", "app"),
-        cl = cluster("app", "127.0.0.1", p.app, false),
-        sa = p.server_admin,
-        ib = p.inbound,
-    )
+    server_bootstrap_istio(p, server_ip, reuse_port, 0)
 }
 
-/// The server sidecar as Istio wires it: the inbound listener with the `original_dst` listener
-/// filter and a filter chain for the app port only (traffic for <server>:`app_port` is
-/// redirected to the inbound listener by iptables).
+/// The server sidecar; `app_port` > 0: as Istio wires it, the inbound listener with the
+/// `original_dst` listener filter and a filter chain for the app port only (traffic for
+/// <server>:`app_port` is redirected to the inbound listener by iptables).
 fn server_bootstrap_istio(p: Ports, server_ip: &str, reuse_port: bool, app_port: u16) -> String {
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {sa}}}}}
-static_resources:
-  listeners:
-  - name: virtualInbound
-    address: {{socket_address: {{address: {server_ip}, port_value: {ib}}}}}
-    enable_reuse_port: {reuse_port}
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}
-    filter_chains:
-    - filter_chain_match: {{destination_port: {app_port}}}
-      filters:{hcm}
-  clusters:{cl}
-"#,
-        hcm = hcm(&format!("inbound_{app_port}"), "app"),
-        cl = cluster("app", "127.0.0.1", p.app, false),
-        sa = p.server_admin,
-        ib = p.inbound,
+    bootstrap(
+        "sidecar-server",
+        &[
+            ("admin", p.server_admin.to_string()),
+            ("server_ip", server_ip.to_string()),
+            ("inbound", p.inbound.to_string()),
+            ("app", p.app.to_string()),
+            ("reuse_port", reuse_port.to_string()),
+            ("istio_app_port", app_port.to_string()),
+        ],
     )
 }
 
 /// Raw TCP: the client's app-facing listener and the server's inbound listener are tcp_proxy
 /// (client → server sidecar → app, the app a TCP echo server).
 fn tcp_proxy_bootstrap(admin: u16, listen: (&str, u16), upstream: (&str, u16)) -> String {
-    format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: tcp
-    address: {{socket_address: {{address: {la}, port_value: {lp}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: upstream
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 10s
-    load_assignment:
-      cluster_name: upstream
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ua}, port_value: {up}}}}}}}}}]}}]
-"#,
-        la = listen.0,
-        lp = listen.1,
-        ua = upstream.0,
-        up = upstream.1,
+    bootstrap(
+        "tcp-proxy-pair",
+        &[
+            ("admin", admin.to_string()),
+            ("listen_ip", listen.0.to_string()),
+            ("listen", listen.1.to_string()),
+            ("upstream_ip", upstream.0.to_string()),
+            ("upstream", upstream.1.to_string()),
+        ],
     )
 }
 
@@ -660,7 +575,7 @@ fn vm_only(name: &str) -> Option<PathBuf> {
 
 fn smc_cfg(mode: &str, inbound: u16) -> Cfg {
     config(&format!(
-        "mode: {mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
+        "mode: MODE_{mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
          listeners: {{ports: [{inbound}]}}\nupstream: {{allow_local: true}}\n"
     ))
 }
@@ -688,6 +603,27 @@ fn close_wait() -> usize {
     close_wait_among(None)
 }
 
+/// The two Envoys' fd counts once every worker has started and the counts stay the same for
+/// 300 ms (nothing opening or closing): the baseline that a drained bed returns to.
+fn settled_fds(client: &Envoy, server: &Envoy) -> (usize, usize) {
+    let mut last = (usize::MAX, usize::MAX);
+    let mut same_since = Instant::now();
+    wait_for(
+        "both Envoys' workers started and their fd counts steady for 300 ms",
+        Duration::from_secs(30),
+        || {
+            let started = [client, server]
+                .iter()
+                .all(|e| e.stat("listener_manager.workers_started") == 1);
+            let now = (client.open_fds(), server.open_fds());
+            if now != last || !started {
+                (last, same_since) = (now, Instant::now());
+            }
+            (same_since.elapsed() >= Duration::from_millis(300)).then_some(now)
+        },
+    )
+}
+
 /// Each of `n` admin requests answered within a second.
 fn admin_answers(envoy: &Envoy, n: usize) -> Result<(), String> {
     for i in 0..n {
@@ -704,17 +640,6 @@ fn admin_answers(envoy: &Envoy, n: usize) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    f()
 }
 
 struct Bed {
@@ -857,11 +782,11 @@ impl Tech {
             Tech::SmcR
         }
     }
-    /// smc_diag's mode number and `envoy-smc status`'s name for it.
-    fn mode(self) -> (u8, &'static str) {
+    /// smc_diag's mode and `envoy-smc status`'s name for it.
+    fn mode(self) -> (Mode, &'static str) {
         match self {
-            Tech::SmcR => (0, "SMCR"),
-            Tech::SmcD => (2, "SMCD"),
+            Tech::SmcR => (Mode::SmcR, "SMCR"),
+            Tech::SmcD => (Mode::SmcD, "SMCD"),
         }
     }
 }
@@ -905,9 +830,8 @@ fn stock_envoy_pair_over_smc() {
             h2,
             &mode.to_lowercase(),
         );
-        // idle pools drained, nothing in flight: the baseline
-        std::thread::sleep(Duration::from_secs(1));
-        let fds0 = (bed.client.open_fds(), bed.server.open_fds());
+        // every worker started, no fd opening or closing: the baseline
+        let fds0 = settled_fds(&bed.client, &bed.server);
         let cw0 = close_wait();
 
         let t = Instant::now();
@@ -932,15 +856,23 @@ fn stock_envoy_pair_over_smc() {
         let server_inodes = bed.server.socket_inodes();
         let smc_client = diag
             .iter()
-            .filter(|d| d.mode == mode_num && d.state == 1 && client_inodes.contains(&d.inode))
+            .filter(|d| {
+                d.mode == mode_num
+                    && d.state == SmcState::ACTIVE
+                    && client_inodes.contains(&d.inode)
+            })
             .count();
         let smc_server = diag
             .iter()
-            .filter(|d| d.mode == mode_num && d.state == 1 && server_inodes.contains(&d.inode))
+            .filter(|d| {
+                d.mode == mode_num
+                    && d.state == SmcState::ACTIVE
+                    && server_inodes.contains(&d.inode)
+            })
             .count();
         let others: Vec<_> = diag
             .iter()
-            .filter(|d| d.mode != mode_num && d.state != 10)
+            .filter(|d| d.mode != mode_num && d.state != SmcState::LISTEN)
             .collect();
         assert!(
             smc_client >= 1,
@@ -957,8 +889,11 @@ fn stock_envoy_pair_over_smc() {
         if tech == Tech::SmcR {
             assert!(
                 diag.iter()
-                    .filter(|d| d.mode == 0 && d.state == 1)
-                    .all(|d| d.ib_device.as_deref().is_some_and(|n| n.starts_with("rxe"))),
+                    .filter(|d| d.mode == Mode::SmcR && d.state == SmcState::ACTIVE)
+                    .all(|d| d
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.ib_device.starts_with("rxe"))),
                 "{what}: {diag:?}"
             );
         }
@@ -1029,15 +964,14 @@ fn stock_envoy_pair_over_smc() {
         assert_eq!(bed.client.stat("cluster.server_sidecar.upstream_rq_5xx"), 0);
 
         // afterwards: idle connections close (idle_timeout 2 s), nothing in CLOSE-WAIT, fds back
-        let back = wait_until(Duration::from_secs(20), || {
-            (bed.client.open_fds(), bed.server.open_fds()) == fds0 && close_wait() <= cw0
-        });
-        assert!(
-            back,
-            "{what}: fds {:?} -> {:?}, CLOSE-WAIT {cw0} -> {}",
-            fds0,
-            (bed.client.open_fds(), bed.server.open_fds()),
-            close_wait()
+        wait_until(
+            &format!(
+                "{what}: the fd counts back at {fds0:?} (now {:?}), CLOSE-WAIT back at {cw0} (now {})",
+                (bed.client.open_fds(), bed.server.open_fds()),
+                close_wait()
+            ),
+            Duration::from_secs(20),
+            || (bed.client.open_fds(), bed.server.open_fds()) == fds0 && close_wait() <= cw0,
         );
         let Bed {
             client,
@@ -1093,8 +1027,7 @@ fn hundred_thousand_connections_through_the_client_envoy() {
         &dir,
         &[("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")],
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let fds0 = (client.open_fds(), server.open_fds());
+    let fds0 = settled_fds(&client, &server);
     let t = Instant::now();
     let (ok, failed) = drive(ports.outbound, n, 128, 16, true);
     let took = t.elapsed();
@@ -1103,17 +1036,18 @@ fn hundred_thousand_connections_through_the_client_envoy() {
         n as f64 / took.as_secs_f64()
     );
     assert_eq!((ok, failed), (n, 0));
-    let back = wait_until(Duration::from_secs(30), || {
-        let inodes: Vec<u64> = [client.socket_inodes(), server.socket_inodes()].concat();
-        (client.open_fds(), server.open_fds()) == fds0 && close_wait_among(Some(&inodes)) == 0
-    });
-    assert!(
-        back,
-        "fds {fds0:?} -> {:?}; CLOSE-WAIT among Envoy's sockets: {}",
-        (client.open_fds(), server.open_fds()),
-        close_wait_among(Some(
-            &[client.socket_inodes(), server.socket_inodes()].concat()
-        ))
+    let inodes = || [client.socket_inodes(), server.socket_inodes()].concat();
+    wait_until(
+        &format!(
+            "the fd counts back at {fds0:?} (now {:?}), no CLOSE-WAIT among Envoy's sockets (now {})",
+            (client.open_fds(), server.open_fds()),
+            close_wait_among(Some(&inodes()))
+        ),
+        Duration::from_secs(30),
+        || {
+            (client.open_fds(), server.open_fds()) == fds0
+                && close_wait_among(Some(&inodes())) == 0
+        },
     );
     let cs = client.stop();
     let ss = server.stop();
@@ -1246,8 +1180,9 @@ fn istio_shaped_inbound_redirect_over_smc_r() {
         );
         let inodes = client.socket_inodes();
         assert!(
-            diag.iter()
-                .any(|d| d.mode == 0 && d.state == 1 && inodes.contains(&d.inode)),
+            diag.iter().any(|d| d.mode == Mode::SmcR
+                && d.state == SmcState::ACTIVE
+                && inodes.contains(&d.inode)),
             "{what}: no SMC-R connection held by the client Envoy: {diag:?}"
         );
         let rxe = rxe_packets() - rxe0;
@@ -1346,7 +1281,7 @@ fn without_the_opt_in_everything_stays_tcp() {
     };
     let (ports, server_ip) = (Ports::vm(), "10.9.0.2");
     let cfg = config(&format!(
-        "mode: AUTO\nmesh_switch: {{always_on: true}}\nlisteners: {{ports: [{}]}}\n\
+        "mode: MODE_AUTO\nmesh_switch: {{always_on: true}}\nlisteners: {{ports: [{}]}}\n\
          upstream: {{allow_local: true}}\n",
         ports.inbound
     ));

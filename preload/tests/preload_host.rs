@@ -365,7 +365,8 @@ fn stats_file_is_written_at_exit() {
     let file = Stats::parse(&text);
     assert_eq!(file.get("sockets_seen"), 4, "{text}");
     assert_eq!(file.0, out.stats().0, "file and in-process counters differ");
-    assert!(text.contains("# TYPE envoy_smc_tcp_total counter"));
+    assert!(text.contains("# TYPE envoy_smc_tcp_loopback counter"));
+    assert!(text.contains("# TYPE envoy_smc_preload_stale_fd counter"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -507,9 +508,9 @@ fn microbench_role() {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     // a socket the library decided about already (connected), like Envoy's established ones
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (ss, len) = sockaddr(l.local_addr().unwrap());
-    // SAFETY: ss holds a sockaddr of len bytes.
-    unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    let ss = socket2::SockAddr::from(l.local_addr().unwrap());
+    // SAFETY: ss holds a socket address of ss.len() bytes.
+    unsafe { libc::connect(fd, ss.as_ptr().cast(), ss.len()) };
     let setsockopt = best(&mut || {
         setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
     });
@@ -734,10 +735,10 @@ fn vfork_close_range_role() {
     // SAFETY: status is a valid int to write.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let after = tracked_here();
-    let (ss, len) = sockaddr(target);
+    let ss = socket2::SockAddr::from(target);
     for &s in &socks {
-        // SAFETY: ss holds a sockaddr of len bytes; s is this test's own socket.
-        unsafe { libc::connect(s, &ss as *const _ as *const libc::sockaddr, len) };
+        // SAFETY: ss holds a socket address of ss.len() bytes; s is this test's own socket.
+        unsafe { libc::connect(s, ss.as_ptr().cast(), ss.len()) };
     }
     println!("RESULT before={before} after={after} child_status={status}");
     print_own_stats();

@@ -43,7 +43,7 @@ fn in_vm() -> bool {
 
 fn mode_config(mode: &str, listener_port: u16) -> Cfg {
     config(&format!(
-        "mode: {mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
+        "mode: MODE_{mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
          listeners: {{ports: [{listener_port}]}}\nupstream: {{allow_local: true}}\n"
     ))
 }
@@ -260,7 +260,7 @@ fn tcp_outcomes_keep_every_edge() {
     assert_eq!(kept.stats().tcp("kept_on_tcp"), 2);
     assert_eq!(kept.stats().get("socket_replaced"), 0);
     let no_switch = config(&format!(
-        "mode: IPPROTO_SMC\nopt_in: {{all_workloads: true}}\nupstream: {{allow_local: true}}\n\
+        "mode: MODE_IPPROTO_SMC\nopt_in: {{all_workloads: true}}\nupstream: {{allow_local: true}}\n\
          listeners: {{ports: [{port}]}}\n"
     ));
     let out = client(
@@ -291,7 +291,7 @@ fn tcp_outcomes_keep_every_edge() {
     );
     assert_all_connections_ok(&out, 2);
     for c in conns(&out) {
-        assert_eq!(c["diag_mode"], "FALLBACK", "{c:?}");
+        assert_eq!(c["diag_mode"], "TCP", "{c:?}");
         assert_eq!(c["diag_reason"], "0x03010000", "{c:?}");
     }
     assert_eq!(out.stats().get("socket_replaced"), 2);
@@ -339,7 +339,7 @@ fn black_holed_path(mode: &str, port: u16) {
     let listen: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
     let srv = server(None, listen, &[]);
     let cfg = config(&format!(
-        "mode: {mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
+        "mode: MODE_{mode}\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: true}}\n\
          upstream: {{allow_local: true}}\nadaptive_fallback: {{detect_after_ms: 1000, probe_timeout_ms: 1000}}\n",
     ));
     let out = client(

@@ -23,7 +23,7 @@
 #     moved to TCP in flight under the same fd (adaptive.rescued), so all 200 requests to
 #     10.9.0.2:9001 succeed, the first included, and a lone first request (9004) succeeds on its
 #     first attempt in about 2 s instead of waiting out its 10 s connect timeout; every later
-#     connection is held on TCP (tcp_total{reason="black_hole_hold_down"});
+#     connection is held on TCP (envoy_smc_tcp_black_hole_hold_down);
 #   - envoy-smc status lists both destinations as held (since when, next SMC retry), later as
 #     recovered, and never the healthy one;
 #   - the healthy upstream stays SMC-R throughout (envoy-smc status --json: the client Envoy's
@@ -69,6 +69,7 @@ if [ "${1:-}" != --in-vm ]; then
 fi
 
 # ---- inside the VM ----
+source "$repo/scripts/test-lib.sh"
 cli=$repo/target/debug/envoy-smc
 preload=$repo/target/debug/libenvoy_smc_preload.so
 work=${TMPDIR:-/run/tmp}/adaptive-e2e
@@ -113,91 +114,8 @@ listeners: {ports: [9001, 9004]}
 EOF
 
 # The client sidecar: one cluster per upstream, every route with Istio's default retry policy.
-retry_policy='retry_policy:
-                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
-                    num_retries: 2
-                    host_selection_retry_max_attempts: 5
-                    retry_host_predicate:
-                    - name: envoy.retry_host_predicates.previous_hosts
-                      typed_config:
-                        "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate'
-route() { # prefix cluster
-  cat <<EOF
-              - match: {prefix: $1}
-                route:
-                  cluster: $2
-                  timeout: 0s
-                  $retry_policy
-EOF
-}
-cluster() { # name port connect-timeout keep-tcp(0/1)
-  cat <<EOF
-  - name: $1
-    type: STATIC
-    connect_timeout: $3
-    upstream_bind_config:
-      socket_options:
-      - {description: "envoy-smc: SMC on (mesh switch)", level: 1, name: 18, int_value: 1, state: STATE_PREBIND}
-EOF
-  [ "$4" = 1 ] && echo '      - {description: "envoy-smc: keep on TCP", level: 6, name: 30, int_value: 0, state: STATE_PREBIND}'
-  cat <<EOF
-    load_assignment:
-      cluster_name: $1
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 10.9.0.2, port_value: $2}}}
-EOF
-}
-{
-  cat <<'EOF'
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
-static_resources:
-  listeners:
-  - name: app_outbound
-    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: app_outbound
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: ACCESS_LOG
-              log_format:
-                text_format_source: {inline_string: "[%START_TIME%] %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% ms=%DURATION% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n"}
-          route_config:
-            virtual_hosts:
-            - name: upstreams
-              domains: ["*"]
-              include_attempt_count_in_response: true
-              routes:
-EOF
-  route /healthy healthy
-  route /bh blackholed
-  route /lone lone
-  route /nl-smc nolisten
-  route /nl-tcp nolisten-tcp
-  route /da-smc dropall
-  route /da-tcp dropall-tcp
-  cat <<'EOF'
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-EOF
-  cluster healthy 8080 10s 0
-  cluster blackholed 9001 10s 0
-  cluster lone 9004 10s 0
-  cluster nolisten 9002 2s 0
-  cluster nolisten-tcp 9002 2s 1
-  cluster dropall 9003 2s 0
-  cluster dropall-tcp 9003 2s 1
-} | sed "s#ACCESS_LOG#$work/client-access.log#" >"$work/client.yaml"
+python3 "$repo/scripts/envoy-bootstrap.py" adaptive-client access_log="$work/client-access.log" \
+  >"$work/client.yaml"
 
 # Backends: the echo app behind the server sidecar (127.0.0.1:8080), and the plain HTTP/1.0
 # backend on 10.9.0.2:9001 (black-holed) and :9003 (drop-all): one connection per request.
@@ -237,18 +155,17 @@ ENVOY_SMC_CONFIG=$work/backend-smc.yaml ENVOY_SMC_STATS_FILE=$work/backend.prom 
 pids+=($!)
 
 start_envoy() { # name config base-id smc-config log-filter
-  ENVOY_SMC_CONFIG=$4 ENVOY_SMC_LOG=$5 \
-  ENVOY_SMC_STATS_FILE=$work/$1.prom ENVOY_SMC_STATS_INTERVAL=0.2 \
-  ENVOY_SMC_STATE_DIR=$work/state \
-  LD_PRELOAD=$preload "$ENVOY_BIN" -c "$2" --disable-hot-restart \
-    --base-id "$3" --concurrency 2 --log-level warn >"$work/$1.log" 2>&1 &
-  echo $!
+  envoy_start "$work/$1.log" "$2" ENVOY_SMC_CONFIG="$4" ENVOY_SMC_LOG="$5" \
+    ENVOY_SMC_STATS_FILE="$work/$1.prom" ENVOY_SMC_STATS_INTERVAL=0.2 \
+    ENVOY_SMC_STATE_DIR="$work/state" LD_PRELOAD="$preload" \
+    -- --disable-hot-restart --base-id "$3" --concurrency 2 --log-level warn
+  pids+=("$ENVOY_PID")
 }
-server_pid=$(start_envoy server "$repo/envoy-config/envoy/server.yaml" 1 \
-  "$repo/envoy-config/envoy/smc-preload.yaml" warn)
-pids+=("$server_pid")
-client_pid=$(start_envoy client "$work/client.yaml" 2 "$work/client-smc.yaml" info)
-pids+=("$client_pid")
+start_envoy server "$repo/envoy-config/envoy/server.yaml" 1 \
+  "$repo/envoy-config/envoy/smc-preload.yaml" warn
+server_pid=$ENVOY_PID
+start_envoy client "$work/client.yaml" 2 "$work/client-smc.yaml" info
+client_pid=$ENVOY_PID
 
 cat >"$work/drive.py" <<'PY'
 import http.client, json, os, re, socket, subprocess, sys, threading, time
@@ -316,18 +233,39 @@ def stats():
             out[name] = int(m.group(3))
     return out
 
+def wait_for(what, secs, ready, step=0.05):
+    """ready()'s first true value within secs; on timeout, says what it waited for and returns it."""
+    end = time.time() + secs
+    while True:
+        v = ready()
+        if v or time.time() >= end:
+            if not v:
+                note(f"timed out after {secs} s waiting for {what}")
+            return v
+        time.sleep(step)
+
+def prom_mtime():
+    try:
+        return os.stat(f"{W}/client.prom").st_mtime_ns
+    except OSError:
+        return 0
+
 def fresh_stats():
-    time.sleep(0.5)  # the file is rewritten every 0.2 s
+    # the library rewrites the file every 0.2 s: wait for two rewrites, so that the second one
+    # began after this call
+    for _ in range(2):
+        t = prom_mtime()
+        wait_for("the client library to rewrite client.prom", 5, lambda: prom_mtime() > t, 0.02)
     return stats()
 
-TRIPPED = "envoy_smc_adaptive_black_hole_tripped_total"
-NOT_PROVEN = "envoy_smc_adaptive_black_hole_not_proven_total"
-RECOVERED = "envoy_smc_adaptive_recovered_total"
-PROBES = "envoy_smc_adaptive_probes_total"
-WATCHED = "envoy_smc_adaptive_connects_watched_total"
-RESCUED = "envoy_smc_adaptive_rescued_total"
-RESCUE_FAILED = "envoy_smc_adaptive_rescue_failed_total"
-HOLD = 'envoy_smc_tcp_total{reason="black_hole_hold_down"}'
+TRIPPED = "envoy_smc_adaptive_black_hole_tripped"
+NOT_PROVEN = "envoy_smc_adaptive_black_hole_not_proven"
+RECOVERED = "envoy_smc_adaptive_recovered"
+PROBES = "envoy_smc_adaptive_probes"
+WATCHED = "envoy_smc_adaptive_connects_watched"
+RESCUED = "envoy_smc_adaptive_rescued"
+RESCUE_FAILED = "envoy_smc_adaptive_rescue_failed"
+HOLD = "envoy_smc_tcp_black_hole_hold_down"
 
 def status_json():
     r = subprocess.run([CLI, "status", "--json", "--pid", str(CLIENT_PID), "--no-listen",
@@ -518,7 +456,7 @@ probed = after.get(PROBES, 0) - before.get(PROBES, 0)
 # A hold-down that ran out during the requests (slow host) lets one probe try SMC: the rule is
 # still there, so each probe trips again (with a doubled hold-down).
 check(tripped == 2 + probed and held >= 199,
-      "every later connection to a black-holed destination was held on TCP (tcp_total{reason=black_hole_hold_down})",
+      "every later connection to a black-holed destination was held on TCP (envoy_smc_tcp_black_hole_hold_down)",
       f"hold_down +{held} (199 to 9001 at least); tripped +{tripped} = 9001, 9004 + {probed} probe(s) "
       "that met the black hole again")
 rescued = after.get(RESCUED, 0) - before.get(RESCUED, 0)
@@ -595,8 +533,13 @@ res = {}
 ths = [threading.Thread(target=lambda p=p: res.setdefault(p, get(f"/{p}/slow3"))) for p in ("bh", "lone")]
 for t_ in ths:
     t_.start()
-time.sleep(1.5)
-cs = status()
+# (the long requests last 3 s: their connections are read while they are open)
+want = [port for dest, port in (("10.9.0.2:9004", 9004), ("10.9.0.2:9001", 9001))
+        if recovered_at(dest) is not None]
+def long_conns_open():
+    cs = status()
+    return cs if all(any(c["state"] == "ACTIVE" for c in conns_to(cs, p)) for p in want) else None
+cs = wait_for("the long requests' connections to be ACTIVE", 2.5, long_conns_open, 0.1) or status()
 for t_ in ths:
     t_.join()
 for dest, port, p in (("10.9.0.2:9004", 9004, "lone"), ("10.9.0.2:9001", 9001, "bh")):

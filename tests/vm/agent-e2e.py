@@ -116,8 +116,13 @@ check_log = open(f"{W}/check.log").read()
 print(check_log.rstrip())
 check(os.environ["CHECK_RC"] == "0" and "fmod_ret on update_socket_protocol   yes" in check_log,
       "envoy-smc-agent check: this node runs the agent (BTF, fmod_ret on update_socket_protocol)")
-check("black-hole rescue      NO" in check_log and "per-destination choice NO" in check_log,
-      "check says plainly: no per-destination choice, no black-hole rescue on this kernel")
+if "smc_hs_ctrl            yes" in check_log:
+    # Linux 6.19+ (the kernel built from source): tests/vm/agent-hsctrl.sh tests these.
+    check("black-hole rescue      yes" in check_log and "per-destination choice yes" in check_log,
+          "check says: per-destination choice and black-hole rescue with smc_hs_ctrl on this kernel")
+else:
+    check("black-hole rescue      NO" in check_log and "per-destination choice NO" in check_log,
+          "check says plainly: no per-destination choice, no black-hole rescue on this kernel")
 
 # ---- selection ----
 st = wait_for(lambda: (lambda s: s if s and len(s["selected"]) == 2 and len(s["not_selected"]) == 1 else None)(state()), 60)

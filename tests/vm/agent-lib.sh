@@ -1,5 +1,5 @@
 # Shared by tests/vm/agent-e2e.sh and bench/agent.sh, sourced inside the VM (root) with $work
-# (a directory uid 1337 can read), $cg (the cgroup v2 mount), $ENVOY_BIN and $ipt set: the
+# (a directory uid 1337 can read), $repo, $cg (the cgroup v2 mount), $ENVOY_BIN and $ipt set: the
 # Istio-style redirect, the client sidecar's configuration, and "pods" for the node agent.
 
 # cgroup v2 mounted (pods are keyed by their cgroup id), the redirect in place.
@@ -17,58 +17,7 @@ agent_vm_setup() {
 # The client sidecar: the clusters of envoy-config/envoy/client.yaml, one request per upstream
 # connection (so that every request shows what a NEW connection gets).
 client_config() { # admin-port listener-port
-  cat <<EOF
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $1}}
-static_resources:
-  listeners:
-  - name: app_outbound
-    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: app_outbound
-          route_config:
-            virtual_hosts:
-            - name: server
-              domains: ["*"]
-              routes:
-              - match: {prefix: /tcp}
-                route: {cluster: server-tcp, timeout: 0s}
-              - match: {prefix: /}
-                route: {cluster: server, timeout: 0s}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-EOF
-  for c in server server-tcp; do
-    cat <<EOF
-  - name: $c
-    type: STATIC
-    connect_timeout: 5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {max_requests_per_connection: 1}
-        explicit_http_config: {http_protocol_options: {}}
-    upstream_bind_config:
-      socket_options:
-      - {description: "envoy-smc: SMC on (mesh switch)", level: 1, name: 18, int_value: 1, state: STATE_PREBIND}
-EOF
-    [ $c = server-tcp ] &&
-      echo '      - {description: "envoy-smc: keep on TCP", level: 6, name: 30, int_value: 0, state: STATE_PREBIND}'
-    cat <<EOF
-    load_assignment:
-      cluster_name: $c
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 10.9.0.2, port_value: 8080}}}
-EOF
-  done
+  python3 "$repo/scripts/envoy-bootstrap.py" agent-client admin="$1" listen="$2"
 }
 
 # A pod: its own cgroup and mount namespace, the annotations file where Istio's sidecar has it

@@ -70,14 +70,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # the source package, through a private apt configuration
-debian_mirror() {
-  if [ -n "${ENVOY_SMC_VM_MIRROR:-}" ]; then echo "${ENVOY_SMC_VM_MIRROR%/}"; return; fi
-  local m
-  m=$( (cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true) |
-    grep -v '^[[:space:]]*#' | grep -oE 'https?://[^ ]+/debian/?([[:space:]]|$)' | tr -d '[:space:]' | head -1 || true)
-  m=${m%/}
-  echo "${m:-http://deb.debian.org/debian}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/debian-apt.sh"
 
 debs=$CACHE/debs
 mkdir -p "$debs"
@@ -88,24 +81,11 @@ if [ -z "$deb" ]; then
   mirror=$(debian_mirror)
   apt=$CACHE/apt-src
   rm -rf "$apt"
-  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/etc/preferences.d"
-  : >"$apt/status"
-  echo "deb [signed-by=$keyring] $mirror $SUITE main" >"$apt/sources.list"
-  aopts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-    -o Dir::Etc::Preferences="$apt/etc/preferences" -o Dir::Etc::PreferencesParts="$apt/etc/preferences.d"
-    -o Dir::State::Lists="$apt/lists" -o Dir::State::status="$apt/status" -o Dir::Cache="$apt/cache"
-    -o APT::Architecture=amd64 -o APT::Architectures::=amd64 -o Acquire::Languages=none
-    -o APT::Sandbox::User=root -o Debug::NoLocking=1
-    -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-    -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-    -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-    -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false)
   msg "fetching the package list of Debian $SUITE from $mirror"
-  apt-get "${aopts[@]}" -qq update >&2 || true
-  compgen -G "$apt/lists/*_dists_${SUITE}_main_binary-amd64_Packages*" >/dev/null ||
+  debian_apt "$apt" "$SUITE" "$mirror" "$keyring" ||
     die "cannot fetch the Debian $SUITE package list from $mirror (no network? set ENVOY_SMC_VM_MIRROR)"
   msg "downloading $PKG"
-  (cd "$debs" && apt-get "${aopts[@]}" -qq download "$PKG" >&2) ||
+  (cd "$debs" && apt-get "${APT_OPTS[@]}" -qq download "$PKG" >&2) ||
     die "$PKG could not be downloaded from $mirror $SUITE (set ENVOY_SMC_VM_KERNEL_SOURCE to another linux-source-X.Y)"
   rm -rf "$apt"
   deb=$(find "$debs" -maxdepth 1 -name "${PKG}_*_all.deb" | sort -V | tail -1)

@@ -21,6 +21,7 @@ if [ "${1:-}" != --in-vm ]; then
   exec tests/vm/run.sh --quiet --timeout 300 --env "ENVOY_BIN=$envoy" -- bash "$repo/tests/vm/hot-restart.sh" --in-vm
 fi
 
+source "$repo/scripts/test-lib.sh"
 cli=$repo/target/debug/envoy-smc
 work=${TMPDIR:-/run/tmp}/hot-restart
 mkdir -p "$work"
@@ -31,26 +32,7 @@ mode: MODE_AF_SMC
 opt_in: {all_workloads: true}
 listeners: {ports: [15006]}
 Y
-cat >"$work/server.yaml" <<'Y'
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15100}}}
-static_resources:
-  listeners:
-  - name: inbound
-    address: {socket_address: {address: 10.9.0.2, port_value: 15006}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: in
-          route_config: {virtual_hosts: [{name: a, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: app}}]}]}
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 5s
-    load_assignment: {cluster_name: app, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8081}}}}]}]}
-Y
+python3 "$repo/scripts/envoy-bootstrap.py" inbound-server >"$work/server.yaml"
 sleep 100000 | "$repo/.cache/hot-restart/echo" 127.0.0.1 8081 >"$work/echo.log" 2>&1 &
 start() {
   ENVOY_SMC_CONFIG=$work/smc.yaml LD_PRELOAD=$repo/target/debug/libenvoy_smc_preload.so \
@@ -63,7 +45,7 @@ import json, sys
 print(" ".join(str(c["inode"]) for c in json.load(sys.stdin)["connections"]
                if c["state"] == "LISTEN" and c["local"].endswith(":15006") and c["flavour"] == "AF_SMC"))'; }
 p0=$(start 0)
-for _ in $(seq 100); do curl -s -o /dev/null http://10.9.0.2:15006/ && break; sleep 0.3; done
+wait_until 60 "epoch 0 to answer on 10.9.0.2:15006" curl -s -o /dev/null http://10.9.0.2:15006/ || true
 ino0=$(listen_inode "$p0")
 check "$([ -n "$ino0" ] && echo 0 || echo 1)" "epoch 0: one AF_SMC listen socket on :15006 (inode $ino0)"
 ( ok=0 bad=0; end=$((SECONDS + 15))
@@ -72,9 +54,16 @@ check "$([ -n "$ino0" ] && echo 0 || echo 1)" "epoch 0: one AF_SMC listen socket
   done
   echo "$ok $bad" >"$work/traffic" ) &
 traffic=$!
-sleep 2
+served() {  # at least $1 requests completed by epoch 0 (its admin, 127.0.0.1:15100)
+  local n
+  n=$(curl -s "http://127.0.0.1:15100/stats?filter=^http.smc.downstream_rq_completed$" | awk '{print $2}')
+  [ "${n:-0}" -ge "$1" ]
+}
+# the restart happens with traffic running
+wait_until 60 "2 requests through epoch 0 before the restart" served 2 || true
 p1=$(start 1)
-for _ in $(seq 60); do [ -n "$(listen_inode "$p1" 2>/dev/null)" ] && break; sleep 0.5; done
+has_listener() { [ -n "$(listen_inode "$1" 2>/dev/null)" ]; }
+wait_until 30 "epoch 1 to hold an AF_SMC listen socket on :15006" has_listener "$p1" || true
 ino1=$(listen_inode "$p1")
 check "$([ "$ino1" = "$ino0" ] && echo 0 || echo 1)" "epoch 1 holds the same AF_SMC listen socket (inode $ino1)"
 "$cli" check 10.9.0.2:15006 >"$work/check.txt" 2>&1

@@ -65,6 +65,7 @@ if [ "${1:-}" != --in-vm ]; then
 fi
 
 # ---- inside the VM ----
+source "$repo/scripts/test-lib.sh"
 cli=$repo/target/debug/envoy-smc
 preload=$repo/target/debug/libenvoy_smc_preload.so
 work=${TMPDIR:-/run/tmp}/live-switch
@@ -95,17 +96,17 @@ cp "$GEN/server-lds-0-none.json" "$work/server-xds/lds.json"
 sleep 100000 | "$GEN/echo" 127.0.0.1 8081 >"$work/echo.log" 2>&1 &
 pids+=($!)
 start_envoy() { # name bootstrap base-id
-  ENVOY_SMC_CONFIG=$work/smc.yaml ENVOY_SMC_STATS_FILE=$work/$1.prom ENVOY_SMC_STATS_INTERVAL=0.5 \
-  LD_PRELOAD=$preload "$ENVOY_BIN" -c "$2" --disable-hot-restart --base-id "$3" \
-    --concurrency 2 --drain-time-s 3 --log-level warn >"$work/$1.log" 2>&1 &
-  echo $!
+  envoy_start "$work/$1.log" "$2" ENVOY_SMC_CONFIG="$work/smc.yaml" \
+    ENVOY_SMC_STATS_FILE="$work/$1.prom" ENVOY_SMC_STATS_INTERVAL=0.5 LD_PRELOAD="$preload" \
+    -- --disable-hot-restart --base-id "$3" --concurrency 2 --drain-time-s 3 --log-level warn
+  pids+=("$ENVOY_PID")
 }
 sed "s#XDS#$work/server-xds#g" "$GEN/server-bootstrap.yaml" >"$work/server-bootstrap.yaml"
 sed "s#XDS#$work/client-xds#g" "$GEN/client-bootstrap.yaml" >"$work/client-bootstrap.yaml"
-server_pid=$(start_envoy server "$work/server-bootstrap.yaml" 1)
-pids+=("$server_pid")
-client_pid=$(start_envoy client "$work/client-bootstrap.yaml" 2)
-pids+=("$client_pid")
+start_envoy server "$work/server-bootstrap.yaml" 1
+server_pid=$ENVOY_PID
+start_envoy client "$work/client-bootstrap.yaml" 2
+client_pid=$ENVOY_PID
 
 WORK=$work GEN=$GEN CLI=$cli CLIENT_PID=$client_pid SERVER_PID=$server_pid \
   python3 "$repo/tests/vm/live_switch_drive.py"

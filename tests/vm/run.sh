@@ -12,7 +12,8 @@
 # The VM has no network device to the outside (-nic none). See tests/vm/README.md.
 #
 # Exit status: COMMAND's own; 124 if the VM did not finish in time; 125 if the VM or its setup
-# failed before COMMAND ran; 1 if the host could not be prepared (qemu, kernel); 2 usage error.
+# failed before COMMAND ran; 1 if the host could not be prepared (qemu, kernel); 2 usage error;
+# 3 if a binary of this checkout was replaced on the host while the VM ran (the run is void).
 set -euo pipefail
 
 SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +33,7 @@ QUIET=0
 CONSOLE=0
 PREPARE_ONLY=0
 EXTRA_ENV=()
+BUILD_LOCKS=()
 
 # Modules loaded at boot (with their modules.dep dependencies), before the command runs.
 BOOT_MODULES=(
@@ -88,7 +90,8 @@ options:
 environment: ENVOY_SMC_BIN (envoy-smc CLI used for `ueid add`, default <repo>/target/debug/envoy-smc),
 ENVOY_SMC_VM_CACHE (default ~/.cache/envoy-smc/vm, or $XDG_CACHE_HOME/envoy-smc/vm), ENVOY_SMC_VM_KERNEL (a linux-image-* package name, stock kernel),
 ENVOY_SMC_VM_MIRROR (Debian mirror URL), ENVOY_SMC_VM_MEM (MiB, 2048), ENVOY_SMC_VM_SMP (2),
-ENVOY_SMC_VM_MODULES (more kernel modules to load at boot), ENVOY_SMC_VM_APPEND (kernel args).
+ENVOY_SMC_VM_MODULES (more kernel modules to load at boot), ENVOY_SMC_VM_APPEND (kernel args),
+ENVOY_SMC_VM_BOOT_ATTEMPTS (boots tried when the kernel dies before the guest starts, 4).
 EOF
 }
 
@@ -181,14 +184,7 @@ ensure_host_packages() {
 # ---------------------------------------------------------------------------------------------
 # kernel: Debian 13 (trixie) linux-image-6.12.*+deb13-amd64-unsigned, fetched through a private
 # apt configuration into $CACHE (the system's apt state is not touched) and unpacked, never installed
-debian_mirror() {
-  if [ -n "${ENVOY_SMC_VM_MIRROR:-}" ]; then echo "${ENVOY_SMC_VM_MIRROR%/}"; return; fi
-  local m
-  m=$( (cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true) |
-    grep -v '^[[:space:]]*#' | grep -oE 'https?://[^ ]+/debian/?([[:space:]]|$)' | tr -d '[:space:]' | head -1 || true)
-  m=${m%/}
-  echo "${m:-http://deb.debian.org/debian}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/debian-apt.sh"
 
 fetch_kernel() {
   local debs=$CACHE/debs apt=$CACHE/apt pkg deb
@@ -204,30 +200,16 @@ fetch_kernel() {
     [ -f "$keyring" ] || apt_install debian-archive-keyring || true
     [ -f "$keyring" ] || die 1 "$keyring not found (apt-get install debian-archive-keyring)"
     mirror=$(debian_mirror)
-    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/etc/preferences.d"
-    : >"$apt/status"
-    echo "deb [signed-by=$keyring] $mirror trixie main" >"$apt/sources.list"
-    local aopts=(-o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o Dir::Etc::Preferences="$apt/etc/preferences" -o Dir::Etc::PreferencesParts="$apt/etc/preferences.d"
-      -o Dir::State::Lists="$apt/lists" -o Dir::State::status="$apt/status" -o Dir::Cache="$apt/cache"
-      -o APT::Architecture=amd64 -o APT::Architectures::=amd64 -o Acquire::Languages=none
-      -o APT::Sandbox::User=root -o Debug::NoLocking=1
-      -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false)
     msg "fetching the package list of Debian trixie from $mirror"
-    rm -f "$apt"/lists/*Packages*
-    apt-get "${aopts[@]}" -qq update >&2 || true
-    compgen -G "$apt/lists/*_dists_trixie_main_binary-amd64_Packages*" >/dev/null ||
+    debian_apt "$apt" trixie "$mirror" "$keyring" ||
       die 1 "cannot fetch the Debian trixie package list from $mirror (no network? set ENVOY_SMC_VM_MIRROR to a Debian mirror)"
     if [ -z "$pkg" ]; then
-      pkg=$(apt-cache "${aopts[@]}" pkgnames linux-image-6.12. 2>/dev/null |
+      pkg=$(apt-cache "${APT_OPTS[@]}" pkgnames linux-image-6.12. 2>/dev/null |
         grep -E '^linux-image-6\.12\.[0-9]+\+deb13-amd64-unsigned$' | sort -V | tail -1 || true)
       [ -n "$pkg" ] || die 1 "no linux-image-6.12.*+deb13-amd64-unsigned package in trixie main at $mirror"
     fi
     msg "downloading kernel package $pkg"
-    (cd "$debs" && apt-get "${aopts[@]}" -qq download "$pkg" >&2) ||
+    (cd "$debs" && apt-get "${APT_OPTS[@]}" -qq download "$pkg" >&2) ||
       die 1 "kernel package $pkg could not be downloaded from $mirror"
     deb=$(find "$debs" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -1)
     [ -n "$deb" ] || die 1 "kernel package $pkg could not be downloaded from $mirror"
@@ -438,6 +420,42 @@ for p in "$REPO" "$PWD" "$CACHE" "$ENVOY_SMC_BIN"; do
 done | sort -u >"$CTL/host-tmp"
 
 # ---------------------------------------------------------------------------------------------
+# The VM reads this checkout's binaries over 9p with cache=loose, which never revalidates: a file
+# replaced on the host during the boot (a cargo build in this checkout) is then read as a mix of
+# the pages it cached before and the new file's, and such a binary fails in ways no source
+# explains (once every `envoy-smc doctor` of a boot aborted with "unsafe precondition(s)
+# violated: usize::unchecked_mul cannot overflow"). So hold cargo's own build-directory locks,
+# shared, while the VM runs: cargo in this checkout waits ("Blocking waiting for file lock on
+# artifact directory"); and fingerprint the binaries to catch anything else that replaces them.
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+for lock in "$TARGET_DIR"/*/.cargo-lock; do
+  [ -f "$lock" ] || continue
+  exec {fd}<"$lock"
+  if ! flock -s -n "$fd"; then
+    msg "waiting for the cargo build running in this checkout ($lock)"
+    flock -s -w 1800 "$fd" || die 1 "a cargo build in this checkout still holds $lock after 30 min"
+  fi
+  BUILD_LOCKS+=("$fd")
+done
+# The checkout's binaries and every file COMMAND names (suite.sh passes DIR:EXE), and their
+# inode, size and mtime.
+BINARIES=$(
+  {
+    find "$TARGET_DIR" -mindepth 2 -maxdepth 2 -type f -perm -u+x 2>/dev/null || true
+    for f in "$ENVOY_SMC_BIN" "${CMD[@]}"; do
+      for a in "$f" "${f##*:}"; do [ ! -f "$a" ] || printf '%s\n' "$a"; done
+    done
+  } | sort -u
+)
+fingerprint() {
+  local f
+  while IFS= read -r f; do
+    [ -z "$f" ] || stat -c '%i %s %Y %n' "$f" 2>/dev/null || echo "gone - - $f"
+  done <<<"$BINARIES"
+}
+BINARIES_BEFORE=$(fingerprint)
+
+# ---------------------------------------------------------------------------------------------
 # boot
 PIDS=()
 QPID=
@@ -457,24 +475,53 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp "$SMP" -nographic -n
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap
   -virtfs "local,path=$SHARED,mount_tag=shared,security_model=none")
 
-msg "booting (timeout ${TIMEOUT} s); shared dir: $SHARED"
+# A boot that dies before the guest's init script starts (no "$CTL/times" yet) never ran any of
+# the command. Under TCG the Debian 6.12 kernel sometimes oopses in a late initcall, on an int3
+# left by live code patching ("Oops: int3", RIP sched_clock_cpu+0x9, then "Fatal exception in
+# interrupt"): seen once in a CI run, and on the first boot of a loaded host. Such a boot is
+# tried again, at most BOOT_ATTEMPTS times in all, and said so; a failure after the guest
+# started is never retried.
+BOOT_ATTEMPTS=${ENVOY_SMC_VM_BOOT_ATTEMPTS:-4}
+[[ $BOOT_ATTEMPTS =~ ^[1-9]$ ]] || die 2 "ENVOY_SMC_VM_BOOT_ATTEMPTS must be 1..9, got '$BOOT_ATTEMPTS'"
 T_BOOT=$(now)
-timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null >"$CTL/console.log" 2>&1 &
-QPID=$!
-tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stdout" &
-PIDS+=($!)
-tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stderr" >&2 &
-PIDS+=($!)
-if [ "$CONSOLE" = 1 ]; then
-  tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/console.log" | sed -u 's/^/vm console: /' >&2 &
+attempt=1
+while :; do
+  msg "booting (timeout ${TIMEOUT} s); shared dir: $SHARED"
+  timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null >"$CTL/console.log" 2>&1 &
+  QPID=$!
+  tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stdout" &
   PIDS+=($!)
-fi
-QRC=0
-wait "$QPID" || QRC=$?
-QPID=
-for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-PIDS=()
+  tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/stderr" >&2 &
+  PIDS+=($!)
+  if [ "$CONSOLE" = 1 ]; then
+    tail -n +1 -s 0.2 --pid="$QPID" -f "$CTL/console.log" | sed -u 's/^/vm console: /' >&2 &
+    PIDS+=($!)
+  fi
+  QRC=0
+  wait "$QPID" || QRC=$?
+  QPID=
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+  died_before_guest=0
+  if [ ! -f "$CTL/rc" ] && [ ! -f "$CTL/times" ] && [ ! -s "$CTL/setup.log" ]; then
+    case $QRC in 124|125|126|127|137) ;; *) died_before_guest=1 ;; esac
+  fi
+  [ "$died_before_guest" = 1 ] && [ "$attempt" -lt "$BOOT_ATTEMPTS" ] || break
+  cp "$CTL/console.log" "$CTL/console.boot-$attempt.log"
+  printf 'vm: warning: the kernel died during boot, before the guest ran anything (attempt %s of %s; console kept in %s); booting again\n' \
+    "$attempt" "$BOOT_ATTEMPTS" "$CTL/console.boot-$attempt.log" >&2
+  tr -d '\r' <"$CTL/console.log" | grep -m 3 -E 'Kernel panic|RIP:|BUG:|Oops' | sed 's/^/  | /' >&2 || true
+  attempt=$((attempt + 1))
+done
 T_END=$(now)
+for fd in "${BUILD_LOCKS[@]}"; do exec {fd}<&-; done
+replaced=$({ diff <(echo "$BINARIES_BEFORE") <(fingerprint) || true; } |
+  sed -n 's/^> [^ ]* [^ ]* [^ ]* //p')
+if [ -n "$replaced" ]; then
+  printf 'vm: error: replaced on the host while the VM ran, so the VM may have run a mix of the old and the new file (9p cache=loose): %s; this run does not count: run it again with no build in this checkout meanwhile\n' \
+    "$(echo "$replaced" | tr '\n' ' ')" >&2
+  exit 3
+fi
 
 # ---------------------------------------------------------------------------------------------
 # result
@@ -497,7 +544,7 @@ if [ ! -f "$CTL/rc" ]; then
   fi
   case $QRC in
     125|126|127) printf 'vm: error: qemu-system-x86_64 could not be started (status %s)\n' "$QRC" >&2 ;;
-    *) printf 'vm: error: the VM ended without running the command to the end (qemu exit status %s)\n' "$QRC" >&2 ;;
+    *) printf 'vm: error: the VM ended without running the command to the end (qemu exit status %s; boots tried: %s)\n' "$QRC" "$attempt" >&2 ;;
   esac
   [ ! -s "$CTL/setup.log" ] || { echo "vm: guest setup log:" >&2; sed 's/^/  | /' "$CTL/setup.log" >&2; }
   console_tail 40

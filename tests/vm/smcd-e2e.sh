@@ -50,6 +50,7 @@ if [ "${1:-}" != --in-vm ]; then
 fi
 
 # ---- inside the VM ----
+source "$repo/scripts/test-lib.sh"
 exe=$2
 cli=$repo/target/debug/envoy-smc
 preload=$repo/target/debug/libenvoy_smc_preload.so
@@ -156,61 +157,10 @@ opt_in: {annotations_file: $work/annotations}
 listeners: {ports: [15006]}
 upstream: {allow: ["10.9.1.0/24"]}
 EOF
-switch='socket_options: [{description: "envoy-smc: SMC on (mesh switch)", level: 1, name: 18, int_value: 1, state: STATE_PREBIND}]'
-hcm() {  # stat_prefix cluster
-  cat <<EOF
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: $1
-          route_config:
-            virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: $2, timeout: 30s}}]}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-EOF
-}
-cluster() {  # name ip port [upstream_bind_config]
-  cat <<EOF
-  - name: $1
-    type: STATIC
-    connect_timeout: 10s
-    ${4:+upstream_bind_config: {$4\}}
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        common_http_protocol_options: {idle_timeout: 2s}
-        explicit_http_config: {http_protocol_options: {}}
-    load_assignment:
-      cluster_name: $1
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: $2, port_value: $3}}}}]}]
-EOF
-}
-cat >"$work/pod-a.yaml" <<EOF
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}
-static_resources:
-  listeners:
-  - name: outbound
-    address: {socket_address: {address: 127.0.0.1, port_value: 15001}}
-    filter_chains:
-    - filters:
-$(hcm outbound pod_b)
-  clusters:
-$(cluster pod_b 10.9.1.2 15006 "$switch")
-EOF
-cat >"$work/pod-b.yaml" <<EOF
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}
-static_resources:
-  listeners:
-  - name: inbound
-    address: {socket_address: {address: 10.9.1.2, port_value: 15006}}
-    $switch
-    filter_chains:
-    - filters:
-$(hcm inbound app)
-  clusters:
-$(cluster app 127.0.0.1 18080)
-EOF
+# the sidecars (scripts/envoy-bootstrap.py): pod-a's outbound cluster and pod-b's inbound
+# listener carry the mesh switch
+python3 "$repo/scripts/envoy-bootstrap.py" smcd-pod side=a >"$work/pod-a.yaml"
+python3 "$repo/scripts/envoy-bootstrap.py" smcd-pod side=b >"$work/pod-b.yaml"
 "${B[@]}" "$echo_app" 127.0.0.1 18080 <&"$hold" >"$work/pod-b-app.log" 2>&1 &
 pids+=($!)
 start_envoy() {  # pod: the sidecar under the preload library, in the pod's netns
@@ -225,21 +175,28 @@ pids+=("$pid_b")
 pid_a=$(start_envoy pod-a)
 pids+=("$pid_a")
 ready() {  # netns: the sidecar's admin says LIVE
-  local body
-  body=$(ip netns exec "$1" bash -c 'exec 3<>/dev/tcp/127.0.0.1/15000 &&
-    printf "GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n" >&3 && cat <&3' 2>/dev/null) &&
-    [[ $body == *LIVE* ]]
+  ip netns exec "$1" bash -c "$(declare -f envoy_live); envoy_live 15000"
 }
-deadline=$((SECONDS + 180))
-until { ready pod-a && ready pod-b; } || [ "$SECONDS" -ge "$deadline" ]; do read -r -t 0.2 _ <&"$hold" || true; done
-check "both pod sidecars ready" ready pod-a
+both_ready() { ready pod-a && ready pod-b; }
+check "both pod sidecars ready" wait_until 180 "both pod sidecars to say LIVE" both_ready
 fds() { ls "/proc/$1/fd" | wc -l; }
 close_wait() {  # netns: sockets in CLOSE-WAIT (state 08)
   ip netns exec "$1" cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == "08"' | wc -l
 }
 # a first request opens the pools' listeners' worker state; the baseline is taken when idle
 "${A[@]}" bash -c 'exec 3<>/dev/tcp/127.0.0.1/15001 && printf "GET /warm HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n" >&3 && cat <&3' >"$work/warm.txt" 2>&1 || true
-read -r -t 3 _ <&"$hold" || true   # idle_timeout 2 s: the warm-up connection closes
+stat() {  # netns name: one counter or gauge of the pod's sidecar
+  ip netns exec "$1" bash -c 'exec 3<>/dev/tcp/127.0.0.1/15000 &&
+    printf "GET /stats?filter=^%s\$ HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n" "$0" >&3 &&
+    cat <&3' "$2" 2>/dev/null | tr -d '\r' | awk -F': ' -v n="$2" '$1 == n {print $2}'
+}
+idle() {
+  [ "$(stat pod-a cluster.pod_b.upstream_cx_active)" = 0 ] &&
+    [ "$(stat pod-b http.inbound.downstream_cx_active)" = 0 ]
+}
+# idle_timeout 2 s: the warm-up connection closes on both sides
+check "the warm-up connection closed in both sidecars" \
+  wait_until 30 "the warm-up connection to close in both sidecars" idle
 fd0_a=$(fds "$pid_a") fd0_b=$(fds "$pid_b")
 echo "   baseline fds: pod-a sidecar $fd0_a, pod-b sidecar $fd0_b"
 
@@ -267,10 +224,10 @@ check "no pod-a connection fell back" not has " TCP " "$status_a"
 check "SMC-D bytes counted by the kernel" has "kernel SMC-D handshakes: .*SMC-D bytes rx [1-9]" "$status_a"
 # the decision: SMC for the peer pod (not a local address of pod-a's netns), TCP for loopback
 stats_a=$(cat "$work/pod-a.prom" 2>/dev/null || true)
-check "pod-a: decided SMC at connect() (smc_connect_*)" has '^envoy_smc_smc_connect_\(ipproto_smc\|af_smc\)_total [1-9]' "$stats_a"
+check "pod-a: decided SMC at connect() (smc_connect_*)" has '^envoy_smc_smc_connect_\(ipproto_smc\|af_smc\) [1-9]' "$stats_a"
 check "pod-a: nothing kept on TCP as a local address" not has 'reason="local_address"} [1-9]' "$stats_a"
 stats_b=$(cat "$work/pod-b.prom" 2>/dev/null || true)
-check "pod-b: the inbound listener is an SMC listener" has '^envoy_smc_smc_listen_\(ipproto_smc\|af_smc\)_total [1-9]' "$stats_b"
+check "pod-b: the inbound listener is an SMC listener" has '^envoy_smc_smc_listen_\(ipproto_smc\|af_smc\) [1-9]' "$stats_b"
 # (its cluster carries no mesh switch, the first reason in the order; loopback would be next)
 check "pod-b: the app hop stays TCP (no mesh switch on the app cluster)" has 'reason="mesh_switch_absent"} [1-9]' "$stats_b"
 

@@ -26,7 +26,7 @@ static int failures;
     }                                                                          \
   } while (0)
 
-static const char *GOOD = "mode: AUTO\nmesh_switch: {always_on: true}\n"
+static const char *GOOD = "mode: MODE_AUTO\nmesh_switch: {always_on: true}\n"
                           "opt_in: {all_workloads: true}\nlisteners: {ports: [15006]}\n";
 
 static envoy_smc_runtime *new_runtime(const char *yaml) {
@@ -100,6 +100,10 @@ static void test_names_and_stats(envoy_smc_runtime *rt) {
   CHECK(strcmp(envoy_smc_reason_name(6), "loopback") == 0);
   CHECK(envoy_smc_reason_name(0) == NULL);
   CHECK(envoy_smc_reason_name(9999) == NULL);
+  CHECK(strcmp(envoy_smc_result_name(ENVOY_SMC_OK), "ok") == 0);
+  CHECK(strcmp(envoy_smc_result_name(ENVOY_SMC_INVALID_ARGUMENT), "invalid_argument") == 0);
+  CHECK(strcmp(envoy_smc_result_name(5), "unknown_result") == 0);
+  CHECK(strcmp(envoy_smc_result_name(UINT32_MAX), "unknown_result") == 0);
   CHECK(envoy_smc_stats_snapshot(NULL, NULL, 0) == 0);
   uint64_t two[2] = {77, 77};
   CHECK(envoy_smc_stats_snapshot(rt, two, 1) == n);
@@ -121,7 +125,9 @@ static void test_round_trip(envoy_smc_runtime *rt) {
   CHECK(bind(lfd, (struct sockaddr *)&any, sizeof any) == 0);
   envoy_smc_verdict v;
   memset(&v, 0xaa, sizeof v);
-  CHECK(envoy_smc_before_listen(rt, lfd, &ls, &v) == ENVOY_SMC_OK);
+  envoy_smc_sockopt reuse = {SOL_SOCKET, SO_REUSEADDR, &one, sizeof one};
+  envoy_smc_socket_record lrec = {&reuse, 1, (struct sockaddr *)&any, sizeof any};
+  CHECK(envoy_smc_on_listen(rt, lfd, &ls, &lrec, &v) == ENVOY_SMC_OK);
   CHECK(v.kind == ENVOY_SMC_KIND_TCP);
   CHECK(!v.replaced);
   CHECK(listen(lfd, 8) == 0);
@@ -134,7 +140,9 @@ static void test_round_trip(envoy_smc_runtime *rt) {
   CHECK(!cs.tracked); /* loopback destination, or a kernel without SMC: TCP for good */
   CHECK(cs.reason == ENVOY_SMC_TCP_REASON_LOOPBACK || cs.reason == ENVOY_SMC_TCP_REASON_KERNEL_LACKS_SMC);
   memset(&v, 0xaa, sizeof v);
-  CHECK(envoy_smc_before_connect(rt, cfd, &cs, (struct sockaddr *)&any, sizeof any, &v) == ENVOY_SMC_OK);
+  uint64_t cookie = 77;
+  CHECK(envoy_smc_on_connect(rt, cfd, &cs, NULL, (struct sockaddr *)&any, sizeof any, NULL, NULL, 1, &cookie, &v) == ENVOY_SMC_OK);
+  CHECK(cookie == 0); /* an untracked state: nothing watched */
   CHECK(v.kind == ENVOY_SMC_KIND_TCP);
   /* An untracked state decides TCP for the state's own reason, not "not an IP stream". */
   CHECK(v.reason == cs.reason);
@@ -186,52 +194,32 @@ static void test_argument_errors(envoy_smc_runtime *rt) {
   envoy_smc_note_sockopt(rt, &untracked, 1, 18, &val, sizeof val);
   CHECK(untracked.facts == 0);
 
-  CHECK(envoy_smc_decide_listen(NULL, pfd, &tracked, &v) == ENVOY_SMC_NULL_ARGUMENT);
-  CHECK(envoy_smc_decide_listen(rt, pfd, NULL, &v) == ENVOY_SMC_NULL_ARGUMENT);
-  CHECK(envoy_smc_decide_listen(rt, pfd, &tracked, NULL) == ENVOY_SMC_NULL_ARGUMENT);
-  CHECK(envoy_smc_decide_listen(rt, -1, &tracked, &v) == ENVOY_SMC_INVALID_ARGUMENT);
-  CHECK(envoy_smc_decide_listen(rt, pfd, &untracked, &v) == ENVOY_SMC_OK && v.kind == ENVOY_SMC_KIND_TCP);
+  CHECK(envoy_smc_on_listen(NULL, pfd, &tracked, NULL, &v) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_on_listen(rt, pfd, NULL, NULL, &v) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_on_listen(rt, pfd, &tracked, NULL, NULL) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_on_listen(rt, -1, &tracked, NULL, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_on_listen(rt, pfd, &untracked, NULL, &v) == ENVOY_SMC_OK && v.kind == ENVOY_SMC_KIND_TCP);
+  CHECK(envoy_smc_on_dup(rt, -1, &tracked, NULL, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  /* A bound address that is not IP: a bad record. */
+  envoy_smc_socket_record bad_bound = {NULL, 0, (struct sockaddr *)&un, sizeof un};
+  CHECK(envoy_smc_on_listen(rt, pfd, &tracked, &bad_bound, &v) == ENVOY_SMC_INVALID_ARGUMENT);
   /* The fields C writes are plain integers: any non-zero value means "tracked", defined
      behaviour for every value. */
   envoy_smc_socket_state two = {.facts = 0, .tracked = 2, .reason = 0};
-  CHECK(envoy_smc_decide_listen(rt, -1, &two, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_on_listen(rt, -1, &two, NULL, &v) == ENVOY_SMC_INVALID_ARGUMENT);
   envoy_smc_socket_state lacks = {.facts = 0, .tracked = 0, .reason = ENVOY_SMC_TCP_REASON_KERNEL_LACKS_SMC};
-  CHECK(envoy_smc_decide_connect(rt, &lacks, (struct sockaddr *)&dst, sizeof dst, &v) == ENVOY_SMC_OK);
+  CHECK(envoy_smc_on_connect(rt, pfd, &lacks, NULL, (struct sockaddr *)&dst, sizeof dst, NULL, NULL, 0, NULL, &v) == ENVOY_SMC_OK);
   CHECK(v.kind == ENVOY_SMC_KIND_TCP && v.reason == ENVOY_SMC_TCP_REASON_KERNEL_LACKS_SMC);
-  CHECK(envoy_smc_decide_connect(rt, &tracked, NULL, 0, &v) == ENVOY_SMC_NULL_ARGUMENT);
-  CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&un, sizeof un, &v) == ENVOY_SMC_INVALID_ARGUMENT);
-  CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&dst, 4, &v) == ENVOY_SMC_INVALID_ARGUMENT);
-  CHECK(envoy_smc_decide_connect(rt, &tracked, (struct sockaddr *)&dst, sizeof dst, &v) == ENVOY_SMC_OK);
-  /* This host has no SMC: the kernel is the reason (in the SMC VM the verdict is SMC). */
-  CHECK(v.kind != ENVOY_SMC_KIND_TCP || v.reason == 3);
-
-  envoy_smc_verdict bogus = {99, 0, false, false};
-  CHECK(envoy_smc_apply_connect(rt, pfd, &tracked, &bogus) == ENVOY_SMC_INVALID_ARGUMENT);
-  envoy_smc_verdict bad_reason = {ENVOY_SMC_KIND_TCP, 4242, false, false};
-  CHECK(envoy_smc_apply_listen(rt, pfd, &tracked, &bad_reason) == ENVOY_SMC_INVALID_ARGUMENT);
-  envoy_smc_verdict tcp = {ENVOY_SMC_KIND_TCP, 6, false, false};
-  CHECK(envoy_smc_apply_connect(rt, -1, &tracked, &tcp) == ENVOY_SMC_INVALID_ARGUMENT);
-  CHECK(envoy_smc_apply_connect(NULL, pfd, &tracked, &tcp) == ENVOY_SMC_NULL_ARGUMENT);
-  CHECK(envoy_smc_apply_connect(rt, pfd, &tracked, NULL) == ENVOY_SMC_NULL_ARGUMENT);
-  /* An fd that is not a socket: reported as not an IP stream socket, nothing done. */
-  int pipefd[2];
-  CHECK(pipe(pipefd) == 0);
-  CHECK(envoy_smc_apply_connect(rt, pipefd[0], &tracked, &tcp) == ENVOY_SMC_OK);
-  CHECK(tcp.kind == ENVOY_SMC_KIND_TCP && tcp.reason == 15 && !tcp.replaced);
-  close(pipefd[0]);
-  close(pipefd[1]);
-
-  /* An SMC verdict that cannot be carried out (no SMC in this kernel) keeps a working TCP socket. */
-  envoy_smc_verdict smc = {ENVOY_SMC_KIND_IPPROTO_SMC, 0, false, false};
-  uint64_t failed_before = counter(rt, "tcp.replace_failed");
-  CHECK(envoy_smc_apply_connect(rt, pfd, &tracked, &smc) == ENVOY_SMC_OK);
-  if (smc.kind == ENVOY_SMC_KIND_TCP) {
-    CHECK(smc.reason == 16 && !smc.replaced);
-    CHECK(counter(rt, "tcp.replace_failed") == failed_before + 1);
-    int type = 0;
-    socklen_t tl = sizeof type;
-    CHECK(getsockopt(pfd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_STREAM);
-  }
+  CHECK(envoy_smc_on_connect(rt, pfd, &tracked, NULL, NULL, 0, NULL, NULL, 0, NULL, &v) == ENVOY_SMC_NULL_ARGUMENT);
+  CHECK(envoy_smc_on_connect(rt, pfd, &tracked, NULL, (struct sockaddr *)&un, sizeof un, NULL, NULL, 0, NULL, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  CHECK(envoy_smc_on_connect(rt, pfd, &tracked, NULL, (struct sockaddr *)&dst, 4, NULL, NULL, 0, NULL, &v) == ENVOY_SMC_INVALID_ARGUMENT);
+  /* An unbound socket duplicated before a decision stays TCP, undecided (reason 0). */
+  CHECK(envoy_smc_on_dup(rt, pfd, &tracked, NULL, &v) == ENVOY_SMC_OK);
+  CHECK(v.kind == ENVOY_SMC_KIND_TCP && v.reason == 0 && !v.replaced);
+  /* This host has no SMC: the kernel is the reason (in the SMC VM the verdict is SMC). A TCP
+     verdict leaves the socket as it is. */
+  CHECK(envoy_smc_on_connect(rt, pfd, &tracked, NULL, (struct sockaddr *)&dst, sizeof dst, NULL, NULL, 0, NULL, &v) == ENVOY_SMC_OK);
+  CHECK(v.kind != ENVOY_SMC_KIND_TCP || (v.reason == 3 && !v.replaced));
   /* Watching a connect (adaptive fallback): NULLs and bad fds are no-ops; a real socket is counted. */
   uint64_t watched = counter(rt, "adaptive.connects_watched");
   envoy_smc_watch_connect(NULL, pfd, (struct sockaddr *)&dst, sizeof dst);

@@ -103,54 +103,13 @@ pub struct CheckReport {
     pub diag_error: Option<String>,
 }
 
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
-            let sin = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
 fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
-    let (ss, len) = sockaddr(addr);
-    syscall!(bind(
-        fd.as_raw_fd(),
-        (&ss as *const libc::sockaddr_storage).cast(),
-        len
-    ))?;
-    Ok(())
+    socket2::SockRef::from(&fd).bind(&(*addr).into())
 }
 
 /// Starts a non-blocking connect: `Ok(true)` connected at once, `Ok(false)` in progress.
 fn start_connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<bool> {
-    let (ss, len) = sockaddr(addr);
-    match syscall!(connect(
-        fd.as_raw_fd(),
-        (&ss as *const libc::sockaddr_storage).cast(),
-        len
-    )) {
+    match socket2::SockRef::from(&fd).connect(&(*addr).into()) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
         Err(e) => Err(e),

@@ -22,6 +22,8 @@ pub struct TcpEndpoint {
     pub local: SocketAddr,
     pub peer: SocketAddr,
     pub inode: u32,
+    /// `idiag_retrans`: for a socket in SYN_SENT, how many times its SYN was retried.
+    pub retransmits: u8,
 }
 
 /// Parses one `inet_diag_msg` (attributes after it are ignored).
@@ -47,6 +49,7 @@ pub fn parse_inet_diag_msg(payload: &[u8]) -> Result<TcpEndpoint, ParseError> {
         local,
         peer,
         inode: u32_ne(&b[68..72]),
+        retransmits: b[3],
     })
 }
 

@@ -1,9 +1,13 @@
-//! The short description `envoy-smc render` reads, parsed with errors that name the field.
+//! The short description `envoy-smc render` reads: serde types that refuse unknown fields
+//! ([`Raw`] and its parts), read with errors that name the field path, then checked and given
+//! their defaults in [`Description`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value as Json};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
 
 use envoy_smc_core::config::proto::{Listeners, SocketOptionMatch};
 use envoy_smc_core::config::SmcConfig;
@@ -110,9 +114,11 @@ pub enum ClusterMatch {
 }
 
 /// Where the extension's bootstrap block comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BootstrapSource {
     /// The custom image's bootstrap template (no per-pod setting).
+    #[default]
     Template,
     /// Per pod: `sidecar.istio.io/bootstrapOverride` naming the rendered ConfigMap.
     Override,
@@ -141,22 +147,107 @@ pub struct Fortio {
     pub image: String,
 }
 
-const TOP_FIELDS: &[&str] = &[
-    "mesh",
-    "root_namespace",
-    "namespaces",
-    "workloads",
-    "keep_tcp",
-    "egress_tcp",
-    "listener_port",
-    "proxy_metadata",
-    "config",
-    "bootstrap_socket_options",
-    "bootstrap",
-    "image",
-    "fortio",
-    "node",
-];
+/// The description as written: every field optional, unknown fields refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Raw {
+    mesh: Option<bool>,
+    root_namespace: Option<String>,
+    namespaces: Option<Vec<String>>,
+    workloads: Option<Vec<RawWorkload>>,
+    /// A cluster name, `host[:port]`, or a [`RawKeepTcp`] mapping.
+    keep_tcp: Option<Vec<Json>>,
+    egress_tcp: Option<bool>,
+    listener_port: Option<u16>,
+    /// Absent: the marker; `null` or `{}`: no match.
+    #[serde(deserialize_with = "present")]
+    proxy_metadata: Option<Option<BTreeMap<String, String>>>,
+    /// The path of an envoy-smc configuration file, or the configuration itself.
+    config: Option<Json>,
+    bootstrap_socket_options: Option<Vec<RawSocketOption>>,
+    bootstrap: Option<BootstrapSource>,
+    image: Option<RawImage>,
+    fortio: Option<RawFortio>,
+    node: Option<RawNode>,
+}
+
+/// A field that is present, even as `null` (`Some(None)`), apart from an absent one (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    namespace: String,
+    name: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeepTcp {
+    name: Option<String>,
+    service: Option<String>,
+    port: Option<u16>,
+    subset: Option<String>,
+    namespace: Option<String>,
+}
+
+/// Envoy's `core.v3.SocketOption` as the bootstrap carries it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSocketOption {
+    description: Option<String>,
+    level: i64,
+    name: i64,
+    int_value: Option<i64>,
+    buf_value: Option<String>,
+    state: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    hub: String,
+    tag: String,
+    image: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawFortio {
+    namespace: Option<String>,
+    image: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawNode {
+    namespace: Option<String>,
+    exporter: Option<RawExporter>,
+    alerts: Option<bool>,
+    monitor_labels: Option<BTreeMap<String, String>>,
+    agent: Option<RawAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExporter {
+    image: String,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    image: String,
+    uid: Option<u32>,
+}
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> RenderError {
     RenderError {
@@ -165,60 +256,62 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> RenderError {
     }
 }
 
-fn check_fields(obj: &Map<String, Json>, known: &[&str], path: &str) -> Result<(), RenderError> {
-    for key in obj.keys() {
-        if !known.contains(&key.as_str()) {
-            let field = if path.is_empty() {
-                key.clone()
-            } else {
-                format!("{path}.{key}")
-            };
-            return Err(err(
-                field,
-                format!("unknown field (known: {})", known.join(", ")),
-            ));
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+/// Reads `value` (found at `path`) as a `T`; an error names the field path. A missing or an
+/// unknown field is named in the path itself (`image.hub: is required`).
+fn read<T: DeserializeOwned>(value: &Json, path: &str) -> Result<T, RenderError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut at = path.to_owned();
+        for segment in e.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => at.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key } => at = join(&at, key),
+                _ => {}
+            }
         }
-    }
-    Ok(())
+        let message = e.inner().to_string();
+        let quoted = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned)
+        };
+        if let Some(name) = quoted("missing field `") {
+            return err(join(&at, &name), "is required");
+        }
+        if let Some(name) = quoted("unknown field `") {
+            let at = if at.ends_with(&name) {
+                at
+            } else {
+                join(&at, &name)
+            };
+            let known = message.split_once(", expected ").map_or("", |(_, k)| k);
+            return err(at, format!("unknown field (expected {known})"));
+        }
+        err(at, message)
+    })
 }
 
-fn as_object<'a>(v: &'a Json, field: &str) -> Result<&'a Map<String, Json>, RenderError> {
-    v.as_object()
-        .ok_or_else(|| err(field, format!("must be a mapping, not {v}")))
+/// A string that is not empty or only blanks.
+fn non_empty(s: String, field: &str) -> Result<String, RenderError> {
+    if s.trim().is_empty() {
+        return Err(err(field, "must not be empty"));
+    }
+    Ok(s)
 }
 
-fn as_bool(v: Option<&Json>, field: &str, default: bool) -> Result<bool, RenderError> {
-    match v {
-        None | Some(Json::Null) => Ok(default),
-        Some(Json::Bool(b)) => Ok(*b),
-        Some(other) => Err(err(field, format!("must be true or false, not {other}"))),
+fn check_port(port: u16, field: &str) -> Result<u16, RenderError> {
+    if port == 0 {
+        return Err(err(field, "must be a port number 1-65535, not 0"));
     }
-}
-
-fn as_string(v: &Json, field: &str) -> Result<String, RenderError> {
-    match v {
-        Json::String(s) if !s.trim().is_empty() => Ok(s.clone()),
-        Json::String(_) => Err(err(field, "must not be empty")),
-        other => Err(err(field, format!("must be a string, not {other}"))),
-    }
-}
-
-fn as_list<'a>(v: Option<&'a Json>, field: &str) -> Result<&'a [Json], RenderError> {
-    match v {
-        None | Some(Json::Null) => Ok(&[]),
-        Some(Json::Array(a)) => Ok(a),
-        Some(other) => Err(err(field, format!("must be a list, not {other}"))),
-    }
-}
-
-fn as_port(v: &Json, field: &str) -> Result<u16, RenderError> {
-    match v.as_u64() {
-        Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        _ => Err(err(
-            field,
-            format!("must be a port number 1-65535, not {v}"),
-        )),
-    }
+    Ok(port)
 }
 
 /// A Kubernetes name (RFC 1123 label): lower-case letters, digits and '-', at most 63.
@@ -252,35 +345,11 @@ fn check_label_value(s: &str, field: &str) -> Result<(), RenderError> {
     }
 }
 
-fn string_map(v: Option<&Json>, field: &str) -> Result<BTreeMap<String, String>, RenderError> {
-    let mut out = BTreeMap::new();
-    let Some(v) = v else { return Ok(out) };
-    if v.is_null() {
-        return Ok(out);
-    }
-    for (k, val) in as_object(v, field)? {
-        let f = format!("{field}.{k}");
-        match val {
-            Json::String(s) => {
-                out.insert(k.clone(), s.clone());
-            }
-            Json::Bool(_) | Json::Number(_) => {
-                return Err(err(
-                    f,
-                    format!("must be a string (quote it: \"{val}\"), not {val}"),
-                ))
-            }
-            other => return Err(err(f, format!("must be a string, not {other}"))),
-        }
-    }
-    Ok(out)
-}
-
 impl Description {
     /// Parses a description from YAML/JSON text. A relative `config` path is read from `base`.
     pub fn from_yaml(text: &str, base: Option<&Path>) -> Result<Description, RenderError> {
         let value: Json = if text.trim().is_empty() {
-            Json::Object(Map::new())
+            json!({})
         } else {
             serde_yaml::from_str(text).map_err(|e| err("", format!("not valid YAML/JSON: {e}")))?
         };
@@ -296,27 +365,24 @@ impl Description {
 
     /// Parses an already-decoded description.
     pub fn from_value(value: &Json, base: Option<&Path>) -> Result<Description, RenderError> {
-        let obj = match value {
-            Json::Null => &Map::new(),
-            v => as_object(v, "")
-                .map_err(|_| err("", "the description must be a mapping of fields"))?,
+        if !value.is_object() && !value.is_null() {
+            return Err(err("", "the description must be a mapping of fields"));
+        }
+        let raw: Raw = if value.is_null() {
+            Raw::default()
+        } else {
+            read(value, "")?
         };
-        check_fields(obj, TOP_FIELDS, "")?;
 
-        let mesh = as_bool(obj.get("mesh"), "mesh", false)?;
-        let root_namespace = match obj.get("root_namespace") {
-            None | Some(Json::Null) => "istio-system".to_owned(),
-            Some(v) => as_string(v, "root_namespace")?,
+        let root_namespace = match raw.root_namespace {
+            None => "istio-system".to_owned(),
+            Some(s) => non_empty(s, "root_namespace")?,
         };
         check_dns_label(&root_namespace, "root_namespace")?;
 
-        let mut namespaces = Vec::new();
-        for (i, v) in as_list(obj.get("namespaces"), "namespaces")?
-            .iter()
-            .enumerate()
-        {
+        let mut namespaces: Vec<String> = Vec::new();
+        for (i, ns) in raw.namespaces.unwrap_or_default().into_iter().enumerate() {
             let f = format!("namespaces[{i}]");
-            let ns = as_string(v, &f)?;
             check_dns_label(&ns, &f)?;
             if namespaces.contains(&ns) {
                 return Err(err(f, format!("{ns:?} is listed twice")));
@@ -325,59 +391,26 @@ impl Description {
         }
 
         let mut workloads: Vec<Workload> = Vec::new();
-        for (i, v) in as_list(obj.get("workloads"), "workloads")?
-            .iter()
-            .enumerate()
-        {
+        for (i, w) in raw.workloads.unwrap_or_default().into_iter().enumerate() {
             let f = format!("workloads[{i}]");
-            let w = as_object(v, &f)?;
-            check_fields(w, &["namespace", "name", "labels"], &f)?;
-            let namespace = match w.get("namespace") {
-                Some(v) => as_string(v, &format!("{f}.namespace"))?,
-                None => return Err(err(format!("{f}.namespace"), "is required")),
-            };
-            check_dns_label(&namespace, &format!("{f}.namespace"))?;
-            let labels = string_map(w.get("labels"), &format!("{f}.labels"))?;
-            if labels.is_empty() {
-                return Err(err(
-                    format!("{f}.labels"),
-                    "is required: the pod labels that select the workload (workloadSelector)",
-                ));
-            }
-            for (k, v) in &labels {
-                check_label_value(v, &format!("{f}.labels.{k}"))?;
-            }
-            let name = match w.get("name") {
-                Some(v) => as_string(v, &format!("{f}.name"))?,
-                None => match labels.get("app") {
-                    Some(app) => app.clone(),
-                    None => {
-                        return Err(err(
-                            format!("{f}.name"),
-                            "is required when the labels have no `app` label",
-                        ))
-                    }
-                },
-            };
-            check_dns_label(&name, &format!("{f}.name"))?;
+            let workload = workload(w, &f)?;
             if workloads
                 .iter()
-                .any(|o| o.namespace == namespace && o.name == name)
+                .any(|o| o.namespace == workload.namespace && o.name == workload.name)
             {
                 return Err(err(
                     format!("{f}.name"),
-                    format!("workload {namespace}/{name} is listed twice"),
+                    format!(
+                        "workload {}/{} is listed twice",
+                        workload.namespace, workload.name
+                    ),
                 ));
             }
-            workloads.push(Workload {
-                namespace,
-                name,
-                labels,
-            });
+            workloads.push(workload);
         }
 
         let mut keep_tcp = Vec::new();
-        for (i, v) in as_list(obj.get("keep_tcp"), "keep_tcp")?.iter().enumerate() {
+        for (i, v) in raw.keep_tcp.unwrap_or_default().iter().enumerate() {
             let f = format!("keep_tcp[{i}]");
             let k = parse_keep_tcp(v, &f, &root_namespace)?;
             if keep_tcp.contains(&k) {
@@ -386,59 +419,15 @@ impl Description {
             keep_tcp.push(k);
         }
 
-        let egress_tcp = as_bool(obj.get("egress_tcp"), "egress_tcp", true)?;
-        let listener_port = match obj.get("listener_port") {
-            None | Some(Json::Null) => 15006,
-            Some(v) => as_port(v, "listener_port")?,
-        };
-
-        let proxy_metadata = match obj.get("proxy_metadata") {
+        let listener_port = check_port(raw.listener_port.unwrap_or(15006), "listener_port")?;
+        let proxy_metadata = match raw.proxy_metadata {
             None => {
                 BTreeMap::from([(super::MARKER_KEY.to_owned(), super::MARKER_VALUE.to_owned())])
             }
-            Some(v) => string_map(Some(v), "proxy_metadata")?,
+            Some(m) => m.unwrap_or_default(),
         };
 
-        let mut config = match obj.get("config") {
-            None | Some(Json::Null) => SmcConfig::default(),
-            Some(Json::String(path)) => {
-                let mut p = PathBuf::from(path);
-                if p.is_relative() {
-                    if let Some(base) = base {
-                        p = base.join(p);
-                    }
-                }
-                envoy_smc_core::config::from_file(&p).map_err(|e| {
-                    let field = if e.field.is_empty() {
-                        "config".to_owned()
-                    } else {
-                        format!("config ({}): {}", p.display(), e.field)
-                    };
-                    err(field, e.message)
-                })?
-            }
-            Some(v @ Json::Object(_)) => {
-                let text = serde_json::to_string(v).unwrap_or_default();
-                envoy_smc_core::config::from_yaml(&text).map_err(|e| {
-                    err(
-                        if e.field.is_empty() {
-                            "config".to_owned()
-                        } else {
-                            format!("config.{}", e.field)
-                        },
-                        e.message,
-                    )
-                })?
-            }
-            Some(other) => {
-                return Err(err(
-                    "config",
-                    format!(
-                        "must be the path of an envoy-smc configuration file or the configuration itself, not {other}"
-                    ),
-                ))
-            }
-        };
+        let mut config = smc_config(raw.config.as_ref(), base)?;
         if config.mesh_switch.as_ref().is_some_and(|s| s.always_on) {
             return Err(err(
                 "config.mesh_switch.always_on",
@@ -458,115 +447,29 @@ impl Description {
             ));
         }
 
-        let mut bootstrap_socket_options = Vec::new();
-        for (i, v) in as_list(
-            obj.get("bootstrap_socket_options"),
-            "bootstrap_socket_options",
-        )?
-        .iter()
-        .enumerate()
-        {
-            bootstrap_socket_options.push(parse_socket_option(
-                v,
-                &format!("bootstrap_socket_options[{i}]"),
-            )?);
-        }
-
-        let bootstrap = match obj.get("bootstrap") {
-            None | Some(Json::Null) => BootstrapSource::Template,
-            Some(Json::String(s)) if s == "template" => BootstrapSource::Template,
-            Some(Json::String(s)) if s == "override" => BootstrapSource::Override,
-            Some(other) => {
-                return Err(err(
-                    "bootstrap",
-                    format!("must be \"template\" (the image's bootstrap template) or \"override\" (sidecar.istio.io/bootstrapOverride), not {other}"),
-                ))
-            }
-        };
-
-        let image = match obj.get("image") {
-            None | Some(Json::Null) => None,
-            Some(v) => {
-                let o = as_object(v, "image")?;
-                check_fields(o, &["hub", "tag", "image"], "image")?;
-                let hub = match o.get("hub") {
-                    Some(v) => as_string(v, "image.hub")?,
-                    None => {
-                        return Err(err(
-                            "image.hub",
-                            "is required (e.g. registry.example.com/envoy-smc)",
-                        ))
-                    }
-                };
-                let tag = match o.get("tag") {
-                    Some(v) => as_string(v, "image.tag")?,
-                    None => return Err(err("image.tag", "is required")),
-                };
-                let image = match o.get("image") {
-                    Some(v) => as_string(v, "image.image")?,
-                    None => "proxyv2".to_owned(),
-                };
-                for (f, s) in [
-                    ("image.hub", &hub),
-                    ("image.tag", &tag),
-                    ("image.image", &image),
-                ] {
-                    if s.chars()
-                        .any(|c| c.is_whitespace() || c == ':' && f != "image.hub")
-                    {
-                        return Err(err(f, format!("{s:?} is not part of an image reference")));
-                    }
-                }
-                if !hub.contains('/') && !hub.contains('.') {
-                    // Istio uses sidecar.istio.io/proxyImage only if the value contains a '/';
-                    // hub/image:tag always does, but a hub without a registry is a likely mistake.
-                    return Err(err(
-                        "image.hub",
-                        format!("{hub:?} names no registry (e.g. registry.example.com/envoy-smc)"),
-                    ));
-                }
-                Some(Image { hub, tag, image })
-            }
-        };
-
-        let fortio = match obj.get("fortio") {
-            None | Some(Json::Null) => None,
-            Some(v) => {
-                let o = as_object(v, "fortio")?;
-                check_fields(o, &["namespace", "image"], "fortio")?;
-                let namespace = match o.get("namespace") {
-                    Some(v) => as_string(v, "fortio.namespace")?,
-                    None => "fortio".to_owned(),
-                };
-                check_dns_label(&namespace, "fortio.namespace")?;
-                let image = match o.get("image") {
-                    Some(v) => as_string(v, "fortio.image")?,
-                    None => "fortio/fortio:latest_release".to_owned(),
-                };
-                Some(Fortio { namespace, image })
-            }
-        };
-
-        let node = match obj.get("node") {
-            None | Some(Json::Null) => None,
-            Some(v) => Some(parse_node(v)?),
-        };
+        let bootstrap_socket_options = raw
+            .bootstrap_socket_options
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| socket_option(o, &format!("bootstrap_socket_options[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
 
         Ok(Description {
-            mesh,
+            mesh: raw.mesh.unwrap_or(false),
             root_namespace,
             namespaces,
             workloads,
             keep_tcp,
-            egress_tcp,
+            egress_tcp: raw.egress_tcp.unwrap_or(true),
             listener_port,
             proxy_metadata,
             config,
             bootstrap_socket_options,
-            bootstrap,
-            image,
-            fortio,
-            node,
+            bootstrap: raw.bootstrap.unwrap_or_default(),
+            image: raw.image.map(image).transpose()?,
+            fortio: raw.fortio.map(fortio).transpose()?,
+            node: raw.node.map(node).transpose()?,
         })
     }
 
@@ -608,56 +511,137 @@ impl Description {
     }
 }
 
-fn parse_node(v: &Json) -> Result<Node, RenderError> {
-    let o = as_object(v, "node")?;
-    check_fields(
-        o,
-        &["namespace", "exporter", "alerts", "monitor_labels", "agent"],
-        "node",
+fn workload(w: RawWorkload, f: &str) -> Result<Workload, RenderError> {
+    check_dns_label(&w.namespace, &format!("{f}.namespace"))?;
+    let labels = w.labels.unwrap_or_default();
+    if labels.is_empty() {
+        return Err(err(
+            format!("{f}.labels"),
+            "is required: the pod labels that select the workload (workloadSelector)",
+        ));
+    }
+    for (k, v) in &labels {
+        check_label_value(v, &format!("{f}.labels.{k}"))?;
+    }
+    let name = match w.name {
+        Some(name) => name,
+        None => labels.get("app").cloned().ok_or_else(|| {
+            err(
+                format!("{f}.name"),
+                "is required when the labels have no `app` label",
+            )
+        })?,
+    };
+    check_dns_label(&name, &format!("{f}.name"))?;
+    Ok(Workload {
+        namespace: w.namespace,
+        name,
+        labels,
+    })
+}
+
+/// The `config` field: a configuration file (relative to `base`) or the configuration itself,
+/// read by the envoy-smc loader (the same one every entry point uses).
+fn smc_config(v: Option<&Json>, base: Option<&Path>) -> Result<SmcConfig, RenderError> {
+    let named = |e: envoy_smc_core::ConfigError, prefix: String| {
+        let field = if e.field.is_empty() {
+            "config".to_owned()
+        } else {
+            format!("{prefix}{}", e.field)
+        };
+        err(field, e.message)
+    };
+    match v {
+        None | Some(Json::Null) => Ok(SmcConfig::default()),
+        Some(Json::String(path)) => {
+            let mut p = PathBuf::from(path);
+            if p.is_relative() {
+                if let Some(base) = base {
+                    p = base.join(p);
+                }
+            }
+            envoy_smc_core::config::from_file(&p)
+                .map(envoy_smc_core::config::Config::into_proto)
+                .map_err(|e| named(e, format!("config ({}): ", p.display())))
+        }
+        Some(v @ Json::Object(_)) => {
+            let text = serde_json::to_string(v).unwrap_or_default();
+            envoy_smc_core::config::from_yaml(&text)
+                .map(envoy_smc_core::config::Config::into_proto)
+                .map_err(|e| named(e, "config.".to_owned()))
+        }
+        Some(other) => Err(err(
+            "config",
+            format!(
+                "must be the path of an envoy-smc configuration file or the configuration itself, not {other}"
+            ),
+        )),
+    }
+}
+
+fn image(i: RawImage) -> Result<Image, RenderError> {
+    let hub = non_empty(i.hub, "image.hub")?;
+    let tag = non_empty(i.tag, "image.tag")?;
+    let image = non_empty(
+        i.image.unwrap_or_else(|| "proxyv2".to_owned()),
+        "image.image",
     )?;
-    let namespace = match o.get("namespace") {
-        None | Some(Json::Null) => "envoy-smc".to_owned(),
-        Some(v) => as_string(v, "node.namespace")?,
-    };
+    for (f, s) in [
+        ("image.hub", &hub),
+        ("image.tag", &tag),
+        ("image.image", &image),
+    ] {
+        if s.chars()
+            .any(|c| c.is_whitespace() || c == ':' && f != "image.hub")
+        {
+            return Err(err(f, format!("{s:?} is not part of an image reference")));
+        }
+    }
+    if !hub.contains('/') && !hub.contains('.') {
+        // Istio uses sidecar.istio.io/proxyImage only if the value contains a '/';
+        // hub/image:tag always does, but a hub without a registry is a likely mistake.
+        return Err(err(
+            "image.hub",
+            format!("{hub:?} names no registry (e.g. registry.example.com/envoy-smc)"),
+        ));
+    }
+    Ok(Image { hub, tag, image })
+}
+
+fn fortio(f: RawFortio) -> Result<Fortio, RenderError> {
+    let namespace = f.namespace.unwrap_or_else(|| "fortio".to_owned());
+    check_dns_label(&namespace, "fortio.namespace")?;
+    let image = non_empty(
+        f.image
+            .unwrap_or_else(|| "fortio/fortio:latest_release".to_owned()),
+        "fortio.image",
+    )?;
+    Ok(Fortio { namespace, image })
+}
+
+fn node(n: RawNode) -> Result<Node, RenderError> {
+    let namespace = n.namespace.unwrap_or_else(|| "envoy-smc".to_owned());
     check_dns_label(&namespace, "node.namespace")?;
-    let exporter = match o.get("exporter") {
-        None | Some(Json::Null) => None,
-        Some(v) => {
-            let e = as_object(v, "node.exporter")?;
-            check_fields(e, &["image", "port"], "node.exporter")?;
-            let image = node_image(e.get("image"), "node.exporter.image")?;
-            let port = match e.get("port") {
-                None | Some(Json::Null) => 9977,
-                Some(v) => as_port(v, "node.exporter.port")?,
-            };
-            Some(Exporter { image, port })
-        }
+    let exporter = match n.exporter {
+        None => None,
+        Some(e) => Some(Exporter {
+            image: image_reference(e.image, "node.exporter.image")?,
+            port: check_port(e.port.unwrap_or(9977), "node.exporter.port")?,
+        }),
     };
-    let alerts = as_bool(o.get("alerts"), "node.alerts", false)?;
-    let monitor_labels = match o.get("monitor_labels") {
-        None | Some(Json::Null) => {
-            BTreeMap::from([("release".to_owned(), "kube-prometheus-stack".to_owned())])
-        }
-        v => string_map(v, "node.monitor_labels")?,
-    };
+    let alerts = n.alerts.unwrap_or(false);
+    let monitor_labels = n.monitor_labels.unwrap_or_else(|| {
+        BTreeMap::from([("release".to_owned(), "kube-prometheus-stack".to_owned())])
+    });
     for (k, val) in &monitor_labels {
         check_label_value(val, &format!("node.monitor_labels.{k}"))?;
     }
-    let agent = match o.get("agent") {
-        None | Some(Json::Null) => None,
-        Some(v) => {
-            let a = as_object(v, "node.agent")?;
-            check_fields(a, &["image", "uid"], "node.agent")?;
-            let image = node_image(a.get("image"), "node.agent.image")?;
-            let uid = match a.get("uid") {
-                None | Some(Json::Null) => 1337,
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|u| u32::try_from(u).ok())
-                    .ok_or_else(|| err("node.agent.uid", format!("must be a uid, not {v}")))?,
-            };
-            Some(Agent { image, uid })
-        }
+    let agent = match n.agent {
+        None => None,
+        Some(a) => Some(Agent {
+            image: image_reference(a.image, "node.agent.image")?,
+            uid: a.uid.unwrap_or(1337),
+        }),
     };
     if exporter.is_none() && !alerts && agent.is_none() {
         return Err(err(
@@ -674,9 +658,9 @@ fn parse_node(v: &Json) -> Result<Node, RenderError> {
     })
 }
 
-/// A container image reference: required, no whitespace.
-fn node_image(v: Option<&Json>, field: &str) -> Result<String, RenderError> {
-    let image = as_string(v.ok_or_else(|| err(field, "is required"))?, field)?;
+/// A container image reference: not empty, no whitespace.
+fn image_reference(image: String, field: &str) -> Result<String, RenderError> {
+    let image = non_empty(image, field)?;
     if image.chars().any(char::is_whitespace) {
         return Err(err(field, format!("{image:?} is not an image reference")));
     }
@@ -684,61 +668,57 @@ fn node_image(v: Option<&Json>, field: &str) -> Result<String, RenderError> {
 }
 
 fn parse_keep_tcp(v: &Json, f: &str, root: &str) -> Result<KeepTcp, RenderError> {
-    let (cluster, namespace) = match v {
-        Json::String(s) => (cluster_from_string(s, f)?, root.to_owned()),
-        Json::Object(o) => {
-            check_fields(o, &["name", "service", "port", "subset", "namespace"], f)?;
-            let namespace = match o.get("namespace") {
-                Some(v) => as_string(v, &format!("{f}.namespace"))?,
-                None => root.to_owned(),
-            };
-            check_dns_label(&namespace, &format!("{f}.namespace"))?;
-            let cluster = match (o.get("name"), o.get("service")) {
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        format!("{f}.name"),
-                        "give either `name` (the full cluster name) or `service` (with optional `port`/`subset`), not both",
-                    ))
-                }
-                (Some(n), None) => {
-                    if o.contains_key("port") || o.contains_key("subset") {
-                        return Err(err(
-                            format!("{f}.port"),
-                            "`port` and `subset` go with `service`, not with `name`",
-                        ));
-                    }
-                    ClusterMatch::Name(as_string(n, &format!("{f}.name"))?)
-                }
-                (None, Some(s)) => {
-                    let service = as_string(s, &format!("{f}.service"))?;
-                    check_host(&service, &format!("{f}.service"))?;
-                    let port = match o.get("port") {
-                        Some(p) => Some(as_port(p, &format!("{f}.port"))?),
-                        None => None,
-                    };
-                    let subset = match o.get("subset") {
-                        Some(s) => Some(as_string(s, &format!("{f}.subset"))?),
-                        None => None,
-                    };
-                    ClusterMatch::Service {
-                        service,
-                        port,
-                        subset,
-                    }
-                }
-                (None, None) => {
-                    return Err(err(
-                        f,
-                        "needs `name` (the full cluster name) or `service` (a service host name)",
-                    ))
-                }
-            };
-            (cluster, namespace)
+    let o: RawKeepTcp = match v {
+        Json::String(s) => {
+            return Ok(KeepTcp {
+                namespace: root.to_owned(),
+                cluster: cluster_from_string(s, f)?,
+            })
         }
+        Json::Object(_) => read(v, f)?,
         other => {
             return Err(err(
                 f,
                 format!("must be a cluster name, \"host[:port]\" or a mapping, not {other}"),
+            ))
+        }
+    };
+    let namespace = o.namespace.unwrap_or_else(|| root.to_owned());
+    check_dns_label(&namespace, &format!("{f}.namespace"))?;
+    let cluster = match (o.name, o.service) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("{f}.name"),
+                "give either `name` (the full cluster name) or `service` (with optional `port`/`subset`), not both",
+            ))
+        }
+        (Some(n), None) => {
+            if o.port.is_some() || o.subset.is_some() {
+                return Err(err(
+                    format!("{f}.port"),
+                    "`port` and `subset` go with `service`, not with `name`",
+                ));
+            }
+            ClusterMatch::Name(non_empty(n, &format!("{f}.name"))?)
+        }
+        (None, Some(service)) => {
+            check_host(&service, &format!("{f}.service"))?;
+            ClusterMatch::Service {
+                service,
+                port: o
+                    .port
+                    .map(|p| check_port(p, &format!("{f}.port")))
+                    .transpose()?,
+                subset: o
+                    .subset
+                    .map(|s| non_empty(s, &format!("{f}.subset")))
+                    .transpose()?,
+            }
+        }
+        (None, None) => {
+            return Err(err(
+                f,
+                "needs `name` (the full cluster name) or `service` (a service host name)",
             ))
         }
     };
@@ -796,74 +776,39 @@ fn check_host(h: &str, f: &str) -> Result<(), RenderError> {
     }
 }
 
-/// A socket option in Envoy's JSON form (`core.v3.SocketOption`), checked.
-fn parse_socket_option(v: &Json, f: &str) -> Result<Json, RenderError> {
-    let o = as_object(v, f)?;
-    check_fields(
-        o,
-        &[
-            "description",
-            "level",
-            "name",
-            "int_value",
-            "buf_value",
-            "state",
-        ],
-        f,
-    )?;
-    for key in ["level", "name"] {
-        match o.get(key) {
-            Some(n) if n.is_i64() => {}
-            Some(other) => {
-                return Err(err(
-                    format!("{f}.{key}"),
-                    format!("must be an integer, not {other}"),
-                ))
-            }
-            None => return Err(err(format!("{f}.{key}"), "is required")),
-        }
-    }
-    match (o.get("int_value"), o.get("buf_value")) {
-        (Some(n), None) if n.is_i64() => {}
-        (None, Some(Json::String(_))) => {}
+/// A bootstrap-wide socket option, checked, in Envoy's JSON form (`core.v3.SocketOption`).
+fn socket_option(o: RawSocketOption, f: &str) -> Result<Json, RenderError> {
+    let mut out = json!({"level": o.level, "name": o.name});
+    match (o.int_value, o.buf_value) {
+        (Some(v), None) => out["int_value"] = json!(v),
+        (None, Some(b)) => out["buf_value"] = json!(b),
         (Some(_), Some(_)) => {
             return Err(err(
                 format!("{f}.buf_value"),
                 "give int_value or buf_value, not both",
             ))
         }
-        (Some(other), None) => {
-            return Err(err(
-                format!("{f}.int_value"),
-                format!("must be an integer, not {other}"),
-            ))
-        }
-        (None, Some(other)) => {
-            return Err(err(
-                format!("{f}.buf_value"),
-                format!("must be a base64 string, not {other}"),
-            ))
-        }
         (None, None) => return Err(err(format!("{f}.int_value"), "is required (or buf_value)")),
     }
-    let mut out = o.clone();
-    match out.get("state") {
-        None => {
-            out.insert("state".into(), Json::String("STATE_PREBIND".into()));
-        }
-        Some(Json::String(s)) if s == "STATE_PREBIND" => {}
-        Some(Json::String(s)) if s == "STATE_BOUND" || s == "STATE_LISTENING" => {
+    if let Some(d) = o.description {
+        out["description"] = json!(d);
+    }
+    // Envoy reads enum names in any case (see config/json.rs); the output spells them in full.
+    let state = o.state.as_deref().map(str::to_ascii_uppercase);
+    match state.as_deref() {
+        None | Some("STATE_PREBIND") => out["state"] = json!("STATE_PREBIND"),
+        Some(s @ ("STATE_BOUND" | "STATE_LISTENING")) => {
             return Err(err(
                 format!("{f}.state"),
                 format!("{s} is never applied to upstream sockets (Envoy has no such step for client sockets): use STATE_PREBIND"),
             ))
         }
-        Some(other) => {
+        Some(_) => {
             return Err(err(
                 format!("{f}.state"),
-                format!("must be STATE_PREBIND, not {other}"),
+                format!("must be STATE_PREBIND, not {:?}", o.state.unwrap_or_default()),
             ))
         }
     }
-    Ok(Json::Object(out))
+    Ok(out)
 }

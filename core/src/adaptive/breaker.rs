@@ -3,9 +3,10 @@
 //! Each slot is two atomic words: the destination's 64-bit hash, and its state packed with 16
 //! check bits of that hash, so a reader that races a slot being reused for another destination
 //! sees a mismatch and treats the slot as empty. Reads (every SMC connect decision) are a hash and
-//! at most `WAYS` atomic loads; with nothing held anywhere they are a single load. Writes (trip,
-//! probe, recover) are rare and use compare-and-swap. Memory is bounded by `max_destinations`;
-//! when a destination's slots are full the entry that expires first is forgotten.
+//! a few atomic loads (a search stops at the first empty slot), at most `WINDOWS * WAYS`; with
+//! nothing held anywhere they are a single load. Writes (trip, probe, recover) are rare and use
+//! compare-and-swap. Memory is bounded by `max_destinations`; when both windows of a destination
+//! are full the entry that expires first is forgotten.
 //!
 //! The hash is keyed per process ([`RandomState`]): nobody can compute in advance which
 //! destinations share a window and evict a held entry. Slots live in chunks of [`CHUNK`],
@@ -24,8 +25,12 @@ use arc_swap::ArcSwapOption;
 
 use crate::config::AdaptiveSettings;
 
-/// Slots probed per destination.
+/// Slots in one window of a destination.
 const WAYS: usize = 8;
+/// Windows per destination: the second, at an independent place, takes over when the first is
+/// full. One window of 8 overflowed in a third of the runs that remembered 8,000 destinations in
+/// 32,768 slots, forgetting a held destination long before `max_destinations`.
+const WINDOWS: usize = 2;
 /// Slots allocated together.
 const CHUNK: usize = 64;
 
@@ -150,12 +155,14 @@ impl Drop for Breaker {
 
 impl Breaker {
     pub fn new(settings: AdaptiveSettings) -> Breaker {
-        // Twice the slots of the destinations to remember keeps 8-way windows from overflowing.
+        // Four slots per destination to remember: at most a quarter full, two 8-slot windows
+        // per destination practically never both fill up (see WINDOWS), so entries are forgotten
+        // only beyond `max_destinations`.
         let n = (settings
             .max_destinations
             .clamp(CHUNK as u32, crate::config::limits::MAX_DESTINATIONS)
             as usize
-            * 2)
+            * 4)
         .next_power_of_two();
         Breaker {
             settings,
@@ -217,13 +224,28 @@ impl Breaker {
         unsafe { &*p.add(i % CHUNK) }
     }
 
-    fn find(&self, key: u64) -> Option<usize> {
-        (0..WAYS)
-            .map(|i| (key as usize).wrapping_add(i) & self.mask)
-            .find(|&i| {
-                self.slot(i)
-                    .is_some_and(|s| s.key.load(Ordering::Acquire) == key)
+    /// The slots `key` may occupy, in the order [`Breaker::claim`] takes them: its first
+    /// window, then its second (from the other half of the hash).
+    fn slots_of(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
+        [key, key.rotate_left(32)]
+            .into_iter()
+            .take(WINDOWS)
+            .flat_map(move |start| {
+                (0..WAYS).map(move |i| (start as usize).wrapping_add(i) & self.mask)
             })
+    }
+
+    fn find(&self, key: u64) -> Option<usize> {
+        for i in self.slots_of(key) {
+            match self.slot(i).map(|s| s.key.load(Ordering::Acquire)) {
+                Some(k) if k == key => return Some(i),
+                // A slot never becomes empty again once claimed (eviction replaces its key), and
+                // `claim` takes the first empty slot in this order: `key` is not further on.
+                None | Some(0) => return None,
+                Some(_) => {}
+            }
+        }
+        None
     }
 
     /// The state of `key` in slot `i`, if the slot still holds it.
@@ -395,10 +417,10 @@ impl Breaker {
         self.changes.load(Ordering::Acquire)
     }
 
-    /// Takes a slot for `key`: an empty one in its window, else the one whose state ends first.
+    /// Takes a slot for `key`: the first empty one of its windows, else the one whose state ends
+    /// first.
     fn claim(&self, key: u64, now_ms: u64) -> usize {
-        let window = || (0..WAYS).map(|i| (key as usize).wrapping_add(i) & self.mask);
-        for i in window() {
+        for i in self.slots_of(key) {
             let slot = self.slot_or_alloc(i);
             if slot
                 .key
@@ -412,7 +434,8 @@ impl Breaker {
             }
         }
         // Evict: prefer a closed entry, then the one that expires first.
-        let victim = window()
+        let victim = self
+            .slots_of(key)
             .min_by_key(|&i| {
                 let (_, s) = State::unpack(self.slot_or_alloc(i).state.load(Ordering::Acquire));
                 (s.phase != Phase::Closed && s.until > now_ms, s.until)
@@ -465,5 +488,47 @@ impl Breaker {
     /// Destinations currently held or probing.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max_destinations: u32) -> AdaptiveSettings {
+        AdaptiveSettings {
+            enabled: true,
+            detect_after_ms: 1000,
+            probe_timeout_ms: 1000,
+            hold_down_ms: 60_000,
+            max_hold_down_ms: 600_000,
+            max_destinations,
+        }
+    }
+
+    /// More destinations than one window holds, all starting at the same slot (the hash is keyed
+    /// per process, so they are searched for): every one stays held, none is forgotten while the
+    /// table is far below `max_destinations`.
+    #[test]
+    fn a_full_window_forgets_nothing_below_max_destinations() {
+        let b = Breaker::new(settings(64));
+        let crowd = WAYS + 1;
+        let mut by_start: std::collections::HashMap<usize, Vec<SocketAddr>> = Default::default();
+        let same_start = (0..1_000_000u32)
+            .map(|i| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 443)))
+            .find_map(|d| {
+                let v = by_start.entry(b.key_of(d) as usize & b.mask).or_default();
+                v.push(d);
+                (v.len() == crowd).then(|| v.clone())
+            })
+            .expect("some window start is shared by 9 of a million destinations");
+        for &d in &same_start {
+            b.trip(d, 0);
+        }
+        assert_eq!(b.held(), crowd, "a held destination was forgotten");
+        for &d in &same_start {
+            assert_eq!(b.admit(d, 1), Admission::Hold, "{d} is no longer held");
+        }
+        assert_eq!(b.entries().len(), crowd);
     }
 }

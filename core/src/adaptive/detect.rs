@@ -125,7 +125,7 @@ pub struct TcpProbe {
 impl TcpProbe {
     /// Starts connecting to `dest`. `Err` carries the outcome when it is known at once.
     pub fn start(dest: SocketAddr) -> Result<TcpProbe, ProbeOutcome> {
-        let (storage, len) = crate::smc::sockaddr::from_socket_addr(dest);
+        let addr = socket2::SockAddr::from(dest);
         let domain = if dest.is_ipv4() {
             libc::AF_INET
         } else {
@@ -144,13 +144,13 @@ impl TcpProbe {
             Err(_) => return Err(ProbeOutcome::Failed),
         };
         let probe = TcpProbe { fd };
-        // SAFETY: storage holds a valid address of `len` bytes.
+        // SAFETY: addr holds a valid address of addr.len() bytes.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_connect,
                 fd,
-                (&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
-                len,
+                addr.as_ptr().cast::<libc::sockaddr>(),
+                addr.len(),
             )
         };
         if rc == 0 {

@@ -1,15 +1,22 @@
-//! The proto3 JSON mapping for smc.proto, with errors that name the field path.
+//! The proto3 JSON mapping for smc.proto, read the way Envoy reads it.
 //!
-//! prost-reflect converts between the prost types and dynamic messages; the walk from a JSON value
-//! to a dynamic message is ours so that every error says which field was wrong and why.
+//! prost-reflect's serde support does the mapping (field names in snake_case or lowerCamelCase,
+//! 64-bit integers as numbers or strings, unknown fields refused) and serde_path_to_error names the
+//! field a message is about. Enum values are spelled as Envoy's loader takes them
+//! (`MessageUtil::loadFromJsonNoThrow` in source/common/protobuf/utility.cc sets protobuf's
+//! `case_insensitive_enum_parsing`, and protobuf's parser also takes a number written as a
+//! string): the full value name in any case, or the number. [`spell_enums`] brings those spellings
+//! to the one prost-reflect takes, and refuses the short names (`AF_SMC`) older envoy-smc versions
+//! accepted, naming the full one.
 
 use std::sync::OnceLock;
 
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
-    SerializeOptions, Value,
+    DescriptorPool, DeserializeOptions, DynamicMessage, EnumDescriptor, Kind, MessageDescriptor,
+    SerializeOptions,
 };
 use serde_json::Value as Json;
+use serde_path_to_error::{Path, Segment};
 
 use super::{ConfigError, SmcConfig, DESCRIPTOR_SET};
 
@@ -24,8 +31,29 @@ fn config_descriptor() -> MessageDescriptor {
     .clone()
 }
 
-pub(super) fn to_config(value: &Json) -> Result<SmcConfig, ConfigError> {
-    let msg = to_message(&config_descriptor(), value, "")?;
+pub(super) fn to_config(mut value: Json) -> Result<SmcConfig, ConfigError> {
+    let desc = config_descriptor();
+    if value.is_null() {
+        return Ok(SmcConfig::default()); // an empty document
+    }
+    if !value.is_object() {
+        return Err(ConfigError::new(
+            "",
+            format!(
+                "the configuration must be a mapping, not {}",
+                describe(&value)
+            ),
+        ));
+    }
+    spell_enums(&desc, &mut value, "")?;
+    let mut track = serde_path_to_error::Track::new();
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let msg = DynamicMessage::deserialize_with_options(
+        desc.clone(),
+        serde_path_to_error::Deserializer::new(&value, &mut track),
+        &options,
+    )
+    .map_err(|e| deserialize_error(&desc, &value, &track.path(), &e.to_string()))?;
     msg.transcode_to::<SmcConfig>().map_err(|e| {
         ConfigError::new(
             "",
@@ -54,159 +82,174 @@ fn join(path: &str, name: &str) -> String {
     }
 }
 
-fn describe(v: &Json) -> String {
-    let s = v.to_string();
-    if s.len() > 60 {
-        format!(
-            "{}…",
-            &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]
-        )
-    } else {
-        s
+/// `upstream.allow[2]` from serde_path_to_error's segments.
+fn path_string(path: &Path) -> String {
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => out = join(&out, key),
+            Segment::Enum { variant } => out = join(&out, variant),
+            Segment::Unknown => out = join(&out, "?"),
+        }
     }
+    out
 }
 
-fn to_message(
-    desc: &MessageDescriptor,
-    value: &Json,
-    path: &str,
-) -> Result<DynamicMessage, ConfigError> {
-    let mut msg = DynamicMessage::new(desc.clone());
-    let obj = match value {
-        Json::Null => return Ok(msg),
-        Json::Object(obj) => obj,
-        other => {
-            let what = if path.is_empty() {
-                "the configuration"
-            } else {
-                "this field"
-            };
-            return Err(ConfigError::new(
-                path,
-                format!("{what} must be a mapping, not {}", describe(other)),
-            ));
+/// The message a path of field names leads to (list indices and map keys skipped).
+fn message_at(desc: &MessageDescriptor, path: &Path) -> Option<MessageDescriptor> {
+    let mut desc = desc.clone();
+    let mut in_map = false;
+    for segment in path.iter() {
+        let Segment::Map { key } = segment else {
+            continue;
+        };
+        if std::mem::take(&mut in_map) {
+            continue; // a key of a map field: the value has the map's value type
         }
-    };
-    for (key, v) in obj {
         let field = desc
             .get_field_by_name(key)
-            .or_else(|| desc.get_field_by_json_name(key))
-            .ok_or_else(|| {
-                let known: Vec<_> = desc.fields().map(|f| f.name().to_owned()).collect();
-                ConfigError::new(
-                    join(path, key),
-                    format!("unknown field (known fields: {})", known.join(", ")),
-                )
-            })?;
-        let fpath = join(path, field.name());
-        if v.is_null() {
-            continue;
+            .or_else(|| desc.get_field_by_json_name(key))?;
+        in_map = field.is_map();
+        let kind = if in_map {
+            match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                other => other,
+            }
+        } else {
+            field.kind()
+        };
+        match kind {
+            Kind::Message(m) => desc = m,
+            _ => return None,
         }
-        let converted = to_field_value(&field, v, &fpath)?;
-        msg.set_field(&field, converted);
     }
-    Ok(msg)
+    Some(desc)
 }
 
-fn to_field_value(field: &FieldDescriptor, v: &Json, path: &str) -> Result<Value, ConfigError> {
-    if field.is_map() {
-        let Json::Object(obj) = v else {
-            return Err(ConfigError::new(
-                path,
-                format!("must be a mapping of names to values, not {}", describe(v)),
-            ));
-        };
-        let Kind::Message(entry) = field.kind() else {
-            return Err(ConfigError::new(path, "internal: map without entry type"));
-        };
-        let value_field = entry.map_entry_value_field();
-        let mut map = std::collections::HashMap::new();
-        for (k, item) in obj {
-            let item_path = format!("{path}[\"{k}\"]");
-            map.insert(
-                MapKey::String(k.clone()),
-                to_single(&value_field.kind(), item, &item_path)?,
+/// prost-reflect's message, with the path; an unknown field is named with the fields there are.
+fn deserialize_error(
+    desc: &MessageDescriptor,
+    value: &Json,
+    path: &Path,
+    message: &str,
+) -> ConfigError {
+    let at = path_string(path);
+    if let Some(name) = message
+        .strip_prefix("unrecognized field name '")
+        .and_then(|rest| rest.strip_suffix('\''))
+    {
+        let known = message_at(desc, path)
+            .map(|m| m.fields().map(|f| f.name().to_owned()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        return ConfigError::new(
+            join(&at, name),
+            format!("unknown field (known fields: {})", known.join(", ")),
+        );
+    }
+    if message.contains("out of range") {
+        if let Some(v) = value_at(value, path) {
+            return ConfigError::new(
+                at,
+                format!("{} is out of range for this field", describe(v)),
             );
         }
-        return Ok(Value::Map(map));
     }
-    if field.is_list() {
-        let Json::Array(items) = v else {
-            return Err(ConfigError::new(
-                path,
-                format!("must be a list, not {}", describe(v)),
-            ));
+    ConfigError::new(at, message)
+}
+
+/// The value a path leads to.
+fn value_at<'a>(mut value: &'a Json, path: &Path) -> Option<&'a Json> {
+    for segment in path.iter() {
+        value = match segment {
+            Segment::Seq { index } => value.get(index)?,
+            Segment::Map { key } => value.get(key)?,
+            _ => return None,
         };
-        let list = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| to_single(&field.kind(), item, &format!("{path}[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Value::List(list));
     }
-    to_single(&field.kind(), v, path)
+    Some(value)
 }
 
-fn to_single(kind: &Kind, v: &Json, path: &str) -> Result<Value, ConfigError> {
-    let bad = |what: &str| ConfigError::new(path, format!("{} is not {what}", describe(v)));
-    Ok(match kind {
-        Kind::Bool => Value::Bool(v.as_bool().ok_or_else(|| bad("true or false"))?),
-        Kind::String => Value::String(v.as_str().ok_or_else(|| bad("a string"))?.to_owned()),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            let n = integer(v).ok_or_else(|| bad("an integer"))?;
-            Value::I32(i32::try_from(n).map_err(|_| bad("a 32-bit integer"))?)
-        }
-        Kind::Uint32 | Kind::Fixed32 => {
-            let n = integer(v).ok_or_else(|| bad("an integer"))?;
-            Value::U32(u32::try_from(n).map_err(|_| bad("an unsigned 32-bit integer"))?)
-        }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            let n = integer(v).ok_or_else(|| bad("an integer"))?;
-            Value::I64(i64::try_from(n).map_err(|_| bad("a 64-bit integer"))?)
-        }
-        Kind::Uint64 | Kind::Fixed64 => {
-            let n = integer(v).ok_or_else(|| bad("an integer"))?;
-            Value::U64(u64::try_from(n).map_err(|_| bad("an unsigned 64-bit integer"))?)
-        }
-        Kind::Enum(e) => {
-            let found = match v {
-                // Enum values carry their type's prefix (MODE_AF_SMC); the short name is accepted too.
-                Json::String(name) => e.get_value_by_name(name).or_else(|| {
-                    let prefix = screaming_snake(e.name());
-                    e.get_value_by_name(&format!("{prefix}_{name}"))
-                }),
-                Json::Number(_) => integer(v)
-                    .and_then(|n| i32::try_from(n).ok())
-                    .and_then(|n| e.get_value(n)),
-                _ => None,
-            };
-            let value = found.ok_or_else(|| {
-                let names: Vec<_> = e.values().map(|x| x.name().to_owned()).collect();
-                ConfigError::new(
-                    path,
-                    format!("{} is not one of {}", describe(v), names.join(", ")),
-                )
-            })?;
-            Value::EnumNumber(value.number())
-        }
-        Kind::Message(m) => Value::Message(to_message(m, v, path)?),
-        Kind::Float | Kind::Double | Kind::Bytes => return Err(bad("supported here")),
-    })
-}
-
-/// An integer from a JSON number or a decimal string (proto3 JSON writes 64-bit values as strings).
-fn integer(v: &Json) -> Option<i128> {
-    match v {
-        Json::Number(n) => n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from)),
-        Json::String(s) => s.trim().parse::<i128>().ok(),
-        _ => None,
+fn describe(v: &Json) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
     }
 }
 
-/// `SocketKind` -> `SOCKET_KIND`.
+/// Rewrites every enum value in `value` (a message of type `desc`) to the spelling prost-reflect
+/// reads, accepting what Envoy accepts and nothing more. Fields it does not know are left for the
+/// deserializer to refuse.
+fn spell_enums(desc: &MessageDescriptor, value: &mut Json, path: &str) -> Result<(), ConfigError> {
+    let Json::Object(obj) = value else {
+        return Ok(());
+    };
+    for (key, v) in obj.iter_mut() {
+        let Some(field) = desc
+            .get_field_by_name(key)
+            .or_else(|| desc.get_field_by_json_name(key))
+        else {
+            continue;
+        };
+        let fpath = join(path, key);
+        let kind = match field.kind() {
+            Kind::Message(entry) if field.is_map() => entry.map_entry_value_field().kind(),
+            kind => kind,
+        };
+        let items: Vec<(String, &mut Json)> = match v {
+            Json::Array(items) if field.is_list() => items
+                .iter_mut()
+                .enumerate()
+                .map(|(i, item)| (format!("{fpath}[{i}]"), item))
+                .collect(),
+            Json::Object(map) if field.is_map() => map
+                .iter_mut()
+                .map(|(k, item)| (join(&fpath, k), item))
+                .collect(),
+            v => vec![(fpath, v)],
+        };
+        for (item_path, item) in items {
+            match &kind {
+                Kind::Enum(e) => spell_enum(e, item, &item_path)?,
+                Kind::Message(m) => spell_enums(m, item, &item_path)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spell_enum(e: &EnumDescriptor, v: &mut Json, path: &str) -> Result<(), ConfigError> {
+    let Json::String(s) = v else {
+        return Ok(()); // numbers are read as they are; other types are refused by the deserializer
+    };
+    if e.get_value_by_name(s).is_some() {
+        return Ok(());
+    }
+    if let Some(value) = e.values().find(|x| x.name().eq_ignore_ascii_case(s)) {
+        *v = Json::String(value.name().to_owned());
+        return Ok(());
+    }
+    if let Ok(n) = s.trim().parse::<i32>() {
+        *v = Json::from(n);
+        return Ok(());
+    }
+    let names: Vec<_> = e.values().map(|x| x.name().to_owned()).collect();
+    let full = format!("{}_{}", screaming_snake(e.name()), s.to_ascii_uppercase());
+    let message = match e.values().find(|x| x.name() == full) {
+        Some(value) => format!(
+            "\"{s}\" is not a value of {}: write {} (Envoy accepts only the full enum value names: {})",
+            e.full_name(),
+            value.name(),
+            names.join(", ")
+        ),
+        None => format!("\"{s}\" is not one of {}", names.join(", ")),
+    };
+    Err(ConfigError::new(path, message))
+}
+
+/// `SocketKind` -> `SOCKET_KIND`: the prefix protobuf's style guide gives an enum's values.
 fn screaming_snake(name: &str) -> String {
     let mut out = String::new();
     for (i, c) in name.chars().enumerate() {

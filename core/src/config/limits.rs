@@ -14,7 +14,8 @@
 //!    nesting of flow collections).
 //! 3. [`check_value`]: after parsing, every list and mapping has at most [`MAX_ITEMS`] entries
 //!    and the depth is bounded again, before the values are converted and validated. Per-field
-//!    limits (shorter lists, numeric ranges) are in `validate.rs`.
+//!    limits (shorter lists, numeric ranges) are checked where the configuration is compiled
+//!    (`validate.rs`).
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -291,10 +292,10 @@ mod tests {
     fn ordinary_documents_pass() {
         for text in [
             "",
-            "mode: AUTO\nupstream:\n  allow:\n    - 10.0.0.0/8\n    - \"fd00::/8\"\n",
+            "mode: MODE_AUTO\nupstream:\n  allow:\n    - 10.0.0.0/8\n    - \"fd00::/8\"\n",
             "{\"upstream\": {\"allow\": [\"10.0.0.0/8\"]}, \"listeners\": {\"ports\": [1, 2]}}",
             "opt_in:\n  annotations: {a: \"x[[[[\", b: 'y{{{'}\n# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
-            "note: |\n                                                      deep text\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nmode: AUTO\n",
+            "note: |\n                                                      deep text\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nmode: MODE_AUTO\n",
         ] {
             check_text(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         }

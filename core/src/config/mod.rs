@@ -1,8 +1,9 @@
 //! The one configuration model: `api/envoy_smc/v1/smc.proto`.
 //!
 //! Loaded from Envoy's serialized bytes ([`from_proto_bytes`]) or from YAML/JSON with the proto3
-//! JSON mapping ([`from_yaml`]); then checked ([`validate`]). Every error names the field and the
-//! value that was wrong.
+//! JSON mapping as Envoy reads it ([`from_yaml`]), then parsed and checked once ([`compile`]) into
+//! a [`Config`] that the policy consumes. Every error names the field and the value that was
+//! wrong; nothing invalid is dropped silently.
 
 mod json;
 pub mod limits;
@@ -50,18 +51,67 @@ pub struct AdaptiveSettings {
     pub max_destinations: u32,
 }
 
-impl AdaptiveSettings {
-    pub fn from_config(config: &SmcConfig) -> AdaptiveSettings {
-        let a = config.adaptive_fallback.unwrap_or_default();
-        let or = |v: u32, default: u32| if v == 0 { default } else { v };
-        AdaptiveSettings {
-            enabled: !a.disabled,
-            detect_after_ms: or(a.detect_after_ms, 1000),
-            probe_timeout_ms: or(a.probe_timeout_ms, 1000),
-            hold_down_ms: or(a.hold_down_ms, 30_000),
-            max_hold_down_ms: or(a.max_hold_down_ms, 600_000),
-            max_destinations: or(a.max_destinations, 4096),
-        }
+/// A socket option compared by (level, name, int value), as Envoy sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionMatch {
+    pub level: i32,
+    pub name: i32,
+    pub value: i32,
+}
+
+impl OptionMatch {
+    pub fn matches(&self, level: i32, name: i32, value: i32) -> bool {
+        self.level == level && self.name == name && self.value == value
+    }
+}
+
+/// Which workloads opted in, with the defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptIn {
+    pub all_workloads: bool,
+    /// The annotation that must be "true".
+    pub annotation: String,
+    pub annotations: std::collections::HashMap<String, String>,
+    /// The downward-API annotations file, read when a policy is built.
+    pub annotations_file: Option<std::path::PathBuf>,
+}
+
+/// A configuration parsed and checked once: typed addresses, ports and options with the
+/// defaults filled in. The policy, the runtime and adaptive fallback read only this.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub mode: proto::smc_config::Mode,
+    pub always_on: bool,
+    pub enable_option: OptionMatch,
+    pub keep_tcp_option: OptionMatch,
+    pub opt_in: OptIn,
+    pub listener_ports: Vec<u16>,
+    pub limit_handshake: bool,
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub allow_ports: Vec<PortRange>,
+    pub deny_ports: Vec<PortRange>,
+    pub allow_local: bool,
+    pub adaptive: AdaptiveSettings,
+    /// The message it was compiled from, for showing and rendering.
+    proto: SmcConfig,
+}
+
+impl Config {
+    /// The message this configuration was compiled from.
+    pub fn proto(&self) -> &SmcConfig {
+        &self.proto
+    }
+
+    /// The message this configuration was compiled from.
+    pub fn into_proto(self) -> SmcConfig {
+        self.proto
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        compile(SmcConfig::default()).expect("the default configuration is valid")
     }
 }
 
@@ -98,8 +148,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads the configuration from Envoy's serialized `envoy_smc.v1.SmcConfig` bytes and validates it.
-pub fn from_proto_bytes(bytes: &[u8]) -> Result<SmcConfig, ConfigError> {
+/// Reads the configuration from Envoy's serialized `envoy_smc.v1.SmcConfig` bytes and compiles it.
+pub fn from_proto_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
     limits::check_size(bytes.len())?;
     let config = <SmcConfig as prost::Message>::decode(bytes).map_err(|e| {
         ConfigError::new(
@@ -107,14 +157,18 @@ pub fn from_proto_bytes(bytes: &[u8]) -> Result<SmcConfig, ConfigError> {
             format!("not a valid envoy_smc.v1.SmcConfig message: {e}"),
         )
     })?;
-    validate::validate(&config)?;
-    Ok(config)
+    compile(config)
 }
 
-/// Reads the configuration from YAML or JSON text (proto3 JSON mapping) and validates it.
-/// An empty document is the default configuration. Size, nesting and list lengths are bounded
-/// before the text is parsed or converted ([`limits`]).
-pub fn from_yaml(text: &str) -> Result<SmcConfig, ConfigError> {
+/// Reads the configuration from YAML or JSON text (proto3 JSON mapping, as Envoy reads it) and
+/// compiles it. An empty document is the default configuration. Size, nesting and list lengths
+/// are bounded before the text is parsed or converted ([`limits`]).
+pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+    compile(parse_yaml(text)?)
+}
+
+/// Reads YAML or JSON text into the message, unchecked.
+fn parse_yaml(text: &str) -> Result<SmcConfig, ConfigError> {
     limits::check_text(text)?;
     let value: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Null
@@ -123,20 +177,19 @@ pub fn from_yaml(text: &str) -> Result<SmcConfig, ConfigError> {
             .map_err(|e| ConfigError::new("", format!("not valid YAML/JSON: {e}")))?
     };
     limits::check_value(&value)?;
-    let config = json::to_config(&value)?;
-    validate::validate(&config)?;
-    Ok(config)
+    json::to_config(value)
 }
 
 /// Reads the configuration from a YAML/JSON file: a regular file of at most
 /// [`limits::MAX_CONFIG_BYTES`] (a FIFO or a device is refused without reading it).
-pub fn from_file(path: &std::path::Path) -> Result<SmcConfig, ConfigError> {
+pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
     from_yaml(&limits::read_config_file(path)?)
 }
 
-/// Checks a configuration built in code or decoded elsewhere.
-pub fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
-    validate::validate(config)
+/// Checks a configuration message (built in code or decoded elsewhere) and compiles it: the one
+/// place where every field is parsed and checked.
+pub fn compile(config: SmcConfig) -> Result<Config, ConfigError> {
+    validate::compile(config)
 }
 
 /// The configuration as JSON (proto3 JSON mapping, defaults included), for `envoy-smc` to show.

@@ -1,9 +1,9 @@
-//! Checks on a decoded configuration, and the parsers of its string fields.
+//! Compiling a decoded configuration: every field parsed and checked once, defaults filled in.
 
 use std::net::IpAddr;
 
 use super::proto::{smc_config::Mode, SocketOptionMatch};
-use super::{ConfigError, SmcConfig};
+use super::{AdaptiveSettings, Config, ConfigError, OptIn, OptionMatch, SmcConfig};
 
 /// A destination prefix. IPv4-mapped IPv6 destinations are matched as IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,22 +100,35 @@ pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
     Ok(PortRange { first, last })
 }
 
-fn check_option(path: &str, opt: &SocketOptionMatch) -> Result<(), ConfigError> {
-    for (name, v) in [("level", opt.level), ("name", opt.name)] {
-        if !(0..=i32::MAX as i64).contains(&v) {
-            return Err(ConfigError::new(
+fn compile_option(
+    path: &str,
+    opt: Option<&SocketOptionMatch>,
+    default: SocketOptionMatch,
+) -> Result<OptionMatch, ConfigError> {
+    let opt = opt.unwrap_or(&default);
+    let mut level_name = [0i32; 2];
+    for (slot, (name, v)) in level_name
+        .iter_mut()
+        .zip([("level", opt.level), ("name", opt.name)])
+    {
+        *slot = i32::try_from(v).ok().filter(|v| *v >= 0).ok_or_else(|| {
+            ConfigError::new(
                 format!("{path}.{name}"),
                 format!("{v} is not a socket option {name}"),
-            ));
-        }
+            )
+        })?;
     }
-    if i32::try_from(opt.int_value).is_err() {
-        return Err(ConfigError::new(
+    let value = i32::try_from(opt.int_value).map_err(|_| {
+        ConfigError::new(
             format!("{path}.int_value"),
             format!("{} does not fit a 32-bit int", opt.int_value),
-        ));
-    }
-    Ok(())
+        )
+    })?;
+    Ok(OptionMatch {
+        level: level_name[0],
+        name: level_name[1],
+        value,
+    })
 }
 
 /// Most entries in `listeners.ports`.
@@ -156,125 +169,174 @@ fn check_range(path: &str, v: u32, (lo, hi): (u32, u32)) -> Result<(), ConfigErr
     Ok(())
 }
 
-pub(super) fn validate(config: &SmcConfig) -> Result<(), ConfigError> {
-    if Mode::try_from(config.mode).is_err() {
-        return Err(ConfigError::new(
+/// Parses every entry of a list of strings, or names the first that is wrong.
+fn parse_list<T>(
+    path: &str,
+    list: &[String],
+    max: usize,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, ConfigError> {
+    check_len(path, list.len(), max)?;
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| parse(s).map_err(|m| ConfigError::new(format!("{path}[{i}]"), m)))
+        .collect()
+}
+
+/// `v`, or `default` when `v` is 0 (unset).
+fn or_default(v: u32, default: u32) -> u32 {
+    if v == 0 {
+        default
+    } else {
+        v
+    }
+}
+
+pub(super) fn compile(config: SmcConfig) -> Result<Config, ConfigError> {
+    let mode = Mode::try_from(config.mode).map_err(|_| {
+        ConfigError::new(
             "mode",
             format!(
                 "{} is not one of MODE_AUTO, MODE_AF_SMC, MODE_IPPROTO_SMC, MODE_OFF",
                 config.mode
             ),
+        )
+    })?;
+
+    let switch = config.mesh_switch.unwrap_or_default();
+    let enable_option = compile_option(
+        "mesh_switch.enable_option",
+        switch.enable_option.as_ref(),
+        super::DEFAULT_ENABLE_OPTION,
+    )?;
+    let keep_tcp_option = compile_option(
+        "mesh_switch.keep_tcp_option",
+        switch.keep_tcp_option.as_ref(),
+        super::DEFAULT_KEEP_TCP_OPTION,
+    )?;
+    if enable_option == keep_tcp_option {
+        return Err(ConfigError::new(
+            "mesh_switch.keep_tcp_option",
+            "is the same socket option as mesh_switch.enable_option: one cannot both turn SMC on and keep TCP",
         ));
     }
-    if let Some(sw) = &config.mesh_switch {
-        if let Some(o) = &sw.enable_option {
-            check_option("mesh_switch.enable_option", o)?;
-        }
-        if let Some(o) = &sw.keep_tcp_option {
-            check_option("mesh_switch.keep_tcp_option", o)?;
-        }
-        let enable = sw.enable_option.unwrap_or(super::DEFAULT_ENABLE_OPTION);
-        let keep = sw.keep_tcp_option.unwrap_or(super::DEFAULT_KEEP_TCP_OPTION);
-        if enable == keep {
-            return Err(ConfigError::new(
-                "mesh_switch.keep_tcp_option",
-                "is the same socket option as mesh_switch.enable_option: one cannot both turn SMC on and keep TCP",
-            ));
-        }
+
+    let o = config.opt_in.clone().unwrap_or_default();
+    if o.annotation.chars().any(char::is_whitespace) || o.annotation.len() > 317 {
+        return Err(ConfigError::new(
+            "opt_in.annotation",
+            format!("\"{}\" is not an annotation key", o.annotation),
+        ));
     }
-    if let Some(opt_in) = &config.opt_in {
-        let a = &opt_in.annotation;
-        if a.chars().any(char::is_whitespace) || a.len() > 317 {
-            return Err(ConfigError::new(
-                "opt_in.annotation",
-                format!("\"{a}\" is not an annotation key"),
-            ));
-        }
-        check_len(
+    check_len("opt_in.annotations", o.annotations.len(), MAX_ANNOTATIONS)?;
+    if o.annotations.keys().any(|k| k.is_empty()) {
+        return Err(ConfigError::new(
             "opt_in.annotations",
-            opt_in.annotations.len(),
-            MAX_ANNOTATIONS,
-        )?;
-        if opt_in.annotations.keys().any(|k| k.is_empty()) {
+            "an annotation has an empty name",
+        ));
+    }
+    let opt_in = OptIn {
+        all_workloads: o.all_workloads,
+        annotation: if o.annotation.is_empty() {
+            super::DEFAULT_OPT_IN_ANNOTATION.to_owned()
+        } else {
+            o.annotation
+        },
+        annotations: o.annotations,
+        annotations_file: (!o.annotations_file.is_empty())
+            .then(|| std::path::PathBuf::from(o.annotations_file)),
+    };
+
+    let l = config.listeners.clone().unwrap_or_default();
+    check_len("listeners.ports", l.ports.len(), MAX_LISTENER_PORTS)?;
+    let mut listener_ports: Vec<u16> = Vec::with_capacity(l.ports.len());
+    for (i, &p) in l.ports.iter().enumerate() {
+        let port = u16::try_from(p).ok().filter(|&p| p != 0).ok_or_else(|| {
+            ConfigError::new(
+                format!("listeners.ports[{i}]"),
+                format!("{p} is not a port (1-65535)"),
+            )
+        })?;
+        if listener_ports.contains(&port) {
             return Err(ConfigError::new(
-                "opt_in.annotations",
-                "an annotation has an empty name",
+                format!("listeners.ports[{i}]"),
+                format!("{p} is listed twice"),
             ));
         }
+        listener_ports.push(port);
     }
-    if let Some(l) = &config.listeners {
-        check_len("listeners.ports", l.ports.len(), MAX_LISTENER_PORTS)?;
-        for (i, &p) in l.ports.iter().enumerate() {
-            if p == 0 || p > 65535 {
-                return Err(ConfigError::new(
-                    format!("listeners.ports[{i}]"),
-                    format!("{p} is not a port (1-65535)"),
-                ));
-            }
-            if l.ports[..i].contains(&p) {
-                return Err(ConfigError::new(
-                    format!("listeners.ports[{i}]"),
-                    format!("{p} is listed twice"),
-                ));
-            }
-        }
-    }
-    if let Some(a) = &config.adaptive_fallback {
-        let eff = super::AdaptiveSettings::from_config(config);
-        check_range(
-            "adaptive_fallback.detect_after_ms",
-            a.detect_after_ms,
-            DETECT_MS,
-        )?;
-        check_range(
-            "adaptive_fallback.probe_timeout_ms",
-            a.probe_timeout_ms,
-            DETECT_MS,
-        )?;
-        check_range(
-            "adaptive_fallback.hold_down_ms",
-            a.hold_down_ms,
-            HOLD_DOWN_MS,
-        )?;
-        check_range(
+
+    let a = config.adaptive_fallback.unwrap_or_default();
+    check_range(
+        "adaptive_fallback.detect_after_ms",
+        a.detect_after_ms,
+        DETECT_MS,
+    )?;
+    check_range(
+        "adaptive_fallback.probe_timeout_ms",
+        a.probe_timeout_ms,
+        DETECT_MS,
+    )?;
+    check_range(
+        "adaptive_fallback.hold_down_ms",
+        a.hold_down_ms,
+        HOLD_DOWN_MS,
+    )?;
+    check_range(
+        "adaptive_fallback.max_hold_down_ms",
+        a.max_hold_down_ms,
+        (1, MAX_HOLD_DOWN_MS),
+    )?;
+    check_range(
+        "adaptive_fallback.max_destinations",
+        a.max_destinations,
+        (1, MAX_DESTINATIONS),
+    )?;
+    let adaptive = AdaptiveSettings {
+        enabled: !a.disabled,
+        detect_after_ms: or_default(a.detect_after_ms, 1000),
+        probe_timeout_ms: or_default(a.probe_timeout_ms, 1000),
+        hold_down_ms: or_default(a.hold_down_ms, 30_000),
+        max_hold_down_ms: or_default(a.max_hold_down_ms, 600_000),
+        max_destinations: or_default(a.max_destinations, 4096),
+    };
+    if adaptive.max_hold_down_ms < adaptive.hold_down_ms {
+        return Err(ConfigError::new(
             "adaptive_fallback.max_hold_down_ms",
-            a.max_hold_down_ms,
-            (1, MAX_HOLD_DOWN_MS),
-        )?;
-        check_range(
-            "adaptive_fallback.max_destinations",
-            a.max_destinations,
-            (1, MAX_DESTINATIONS),
-        )?;
-        if eff.max_hold_down_ms < eff.hold_down_ms {
-            return Err(ConfigError::new(
-                "adaptive_fallback.max_hold_down_ms",
-                format!(
-                    "{} is shorter than hold_down_ms ({})",
-                    eff.max_hold_down_ms, eff.hold_down_ms
-                ),
-            ));
-        }
+            format!(
+                "{} is shorter than hold_down_ms ({})",
+                adaptive.max_hold_down_ms, adaptive.hold_down_ms
+            ),
+        ));
     }
-    if let Some(u) = &config.upstream {
-        for (name, list) in [("allow", &u.allow), ("deny", &u.deny)] {
-            check_len(&format!("upstream.{name}"), list.len(), MAX_CIDRS)?;
-            for (i, s) in list.iter().enumerate() {
-                parse_cidr(s).map_err(|m| ConfigError::new(format!("upstream.{name}[{i}]"), m))?;
-            }
-        }
-        for (name, list) in [
-            ("allow_ports", &u.allow_ports),
-            ("deny_ports", &u.deny_ports),
-        ] {
-            check_len(&format!("upstream.{name}"), list.len(), MAX_PORT_RANGES)?;
-            for (i, s) in list.iter().enumerate() {
-                parse_port_range(s)
-                    .map_err(|m| ConfigError::new(format!("upstream.{name}[{i}]"), m))?;
-            }
-        }
-    }
-    Ok(())
+
+    let u = config.upstream.clone().unwrap_or_default();
+    Ok(Config {
+        mode,
+        always_on: switch.always_on,
+        enable_option,
+        keep_tcp_option,
+        opt_in,
+        listener_ports,
+        limit_handshake: l.limit_handshake,
+        allow: parse_list("upstream.allow", &u.allow, MAX_CIDRS, parse_cidr)?,
+        deny: parse_list("upstream.deny", &u.deny, MAX_CIDRS, parse_cidr)?,
+        allow_ports: parse_list(
+            "upstream.allow_ports",
+            &u.allow_ports,
+            MAX_PORT_RANGES,
+            parse_port_range,
+        )?,
+        deny_ports: parse_list(
+            "upstream.deny_ports",
+            &u.deny_ports,
+            MAX_PORT_RANGES,
+            parse_port_range,
+        )?,
+        allow_local: u.allow_local,
+        adaptive,
+        proto: config,
+    })
 }
 
 /// Normalises an IPv4-mapped IPv6 address to IPv4.

@@ -12,8 +12,10 @@ use std::net::{IpAddr, SocketAddr};
 pub use reason::TcpReason;
 pub use sets::{AddrSet, PortSet};
 
-use crate::config::proto::{smc_config::Mode, SocketOptionMatch};
-use crate::config::{self, ConfigError, SmcConfig, DEFAULT_OPT_IN_ANNOTATION};
+pub use crate::config::OptionMatch;
+
+use crate::config::proto::smc_config::Mode;
+use crate::config::{self, Config, OptIn};
 use crate::smc::{is_ip_stream, KernelSupport, SocketKind, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT};
 
 /// The kind of SMC socket a decision asks for.
@@ -31,30 +33,6 @@ pub enum Verdict {
 impl Verdict {
     pub fn is_smc(&self) -> bool {
         matches!(self, Verdict::Smc { .. })
-    }
-}
-
-/// A socket option compared by (level, name, int value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OptionMatch {
-    pub level: i32,
-    pub name: i32,
-    pub value: i32,
-}
-
-impl OptionMatch {
-    fn from_config(m: Option<&SocketOptionMatch>, default: SocketOptionMatch) -> OptionMatch {
-        let m = m.unwrap_or(&default);
-        // validate() has checked that the values fit.
-        OptionMatch {
-            level: m.level as i32,
-            name: m.name as i32,
-            value: m.int_value as i32,
-        }
-    }
-
-    pub fn matches(&self, level: i32, name: i32, value: i32) -> bool {
-        self.level == level && self.name == name && self.value == value
     }
 }
 
@@ -132,20 +110,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Compiles a configuration (validating it again) for the given environment.
-    pub fn new(config: &SmcConfig, env: &Environment) -> Result<Policy, ConfigError> {
-        config::validate(config)?;
+    /// Builds the decision tables of a compiled configuration for the given environment.
+    pub fn new(config: &Config, env: &Environment) -> Policy {
         let kernel = env.kernel.unwrap_or_else(KernelSupport::probe);
-        let mode = Mode::try_from(config.mode).unwrap_or(Mode::Auto);
-        let switch = config.mesh_switch.unwrap_or_default();
-        let listeners = config.listeners.clone().unwrap_or_default();
-        let up = config.upstream.clone().unwrap_or_default();
-        let smc = if mode == Mode::Off {
+        let smc = if config.mode == Mode::Off {
             Err(TcpReason::Disabled)
-        } else if !opted_in(config, env) {
+        } else if !opted_in(&config.opt_in, env) {
             Err(TcpReason::NotOptedIn)
         } else {
-            match mode {
+            match config.mode {
                 Mode::Auto if kernel.ipproto_smc => Ok(SocketKind::IpprotoSmc),
                 Mode::Auto if kernel.af_smc => Ok(SocketKind::AfSmc),
                 Mode::AfSmc if kernel.af_smc => Ok(SocketKind::AfSmc),
@@ -153,23 +126,10 @@ impl Policy {
                 _ => Err(TcpReason::KernelLacksSmc),
             }
         };
-        let cidrs = |list: &[String]| {
-            list.iter()
-                .filter_map(|s| config::parse_cidr(s).ok())
-                .collect::<Vec<_>>()
-        };
-        let ports = |list: &[String]| {
-            list.iter()
-                .filter_map(|s| config::parse_port_range(s).ok())
-                .collect::<Vec<_>>()
-        };
-        let listener_ranges: Vec<_> = listeners
-            .ports
+        let listener_ranges: Vec<_> = config
+            .listener_ports
             .iter()
-            .map(|&p| config::PortRange {
-                first: p as u16,
-                last: p as u16,
-            })
+            .map(|&p| config::PortRange { first: p, last: p })
             .collect();
         let mut local_addrs: Vec<IpAddr> = env
             .local_addrs
@@ -178,26 +138,20 @@ impl Policy {
             .collect();
         local_addrs.sort_unstable();
         local_addrs.dedup();
-        Ok(Policy {
+        Policy {
             smc,
-            always_on: switch.always_on,
-            enable: OptionMatch::from_config(
-                switch.enable_option.as_ref(),
-                config::DEFAULT_ENABLE_OPTION,
-            ),
-            keep_tcp: OptionMatch::from_config(
-                switch.keep_tcp_option.as_ref(),
-                config::DEFAULT_KEEP_TCP_OPTION,
-            ),
+            always_on: config.always_on,
+            enable: config.enable_option,
+            keep_tcp: config.keep_tcp_option,
             listener_ports: PortSet::new(&listener_ranges),
-            limit_hs: listeners.limit_handshake,
-            allow: AddrSet::new(&cidrs(&up.allow)),
-            deny: AddrSet::new(&cidrs(&up.deny)),
-            allow_ports: PortSet::new(&ports(&up.allow_ports)),
-            deny_ports: PortSet::new(&ports(&up.deny_ports)),
-            allow_local: up.allow_local,
+            limit_hs: config.limit_handshake,
+            allow: AddrSet::new(&config.allow),
+            deny: AddrSet::new(&config.deny),
+            allow_ports: PortSet::new(&config.allow_ports),
+            deny_ports: PortSet::new(&config.deny_ports),
+            allow_local: config.allow_local,
             local_addrs,
-        })
+        }
     }
 
     /// The SMC flavour in use, or the reason every socket stays TCP.
@@ -337,23 +291,15 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 /// Whether the workload opted in: `all_workloads`, or the annotation is "true" in the
 /// configuration's annotations, the annotations file, or the environment's annotations.
-fn opted_in(config: &SmcConfig, env: &Environment) -> bool {
-    let Some(opt_in) = &config.opt_in else {
-        return annotation_true(DEFAULT_OPT_IN_ANNOTATION, env);
-    };
+fn opted_in(opt_in: &OptIn, env: &Environment) -> bool {
     if opt_in.all_workloads {
         return true;
     }
-    let key = if opt_in.annotation.is_empty() {
-        DEFAULT_OPT_IN_ANNOTATION
-    } else {
-        &opt_in.annotation
-    };
+    let key = opt_in.annotation.as_str();
     if let Some(v) = opt_in.annotations.get(key) {
         return is_true(v);
     }
-    if !opt_in.annotations_file.is_empty() {
-        let path = std::path::Path::new(&opt_in.annotations_file);
+    if let Some(path) = &opt_in.annotations_file {
         let cap = crate::config::limits::MAX_ANNOTATIONS_FILE_BYTES;
         match crate::config::limits::read_regular_file(path, cap, "annotations file") {
             Ok(bytes) => {

@@ -5,6 +5,7 @@
 
 mod host;
 mod probe;
+mod record;
 mod replace;
 mod shared;
 pub mod sockaddr;
@@ -13,6 +14,7 @@ pub mod sys;
 
 pub use host::local_addresses;
 pub use probe::KernelSupport;
+pub use record::{NotCarried, RecordedOpt, SocketRecord, MAX_OPTS, MAX_OPT_LEN};
 pub use replace::{reconnect_tcp, replace_socket, replace_socket_without, SockOpt};
 pub use shared::{Shared, SharedListeners};
 pub use socket::{

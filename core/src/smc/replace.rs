@@ -268,20 +268,11 @@ pub fn reconnect_tcp(
     let new = snap.build(SocketKind::Tcp, &[])?;
     prepare(new.as_raw_fd());
     if let Some(source) = source.filter(|s| !s.ip().is_unspecified()) {
-        let (addr, len) =
-            crate::smc::sockaddr::from_socket_addr(std::net::SocketAddr::new(source.ip(), 0));
-        syscall!(bind(
-            new.as_raw_fd(),
-            (&addr as *const libc::sockaddr_storage).cast(),
-            len
-        ))?;
+        let addr = socket2::SockAddr::from(std::net::SocketAddr::new(source.ip(), 0));
+        syscall!(bind(new.as_raw_fd(), addr.as_ptr().cast(), addr.len()))?;
     }
-    let (addr, len) = crate::smc::sockaddr::from_socket_addr(dest);
-    if let Err(e) = syscall!(connect(
-        new.as_raw_fd(),
-        (&addr as *const libc::sockaddr_storage).cast(),
-        len
-    )) {
+    let addr = socket2::SockAddr::from(dest);
+    if let Err(e) = syscall!(connect(new.as_raw_fd(), addr.as_ptr().cast(), addr.len())) {
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(e);
         }

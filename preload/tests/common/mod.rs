@@ -1,6 +1,6 @@
 //! Shared by the preload tests: the programs run under `LD_PRELOAD` ("roles" of the test binary
 //! itself, re-executed with `ENVOY_SMC_TEST_ROLE`), spawning them, reading the library's counters,
-//! and a minimal `smc_diag` reader for the VM tests.
+//! and the project's `smc_diag` reader for the VM tests.
 //!
 //! A role is a small epoll program written against libc directly, the way Envoy drives its
 //! sockets: non-blocking sockets, edge-triggered epoll registered right after `socket()`, options
@@ -14,6 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../../core/tests/common/wait.rs"]
+mod wait;
+#[allow(unused_imports)] // not every test binary waits
+pub use wait::{wait_for, wait_until};
 
 pub const ROLE_VAR: &str = "ENVOY_SMC_TEST_ROLE";
 
@@ -319,7 +324,7 @@ impl Cfg {
 
 pub fn smc_config(listener_port: u16, always_on: bool) -> Cfg {
     config(&format!(
-        "mode: AUTO\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: {always_on}}}\n\
+        "mode: MODE_AUTO\nopt_in: {{all_workloads: true}}\nmesh_switch: {{always_on: {always_on}}}\n\
          listeners: {{ports: [{listener_port}]}}\nupstream: {{allow_local: true}}\n"
     ))
 }
@@ -411,25 +416,21 @@ impl Stats {
         Stats(m)
     }
 
-    /// `envoy_smc_<name>_total` (0 if absent).
+    /// The counter Envoy would call `smc.<name>`, under the name its `/stats/prometheus` gives
+    /// it (`envoy_smc_tcp_loopback`); 0 if absent.
     pub fn get(&self, name: &str) -> u64 {
-        self.0
-            .get(&format!("envoy_smc_{name}_total"))
-            .copied()
-            .unwrap_or(0)
+        let name = envoy_smc_core::stats::prometheus_name(&format!("smc.{name}"));
+        self.0.get(&name).copied().unwrap_or(0)
     }
 
-    /// `envoy_smc_tcp_total{reason="…"}`.
+    /// `tcp.<reason>`.
     pub fn tcp(&self, reason: &str) -> u64 {
-        self.0
-            .get(&format!("envoy_smc_tcp_total{{reason=\"{reason}\"}}"))
-            .copied()
-            .unwrap_or(0)
+        self.get(&format!("tcp.{reason}"))
     }
 
-    /// `envoy_smc_preload_<name>_total`.
+    /// `preload.<name>`: the preload layer's own counters.
     pub fn preload(&self, name: &str) -> u64 {
-        self.get(&format!("preload_{name}"))
+        self.get(&format!("preload.{name}"))
     }
 
     pub fn tracked(&self) -> u64 {
@@ -504,42 +505,15 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
 pub fn local_port(fd: c_int) -> u16 {
-    // SAFETY: plain old data, filled by getsockname.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: valid out-pointers.
-    check(
-        unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) },
-        "getsockname",
-    );
-    // SAFETY: both sockaddr_in and sockaddr_in6 have the port at the same offset.
-    let sin = unsafe { &*(&ss as *const _ as *const libc::sockaddr_in) };
-    u16::from_be(sin.sin_port)
+    // SAFETY: the caller's fd is open for the duration of the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .local_addr()
+        .expect("getsockname")
+        .as_socket()
+        .expect("an IP socket")
+        .port()
 }
 
 pub fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> c_int {
@@ -707,10 +681,10 @@ pub fn listener_dup(
     for &(l, n, v) in opts {
         check(setsockopt_int(fd, l, n, v), "listener option");
     }
-    let (ss, len) = sockaddr(addr);
+    let ss = socket2::SockAddr::from(addr);
     // SAFETY: valid address.
     check(
-        unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) },
+        unsafe { libc::bind(fd, ss.as_ptr().cast(), ss.len()) },
         "bind",
     );
     // SAFETY: plain syscalls.
@@ -825,7 +799,7 @@ pub struct ClientReport {
     pub fin_edge: bool,
     pub inode: u64,
     /// smc_diag of this connection while it was up (VM only).
-    pub diag: Option<DiagEntry>,
+    pub diag: Option<SmcSocket>,
 }
 
 /// One connection the way Envoy's upstream connections go: socket (non-blocking) → epoll ADD
@@ -884,16 +858,16 @@ fn et_client_on(
         }
     }
     if let Some(ip) = src {
-        let (ss, len) = sockaddr(SocketAddr::new(ip, 0));
+        let ss = socket2::SockAddr::from(SocketAddr::new(ip, 0));
         // SAFETY: valid address.
-        if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } != 0 {
+        if unsafe { libc::bind(fd, ss.as_ptr().cast(), ss.len()) } != 0 {
             return Err(format!("bind {ip}: {}", std::io::Error::last_os_error()));
         }
     }
     rep.kind_before = kind(fd);
-    let (ss, len) = sockaddr(target);
+    let ss = socket2::SockAddr::from(target);
     // SAFETY: valid address.
-    let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    let rc = unsafe { libc::connect(fd, ss.as_ptr().cast(), ss.len()) };
     if rc != 0 && errno() != libc::EINPROGRESS {
         return Err(format!(
             "connect {target}: {}",
@@ -1016,119 +990,13 @@ fn et_client_on(
 }
 
 // ---------------------------------------------------------------------------------------------
-// smc_diag (VM): just enough to tell SMC-R from fallback for one inode
+// smc_diag (VM): the project's own reader (src/diag/smc_diag.rs)
 
-#[derive(Debug, Clone)]
-pub struct DiagEntry {
-    pub family: u8,
-    pub state: u8,
-    /// 0 SMC-R, 1 fallback, 2 SMC-D.
-    pub mode: u8,
-    pub inode: u64,
-    pub fallback_reason: Option<u32>,
-    pub ib_device: Option<String>,
-}
-
-impl DiagEntry {
-    pub fn mode_name(&self) -> &'static str {
-        match self.mode {
-            0 => "SMCR",
-            1 => "FALLBACK",
-            2 => "SMCD",
-            _ => "?",
-        }
-    }
-}
+use envoy_smc_cli::diag::smc_diag::SmcSocket;
 
 /// Every SMC socket of this network namespace (needs the smc_diag module).
-pub fn smc_diag_dump() -> Result<Vec<DiagEntry>, String> {
-    // SAFETY: plain syscall.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("netlink: {}", std::io::Error::last_os_error()));
-    }
-    let mut req = Vec::with_capacity(68);
-    req.extend_from_slice(&68u32.to_ne_bytes());
-    req.extend_from_slice(&20u16.to_ne_bytes()); // SOCK_DIAG_BY_FAMILY
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.push(43); // AF_SMC
-    req.extend_from_slice(&[0, 0]);
-    req.push((1 << (5 - 1)) | (1 << (2 - 1))); // FALLBACK, LGRINFO
-    req.extend_from_slice(&[0u8; 48]);
-    // SAFETY: valid buffer.
-    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: closing our fd.
-        unsafe { libc::close(fd) };
-        return Err(format!("netlink send: {e}"));
-    }
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    'recv: loop {
-        // SAFETY: writable buffer.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n <= 0 {
-            break;
-        }
-        let mut off = 0usize;
-        let n = n as usize;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            if len < 16 || off + len > n {
-                break 'recv;
-            }
-            if ty == 3 || ty == 2 {
-                break 'recv; // NLMSG_DONE / NLMSG_ERROR
-            }
-            let m = &buf[off + 16..off + len];
-            if m.len() >= 64 {
-                let mut e = DiagEntry {
-                    family: m[0],
-                    state: m[1],
-                    mode: m[2],
-                    inode: u64::from_ne_bytes(m[56..64].try_into().unwrap()),
-                    fallback_reason: None,
-                    ib_device: None,
-                };
-                let mut a = 64;
-                while a + 4 <= m.len() {
-                    let alen = u16::from_ne_bytes(m[a..a + 2].try_into().unwrap()) as usize;
-                    let aty = u16::from_ne_bytes(m[a + 2..a + 4].try_into().unwrap());
-                    if alen < 4 || a + alen > m.len() {
-                        break;
-                    }
-                    let p = &m[a + 4..a + alen];
-                    if aty == 5 && p.len() >= 4 {
-                        e.fallback_reason = Some(u32::from_ne_bytes(p[0..4].try_into().unwrap()));
-                    }
-                    if aty == 2 && p.len() >= 2 {
-                        let name: Vec<u8> = p[1..]
-                            .iter()
-                            .take(64)
-                            .take_while(|b| **b != 0)
-                            .copied()
-                            .collect();
-                        e.ib_device = Some(String::from_utf8_lossy(&name).into_owned());
-                    }
-                    a += (alen + 3) & !3;
-                }
-                out.push(e);
-            }
-            off += (len + 3) & !3;
-        }
-    }
-    // SAFETY: closing our fd.
-    unsafe { libc::close(fd) };
-    Ok(out)
+pub fn smc_diag_dump() -> Result<Vec<SmcSocket>, String> {
+    envoy_smc_cli::diag::smc_diag::dump().map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1198,10 +1066,10 @@ pub fn run_common_role(role: &str) -> bool {
                         println!(
                             "RESULT conn={i} kind_before={} kind_after={} kind_connected={} connect_ms={} fd_flags_kept={} connect_edge={} data_edges={} rounds_ok={} fin_edge={} diag_mode={} diag_state={} diag_reason={} diag_dev={}",
                             r.kind_before, r.kind_after, r.kind_connected, r.connect_ms, r.fd_flags_kept, r.connect_edge, r.data_edges, r.rounds_ok, r.fin_edge,
-                            d.map_or("none", |d| d.mode_name()),
-                            d.map_or(0, |d| d.state),
-                            d.and_then(|d| d.fallback_reason).map_or("none".to_string(), |r| format!("{r:#010x}")),
-                            d.and_then(|d| d.ib_device.clone()).unwrap_or_else(|| "none".into()),
+                            d.map_or("none".into(), |d| d.mode.name()),
+                            d.map_or(0, |d| d.state.0),
+                            d.and_then(|d| d.fallback_reason()).map_or("none".to_string(), |r| format!("{:#010x}", r.0)),
+                            d.and_then(|d| d.link.as_ref()).map_or("none", |l| l.ib_device.as_str()),
                         );
                     }
                     Err(e) => println!("RESULT conn={i} error={}", e.replace(' ', "_")),

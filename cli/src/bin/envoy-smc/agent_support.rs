@@ -34,12 +34,17 @@ pub fn summary(kernel: Option<(u32, u32)>) -> (bool, String) {
             .unwrap_or(false)
     };
     let hs_ctrl = mentions("vmlinux") || mentions("smc");
+    let what = if hs_ctrl {
+        "smc_hs_ctrl present: per-destination choice (allow/deny CIDRs and ports: SMC not offered on \
+         the SYN) and black-hole hold-down in agent mode"
+    } else {
+        "smc_hs_ctrl absent: no per-destination choice and no black-hole rescue in agent mode"
+    };
     (
         true,
         format!(
-            "can run here (per pod, per cluster via the keep-TCP option); smc_hs_ctrl {}: no per-destination \
-             choice and no black-hole rescue in agent mode (`envoy-smc-agent check` tries the attach)",
-            if hs_ctrl { "present but not used yet" } else { "absent" }
+            "can run here (per pod, per cluster via the keep-TCP option); {what} \
+             (`envoy-smc-agent check` tries the attach)"
         ),
     )
 }

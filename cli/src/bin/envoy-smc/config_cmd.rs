@@ -38,16 +38,7 @@ pub fn run(args: Args) -> u8 {
             return exit::USAGE;
         }
     };
-    let policy = match Policy::new(&config, &Environment::of_this_host()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!(
-                "envoy-smc: invalid configuration {}: {e}",
-                args.file.display()
-            );
-            return exit::USAGE;
-        }
-    };
+    let policy = Policy::new(&config, &Environment::of_this_host());
     let availability = match policy.smc_kind() {
         Ok(kind) => format!("SMC sockets of kind {}", kind.name()),
         Err(reason) => format!("every socket stays TCP: {}", reason.describe()),
@@ -55,7 +46,7 @@ pub fn run(args: Args) -> u8 {
     if args.json {
         let out = serde_json::json!({
             "valid": true,
-            "config": envoy_smc_core::config::to_json(&config),
+            "config": envoy_smc_core::config::to_json(config.proto()),
             "on_this_host": availability,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -64,7 +55,8 @@ pub fn run(args: Args) -> u8 {
         println!("on this host: {availability}");
         println!(
             "{}",
-            serde_yaml::to_string(&envoy_smc_core::config::to_json(&config)).unwrap_or_default()
+            serde_yaml::to_string(&envoy_smc_core::config::to_json(config.proto()))
+                .unwrap_or_default()
         );
     }
     exit::OK
