@@ -10,8 +10,8 @@
 //!    [`MAX_CONFIG_BYTES`]. Symlinks in the path are followed: the path comes from the operator
 //!    (Kubernetes mounts ConfigMaps through symlinks), and the checks apply to what it points at.
 //! 2. [`check_text`]: one linear pass over the text bounding the nesting depth
-//!    ([`MAX_DEPTH`]) before the YAML parser sees it (its cost grows with the square of the
-//!    nesting of flow collections).
+//!    ([`MAX_DEPTH`]) before the YAML parser sees it; the reader (`yaml.rs`) bounds it again
+//!    while it builds the value and refuses aliases, so no small text expands into a large value.
 //! 3. [`check_value`]: after parsing, every list and mapping has at most [`MAX_ITEMS`] entries
 //!    and the depth is bounded again, before the values are converted and validated. Per-field
 //!    limits (shorter lists, numeric ranges) are checked where the configuration is compiled

@@ -8,6 +8,7 @@
 mod json;
 pub mod limits;
 mod validate;
+pub mod yaml;
 
 use std::fmt;
 
@@ -173,7 +174,7 @@ fn parse_yaml(text: &str) -> Result<SmcConfig, ConfigError> {
     let value: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Null
     } else {
-        serde_yaml::from_str(text)
+        yaml::to_json(text)
             .map_err(|e| ConfigError::new("", format!("not valid YAML/JSON: {e}")))?
     };
     limits::check_value(&value)?;
