@@ -165,12 +165,12 @@ import json, sys
 print(sum(1 for c in json.load(sys.stdin)['connections']
           if c['mode'] == 'SMCR' and c['state'] == 'ACTIVE' and any(p['pid'] == $client_pid for p in c['processes'])))")
 expect "the switched-on cluster's connections are SMC-R ($smcr_client ACTIVE SMCR held by the client Envoy)" test "$smcr_client" -ge 1
-expect "the cluster kept on TCP stayed TCP (kept_on_tcp $(counter client 'envoy_smc_tcp_total{reason="kept_on_tcp"}'))" \
-  test "$(counter client 'envoy_smc_tcp_total{reason="kept_on_tcp"}')" -ge 1
-expect "the cluster without the switch stayed TCP (mesh_switch_absent $(counter client 'envoy_smc_tcp_total{reason="mesh_switch_absent"}'))" \
-  test "$(counter client 'envoy_smc_tcp_total{reason="mesh_switch_absent"}')" -ge 1
+expect "the cluster kept on TCP stayed TCP (kept_on_tcp $(counter client 'envoy_smc_tcp_kept_on_tcp'))" \
+  test "$(counter client 'envoy_smc_tcp_kept_on_tcp')" -ge 1
+expect "the cluster without the switch stayed TCP (mesh_switch_absent $(counter client 'envoy_smc_tcp_mesh_switch_absent'))" \
+  test "$(counter client 'envoy_smc_tcp_mesh_switch_absent')" -ge 1
 expect "the server's inbound listener is an SMC listener" \
-  test "$(( $(counter server envoy_smc_smc_listen_ipproto_smc_total) + $(counter server envoy_smc_smc_listen_af_smc_total) ))" -ge 1
+  test "$(( $(counter server envoy_smc_smc_listen_ipproto_smc) + $(counter server envoy_smc_smc_listen_af_smc) ))" -ge 1
 peer_no_smc=$(echo "$status" | python3 -c "import json, sys; print(json.load(sys.stdin)['summary']['fallback_by_reason'].get('PEERNOSMC', 0))")
 expect "TCP clients of the SMC listener fell back cleanly (PEERNOSMC $peer_no_smc)" test "$peer_no_smc" -ge 2
 no_addr=$(echo "$status" | python3 -c "
