@@ -164,9 +164,17 @@ check(all_ok(res[DENIED_CIDR]) and delta[DENIED_CIDR][1] >= 3 and delta[DENIED_C
 check(all_ok(res[DENIED_PORT]) and delta[DENIED_PORT][1] >= 3 and delta[DENIED_PORT][0] == 0,
       "the denied port is never offered SMC (no option 254 on its SYNs); its connections succeed on TCP",
       f"{name(DENIED_PORT)}: {delta[DENIED_PORT][0]}/{delta[DENIED_PORT][1]}")
-dec = (state() or {}).get("per_destination", {}).get("decisions", {})
-check(dec.get("offered", 0) >= 3 and dec.get("denied_address", 0) >= 3 and dec.get("denied_port", 0) >= 3,
-      "the agent reports the BPF program's decisions", json.dumps(dec))
+# The agent publishes its state once per round (--interval): wait for the round after the SYNs.
+def decisions():
+    return (state() or {}).get("per_destination", {}).get("decisions", {})
+
+
+def decided(d):
+    return d.get("offered", 0) >= 3 and d.get("denied_address", 0) >= 3 and d.get("denied_port", 0) >= 3
+
+
+dec = wait_for(lambda: (lambda d: d if decided(d) else None)(decisions()), 10) or decisions()
+check(decided(dec), "the agent reports the BPF program's decisions", json.dumps(dec))
 
 # ---- a black hole: SYNs carrying option 254 to 10.9.0.2:8080 are dropped ----
 ipt("-I", "OUTPUT", "2", "-p", "tcp", "--syn", "-d", BLACK_HOLE[0], "--dport", str(BLACK_HOLE[1]),
