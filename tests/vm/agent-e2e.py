@@ -1,42 +1,23 @@
 """The checks of tests/vm/agent-e2e.sh (run inside the VM by that script; see its header)."""
 import http.client, json, os, signal, subprocess, sys, threading, time
 
+from agent_checks import check, read_state, tally, wait_for
+
 W = os.environ["WORK"]
 CLI = os.environ["CLI"]
 AGENT_PID = int(os.environ["AGENT_PID"])
 PIDS = {n: int(os.environ[f"{n.upper()}_PID"]) for n in ("server", "client", "plain")}
 STATE = f"{W}/agent/state.json"
 T0 = time.time()
-passed = failed = 0
 results = []  # every request's (path, status)
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    passed, failed = (passed + 1, failed) if cond else (passed, failed + 1)
-    print(f"{'ok  ' if cond else 'FAIL'} {what}" + (f"  [{detail}]" if detail else ""), flush=True)
-    return cond
 
 
 def note(msg):
     print(f"     {msg}", flush=True)
 
 
-def wait_for(cond, timeout, step=0.1):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
-
-
 def state():
-    try:
-        return json.load(open(STATE))
-    except (OSError, ValueError):
-        return None
+    return read_state(STATE)
 
 
 def cgroups(st, key):
@@ -250,5 +231,5 @@ cw = [l for l in cw if l.strip()]
 smc_cw = [c for n in PIDS for c in status(PIDS[n]) if c["state"] in ("APPCLW1", "APPCLW2", "PEERCLW1", "PEERCLW2", "CLOSE_WAIT")]
 check(not cw and not smc_cw, "0 CLOSE-WAIT (TCP and SMC)", f"tcp: {cw[:3]}, smc: {modes(smc_cw)}")
 print(f"agent-e2e scenario took {time.time() - T0:.1f} s in the VM")
-print(f"agent-e2e: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+print(f"agent-e2e: {tally['passed']} passed, {tally['failed']} failed")
+sys.exit(1 if tally["failed"] else 0)

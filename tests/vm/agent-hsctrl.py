@@ -1,6 +1,8 @@
 """The checks of tests/vm/agent-hsctrl.sh (run inside the VM by that script; see its header)."""
 import json, os, signal, socket, subprocess, sys, threading, time
 
+from agent_checks import check, read_state, tally, wait_for
+
 W = os.environ["WORK"]
 IPT = os.environ["IPT"]
 CG = os.environ["CG"]
@@ -8,7 +10,6 @@ AGENT_PID = int(os.environ["AGENT_PID"])
 STATE = f"{W}/agent/state.json"
 SYSCTL = "/proc/sys/net/smc/hs_ctrl"
 T0 = time.time()
-passed = failed = 0
 
 ALLOWED = ("10.9.0.2", 8081)
 DENIED_CIDR = ("10.9.0.3", 8081)
@@ -17,28 +18,8 @@ BLACK_HOLE = ("10.9.0.2", 8080)
 DESTS = [ALLOWED, DENIED_CIDR, DENIED_PORT, BLACK_HOLE]
 
 
-def check(cond, what, detail=""):
-    global passed, failed
-    passed, failed = (passed + 1, failed) if cond else (passed, failed + 1)
-    print(f"{'ok  ' if cond else 'FAIL'} {what}" + (f"  [{detail}]" if detail else ""), flush=True)
-    return cond
-
-
-def wait_for(cond, timeout, step=0.1):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
-
-
 def state():
-    try:
-        return json.load(open(STATE))
-    except (OSError, ValueError):
-        return None
+    return read_state(STATE)
 
 
 def agent_log():
@@ -237,7 +218,7 @@ res = connect(ALLOWED, 1)
 check(all_ok(res, proto=6), "after the agent stopped, new sockets are plain TCP", f"{res}")
 
 print(f"agent-hsctrl scenario took {time.time() - T0:.1f} s in the VM")
-print(f"agent-hsctrl: {passed} passed, {failed} failed")
-if failed:
+print(f"agent-hsctrl: {tally['passed']} passed, {tally['failed']} failed")
+if tally["failed"]:
     print(agent_log()[-3000:])
-sys.exit(1 if failed else 0)
+sys.exit(1 if tally["failed"] else 0)
