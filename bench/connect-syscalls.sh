@@ -4,9 +4,9 @@
 #
 #   bench/connect-syscalls.sh [--no-build] [N]        (N connects per count, default 100)
 #
-# "before" is the tree at BEFORE_REF (default: a9642dc, the single-crate tree before issue 16; its
-# build commands are the old layout's), built in a git worktree under .cache/;
-# "after" is this tree. Both in PROFILE (default release; the counts do not depend on it).
+# "before" is the tree at BEFORE_REF (default: a9642dc, the single-crate tree before issue 16),
+# "after" is this tree, both built by bench/build-before-after.sh in PROFILE (default release;
+# the counts do not depend on it).
 # Each count is `strace -f -c` over a client that makes 1 + N connects minus the same client
 # making 1 (the first connect carries the library's set-up), divided by N:
 #   preload:  bench/connect_syscalls.py, a Python client that opens a socket, sets TCP_NODELAY,
@@ -28,27 +28,7 @@ if [ "${1:-}" != --in-vm ]; then
   build=1
   [ "${1:-}" = --no-build ] && { build=0; shift; }
   n=${1:-100}
-  profile=${PROFILE:-release}
-  flag=$([ "$profile" = release ] && echo --release || true)
-  mkdir -p "$gen/before" "$gen/after"
-  if [ "$build" = 1 ]; then
-    src=$gen/before-src
-    before_ref=${BEFORE_REF:-a9642dc}
-    [ -d "$src" ] || git worktree add --detach "$src" "$before_ref" >/dev/null
-    git -C "$src" checkout -q --detach "$before_ref"
-    # The same target directory: dependencies are built once; the final artifacts are copied
-    # out before the other tree overwrites them (touched, so that cargo links them again even
-    # when the other tree's build replaced them last).
-    touch "$src/src/lib.rs" "$src/preload/src/lib.rs"
-    cargo build --quiet $flag -p envoy-smc-preload -p envoy-smc --lib \
-      --manifest-path "$src/Cargo.toml" --target-dir "$repo/target"
-    cp "$repo/target/$profile/libenvoy_smc_preload.so" "$repo/target/$profile/libenvoy_smc.a" \
-      "$src/include/envoy_smc.h" "$gen/before/"
-    touch capi/src/lib.rs preload/src/lib.rs
-    cargo build --quiet $flag -p envoy-smc-preload -p envoy-smc-capi --lib
-    cp "$repo/target/$profile/libenvoy_smc_preload.so" "$repo/target/$profile/libenvoy_smc.a" \
-      include/envoy_smc.h "$gen/after/"
-  fi
+  [ "$build" = 0 ] || bash bench/build-before-after.sh
   cc -O2 -Wall -Wextra -Werror -DENVOY_SMC_SPLIT_ABI -I "$gen/before" -o "$gen/before/abi-connect" \
     bench/abi-connect.c "$gen/before/libenvoy_smc.a" -lpthread -ldl -lm
   cc -O2 -Wall -Wextra -Werror -I "$gen/after" -o "$gen/after/abi-connect" \

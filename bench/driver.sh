@@ -8,7 +8,8 @@
 # Inputs (environment):
 #   BENCH_DIR        output directory; BENCH_DIR/cfg holds what run.sh generated:
 #                    <pair>-client.yaml, <pair>-server.yaml, <pair>.env (CLIENT_ADMIN, SERVER_ADMIN,
-#                    OUTBOUND, SMC_CONFIG = envoy-smc config file, empty: no preload library)
+#                    OUTBOUND, SMC_CONFIG = envoy-smc config file, empty: no preload library;
+#                    PRELOAD = that pair's preload library, empty: BENCH_PRELOAD)
 #   BENCH_PAIRS      pair names in their first-round order, e.g. "off on"
 #   BENCH_PHASES     "NAME:PATH:CLOSE:SECONDS:ROUNDS ...", e.g. "keepalive:/:0:5:1 close:/close:1:5:2"
 #   BENCH_WARMUP     seconds of unrecorded load per pair before the first phase
@@ -106,11 +107,11 @@ wait_ready() {  # wait_ready NAME PID ADMIN_PORT
   die "$name not ready after 120 s"
 }
 
-start_envoy() {  # start_envoy NAME CONFIG SMC_CONFIG -> LAST_PID
-  local name=$1 cfg=$2 smc=$3
+start_envoy() {  # start_envoy NAME CONFIG SMC_CONFIG [PRELOAD] -> LAST_PID
+  local name=$1 cfg=$2 smc=$3 lib=${4:-${BENCH_PRELOAD:-}}
   local env=()
   if [ -n "$smc" ]; then
-    env=(LD_PRELOAD="$BENCH_PRELOAD" ENVOY_SMC_CONFIG="$smc" ENVOY_SMC_STATS_FILE="$D/$name.prom"
+    env=(LD_PRELOAD="$lib" ENVOY_SMC_CONFIG="$smc" ENVOY_SMC_STATS_FILE="$D/$name.prom"
       ENVOY_SMC_STATS_INTERVAL=1 ENVOY_SMC_LOG=warn)
   fi
   env "${env[@]}" "$ENVOY_BIN" --disable-hot-restart --concurrency "$CONCURRENCY" -l warning \
@@ -154,14 +155,18 @@ cpu_ticks() {
   CPU_TICKS=$((f[11] + f[12]))
 }
 
-cpu_snapshot() {  # cpu_snapshot PAIR -> CPU_PAIR "client server" ticks
-  cpu_ticks "${CPID[$1]}"; local c=$CPU_TICKS
+cpu_snapshot() {  # cpu_snapshot PAIR -> CPU_PAIR "client server" ticks, VM_BUSY ticks
+  cpu_ticks "${CPID[$1]}"; local c=$CPU_TICKS f
   cpu_ticks "${SPID[$1]}"
   CPU_PAIR="$c $CPU_TICKS"
+  # the whole machine's non-idle time (user nice system irq softirq steal): SMC-R's RDMA work runs
+  # in kernel threads, not charged to the Envoys
+  read -r -a f </proc/stat
+  VM_BUSY=$((f[1] + f[2] + f[3] + f[6] + f[7] + f[8]))
 }
 
-admin_stats() {  # admin_stats PORT FILE
-  if http "$1" GET "/stats?filter=cluster.server_sidecar"; then
+admin_stats() {  # admin_stats PORT FILE [FILTER]
+  if http "$1" GET "/stats?filter=${3:-cluster.server_sidecar}"; then
     printf '%s' "$HTTP_BODY" >"$2"
   fi
 }
@@ -204,17 +209,17 @@ PIDS+=("$!")
 exec {ECHO_FD}>"$ECHO_IN"
 
 # the Envoys: all servers first (in parallel), then all clients
-declare -A CLIENT_ADMIN SERVER_ADMIN OUTBOUND SMC
+declare -A CLIENT_ADMIN SERVER_ADMIN OUTBOUND SMC LIB
 for p in "${PAIRS[@]}"; do
-  CLIENT_ADMIN_PORT='' SERVER_ADMIN_PORT='' OUTBOUND_PORT='' SMC_CONFIG=
+  CLIENT_ADMIN_PORT='' SERVER_ADMIN_PORT='' OUTBOUND_PORT='' SMC_CONFIG='' PRELOAD=''
   # shellcheck disable=SC1090
   . "$CFG/$p.env"
   CLIENT_ADMIN[$p]=$CLIENT_ADMIN_PORT SERVER_ADMIN[$p]=$SERVER_ADMIN_PORT
-  OUTBOUND[$p]=$OUTBOUND_PORT SMC[$p]=$SMC_CONFIG
+  OUTBOUND[$p]=$OUTBOUND_PORT SMC[$p]=$SMC_CONFIG LIB[$p]=$PRELOAD
 done
 declare -A SPID CPID
-for p in "${PAIRS[@]}"; do start_envoy "$p-server" "$CFG/$p-server.yaml" "${SMC[$p]}"; SPID[$p]=$LAST_PID; done
-for p in "${PAIRS[@]}"; do start_envoy "$p-client" "$CFG/$p-client.yaml" "${SMC[$p]}"; CPID[$p]=$LAST_PID; done
+for p in "${PAIRS[@]}"; do start_envoy "$p-server" "$CFG/$p-server.yaml" "${SMC[$p]}" "${LIB[$p]}"; SPID[$p]=$LAST_PID; done
+for p in "${PAIRS[@]}"; do start_envoy "$p-client" "$CFG/$p-client.yaml" "${SMC[$p]}" "${LIB[$p]}"; CPID[$p]=$LAST_PID; done
 for p in "${PAIRS[@]}"; do
   wait_ready "$p-server" "${SPID[$p]}" "${SERVER_ADMIN[$p]}"
   wait_ready "$p-client" "${CPID[$p]}" "${CLIENT_ADMIN[$p]}"
@@ -255,12 +260,14 @@ for ph in "${PHASES[@]}"; do
       base=$D/$name-$r-$p
       snapshot "$base.before"
       log "$name round $r/$rounds: $p (${secs} s)"
-      cpu_snapshot "$p"; cpu0=$CPU_PAIR
+      cpu_snapshot "$p"; cpu0=$CPU_PAIR busy0=$VM_BUSY
       wrk_run "$p" "$path" "$close" "$secs" "$base.json" || die "wrk failed ($name $r $p): $(tail -5 "$base.txt")"
       cpu_snapshot "$p"
-      printf 'ticks_per_second %s\nbefore %s\nafter %s\n' "$CLK_TCK" "$cpu0" "$CPU_PAIR" >"$base.cpu.txt"
+      printf 'ticks_per_second %s\nbefore %s\nafter %s\nvm_busy %s %s\n' "$CLK_TCK" "$cpu0" "$CPU_PAIR" \
+        "$busy0" "$VM_BUSY" >"$base.cpu.txt"
       snapshot "$base.after"
       admin_stats "${CLIENT_ADMIN[$p]}" "$base.client-stats.txt"
+      admin_stats "${SERVER_ADMIN[$p]}" "$base.server-stats.txt" cx_total
       printf '%s\t%s\t%s\t%s\n' "$name" "$r" "$p" "${base##*/}" >>"$D/runs.tsv"
     done
   done
