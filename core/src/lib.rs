@@ -1,8 +1,8 @@
 //! envoy-smc's core: put Envoy/Istio sidecar traffic on SMC-R (`AF_SMC` / `IPPROTO_SMC`) with
 //! per-destination fallback to TCP. Every entry point (the C ABI in `capi/`, the preload in
 //! `preload/`, the `envoy-smc` command in `cli/`) sits on top of this crate; it imports none of
-//! them. `unsafe` lives in the kernel layer ([`smc`]) and in the few modules that talk to libc or
-//! hold lock-free structures, each block with its reason.
+//! them. `unsafe` lives in the kernel layer ([`smc`], [`os`]) and in the lock-free structures of
+//! [`adaptive`], each block with its reason.
 //!
 //! Modules, bottom up:
 
@@ -10,6 +10,9 @@
 pub mod adaptive;
 /// The one configuration message (`api/envoy_smc/v1/smc.proto`), loading and validation.
 pub mod config;
+/// The kernel layer for what is not SMC: file, process and plain-socket calls behind safe
+/// signatures.
+pub mod os;
 /// A directory this process owns, and files written into it without following links.
 pub mod owned_dir;
 /// The decisions of DESIGN.md as plain functions over a compiled config.
