@@ -97,7 +97,7 @@ def table(kind, syscalls_path, results_path):
     print("SMC-first vs today, client sockets, %s; %s rounds of %s connections per SMC-R cell,"
           " %s per TCP cell" % (kind, rounds, n_of("today-smc"), n_of("today-tcp")))
     print("(syscalls: strace -f -c per connect; others: median of rounds, spread min-max)")
-    head = "%-22s %-9s %8s %18s %18s %18s %18s" % (
+    head = "%-22s %-9s %8s %20s %20s %20s %20s" % (
         "outcome", "strategy", "syscalls", "conn/s", "client CPU us", "server CPU us",
         "VM CPU us")
     print(head)
@@ -113,14 +113,14 @@ def table(kind, syscalls_path, results_path):
             for k in keys:
                 m, spread = med(cell, k)
                 meds[(cell, k)] = m
-                line += " %18s" % ("-" if m is None else "%.0f (%s)" % (m, spread))
+                line += " %20s" % ("-" if m is None else "%.0f (%s)" % (m, spread))
             print(line)
         t, s = "today-" + out, "smcfirst-" + out
         line = "%-22s %-9s %8s" % (label, "ratio", "%.2fx" % (calls[s] / calls[t])
                                    if calls.get(t) else "-")
         for k in keys:
             a, b = meds[(t, k)], meds[(s, k)]
-            line += " %18s" % ("%.2fx" % (b / a) if a and b is not None else "-")
+            line += " %20s" % ("%.2fx" % (b / a) if a and b is not None else "-")
         print(line)
         line = "%-22s %-9s %8s" % (label, "paired", "")
         for k in keys:
@@ -129,7 +129,7 @@ def table(kind, syscalls_path, results_path):
                 for a, b in zip(runs.get(t, []), runs.get(s, []))
                 if float(a[k]) > 0
             ]
-            line += " %18s" % ("%.2fx (%.2f-%.2f)" % (statistics.median(pairs), min(pairs),
+            line += " %20s" % ("%.2fx (%.2f-%.2f)" % (statistics.median(pairs), min(pairs),
                                                       max(pairs)) if pairs else "-")
         print(line)
     print("ratio = SMC-first / today of the medians; paired = median (min-max) of the ratios of"
