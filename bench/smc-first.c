@@ -14,8 +14,9 @@
  *       link group) and stays out of the timing. Prints one "result" line: wall time, connections
  *       per second, CPU per connection of this process (getrusage), of SERVER_PID
  *       (/proc/PID/stat) and of the whole VM (/proc/stat: kworkers and softirqs too).
- *       HOLD=FILE: afterwards one more connection is opened and kept, its inode printed as
- *       "held INODE", until FILE exists (so the script can read it in smc_diag).
+ *       HOLD=FILE: afterwards one more connection is opened and kept, its inode and the
+ *       family and protocol its fd answers with printed as "held INODE fd-domain=D
+ *       fd-protocol=P", until FILE exists (so the script can read it in smc_diag).
  *
  * Strategies:
  *   today     envoy_smc_socket() (a plain TCP socket), envoy_smc_on_connect() with the shim's
@@ -293,8 +294,15 @@ static int client(int argc, char **argv) {
   if (hold != NULL) {
     int fd = connect_one(&c);
     struct stat sb;
-    if (fstat(fd, &sb) != 0) die("fstat");
-    printf("held %llu\n", (unsigned long long)sb.st_ino);
+    int domain = 0, proto = 0;
+    socklen_t dl = sizeof domain, pl = sizeof proto;
+    if (fstat(fd, &sb) != 0 || getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) != 0)
+      die("held socket");
+    /* What the fd answers as: after the fallback switch the kernel hands it to the internal TCP
+     * socket (AF_INET, IPPROTO_TCP) although smc_diag still lists the SMC socket. */
+    printf("held %llu fd-domain=%d fd-protocol=%d\n", (unsigned long long)sb.st_ino, domain,
+           proto);
     fflush(stdout);
     for (int i = 0; i < 1200 && access(hold, F_OK) != 0; i++) usleep(50000);
     close_one(&c, fd);

@@ -111,6 +111,7 @@ adaptive_fallback: {disabled: true}"
     "${report[@]}" verify "$cell" "$work/before.json" "$work/during.json" \
       "$(awk '/^held/ { print $2 }' "$work/held.out")"
     grep -v ready "$work/syn.out" | sed 's/^/                 /'
+    awk '/^held/ { print "                 the held fd answers as " $3 ", " $4 }' "$work/held.out"
   done
 
   : >"$work/syscalls-$kind"
