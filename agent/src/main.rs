@@ -35,8 +35,8 @@ enum Command {
     Check,
     /// Show which pods the running agent selected (from its state file).
     Status(StatusArgs),
-    /// Print the DaemonSet that runs the agent on every node (YAML; the same as
-    /// `envoy-smc render` writes into node/agent.yaml).
+    /// Print the DaemonSet that runs the agent on every node, after its policy ConfigMap when
+    /// --config is given (YAML; the same as `envoy-smc render` writes into node/agent.yaml).
     Manifest(ManifestArgs),
 }
 
@@ -59,6 +59,14 @@ struct ManifestArgs {
     /// The uid the sidecars run as.
     #[arg(long, default_value_t = select::DEFAULT_PROXY_UID)]
     uid: u32,
+    /// An envoy-smc configuration file: printed as the policy ConfigMap the DaemonSet mounts
+    /// and passes as `run --config`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Grant CAP_SYS_ADMIN: smc_hs_ctrl and the black-hole watch also in pods' own network
+    /// namespaces (setns). The broadest capability, on every node: see agent/README.md.
+    #[arg(long)]
+    cap_sys_admin: bool,
 }
 
 #[derive(clap::Args)]
@@ -107,19 +115,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check => node::check(),
         Command::Status(a) => state::show(&a.state_file, a.json),
-        Command::Manifest(m) => {
-            // The one definition, also rendered into envoy-config/node/agent.yaml.
-            let d = envoy_smc_cli::render::node::agent_daemonset(
-                &envoy_smc_cli::render::node::AgentParams {
-                    image: &m.image,
-                    namespace: &m.namespace,
-                    uid: m.uid,
-                },
-            );
-            serde_yaml::to_string(&d)
-                .map(|y| print!("{y}"))
-                .map_err(|e| e.to_string())
-        }
+        Command::Manifest(m) => manifest(&m),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +124,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the agent's manifests: the one definition, also rendered into
+/// envoy-config/node/agent.yaml.
+fn manifest(m: &ManifestArgs) -> Result<(), String> {
+    let config = match &m.config {
+        Some(p) => Some(
+            envoy_smc_core::config::from_file(p)
+                .map_err(|e| format!("--config {}: {e}", p.display()))?
+                .into_proto(),
+        ),
+        None => None,
+    };
+    let docs =
+        envoy_smc_cli::render::node::agent_manifests(&envoy_smc_cli::render::node::AgentParams {
+            image: &m.image,
+            namespace: &m.namespace,
+            uid: m.uid,
+            config: config.as_ref(),
+            cap_sys_admin: m.cap_sys_admin,
+        });
+    for d in docs {
+        let yaml = serde_yaml::to_string(&d).map_err(|e| e.to_string())?;
+        print!("---\n{yaml}");
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
