@@ -87,6 +87,8 @@ if [ "$run_vm" = 1 ]; then
   step live-switch bash tests/vm/live-switch.sh
   # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (90-200 s with the boot).
   step agent bash tests/vm/agent-e2e.sh
+  # The same on the 7.3 kernel, with the agent's smc_hs_ctrl selected (SMC-D loopback off: SMC-R).
+  step agent-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built ENVOY_SMC_VM_SMCD_LOOPBACK=off bash tests/vm/agent-e2e.sh --no-build
   # The agent's per-destination decisions with smc_hs_ctrl on the 7.3 kernel: a denied CIDR and
   # port never get TCP option 254, a black-holed destination is held on TCP (about 100 s).
   step agent-hsctrl bash tests/vm/agent-hsctrl.sh --no-build

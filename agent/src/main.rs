@@ -77,12 +77,14 @@ struct RunArgs {
     /// Seconds between two scans of /proc.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
-    /// The opt-in annotation.
-    #[arg(long, default_value = envoy_smc_core::config::DEFAULT_OPT_IN_ANNOTATION)]
-    annotation: String,
+    /// The opt-in annotation. Default: the configuration's `opt_in.annotation`
+    /// (smc.asm.alibabacloud.com/enabled).
+    #[arg(long)]
+    annotation: Option<String>,
     /// The downward-API annotations file, relative to each sidecar's root (/proc/<pid>/root).
-    #[arg(long, default_value = select::DEFAULT_ANNOTATIONS_PATH)]
-    annotations_path: String,
+    /// Default: the configuration's `opt_in.annotations_file`, else etc/istio/pod/annotations.
+    #[arg(long)]
+    annotations_path: Option<String>,
     /// The cgroup v2 mount (default: the first cgroup2 mount in /proc/self/mountinfo).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
@@ -159,14 +161,36 @@ fn run(args: RunArgs) -> Result<(), String> {
             args.interval
         ));
     }
-    if args.annotation.is_empty() {
+    // The same opt-in as the other entry points: the configuration's, unless the flags say.
+    let smc_config = match &args.config {
+        Some(p) => envoy_smc_core::config::from_file(p)
+            .map_err(|e| format!("--config {}: {e}", p.display()))?,
+        None => envoy_smc_core::config::Config::default(),
+    };
+    let annotation = args
+        .annotation
+        .unwrap_or_else(|| smc_config.opt_in.annotation.clone());
+    if annotation.is_empty() {
         return Err("--annotation: empty".into());
     }
-    if args.annotations_path.starts_with('/') || args.annotations_path.split('/').any(|c| c == "..")
+    let (annotations_path, path_from) =
+        match (&args.annotations_path, &smc_config.opt_in.annotations_file) {
+            (Some(p), _) => (p.clone(), "--annotations-path"),
+            (None, Some(f)) => (
+                f.to_string_lossy().trim_start_matches('/').to_string(),
+                "opt_in.annotations_file",
+            ),
+            (None, None) => (
+                select::DEFAULT_ANNOTATIONS_PATH.to_string(),
+                "--annotations-path",
+            ),
+        };
+    if annotations_path.is_empty()
+        || annotations_path.starts_with('/')
+        || annotations_path.split('/').any(|c| c == "..")
     {
         return Err(format!(
-            "--annotations-path {:?}: must be relative to the pod's root, without ..",
-            args.annotations_path
+            "{path_from} {annotations_path:?}: must be a file in the pod's root, without .."
         ));
     }
     let cgroup_root = match args.cgroup_root {
@@ -184,14 +208,10 @@ fn run(args: RunArgs) -> Result<(), String> {
     let ns_root = select::namespace_root(&cgroup_root, own, std::process::id())?;
     let mut sel = select::Selector::new(args.proc, cgroup_root, args.uid);
     sel.ns_root = ns_root;
-    sel.annotation = args.annotation;
-    sel.annotations_path = args.annotations_path;
+    sel.annotation = annotation;
+    sel.annotations_path = annotations_path;
+    sel.all_workloads = smc_config.opt_in.all_workloads;
     let publisher = state::Publisher::new(args.state_file)?;
-    let smc_config = match &args.config {
-        Some(p) => envoy_smc_core::config::from_file(p)
-            .map_err(|e| format!("--config {}: {e}", p.display()))?,
-        None => envoy_smc_core::config::Config::default(),
-    };
     let rules = hsctrl::Rules::from_config(&smc_config);
     let adaptive = smc_config.adaptive;
 
@@ -202,9 +222,13 @@ fn run(args: RunArgs) -> Result<(), String> {
 
     let converter = bpf::Converter::attach()?;
     eprintln!(
-        "envoy-smc-agent: attached to update_socket_protocol; selecting uid {} processes of pods with {}=\"true\" ({} under {}, this agent's cgroup namespace at {})",
+        "envoy-smc-agent: attached to update_socket_protocol; selecting uid {} processes of {} ({} under {}, this agent's cgroup namespace at {})",
         sel.uid,
-        sel.annotation,
+        if sel.all_workloads {
+            "every pod (opt_in.all_workloads)".to_string()
+        } else {
+            format!("pods with {}=\"true\"", sel.annotation)
+        },
         sel.annotations_path,
         sel.cgroup_root.display(),
         sel.ns_root

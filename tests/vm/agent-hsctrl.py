@@ -1,7 +1,7 @@
 """The checks of tests/vm/agent-hsctrl.sh (run inside the VM by that script; see its header)."""
 import atexit, json, os, signal, socket, subprocess, sys, threading, time
 
-from agent_checks import check, read_state, tally, wait_for
+from agent_checks import check, exited, read_state, tally, wait_for
 
 W = os.environ["WORK"]
 IPT = os.environ["IPT"]
@@ -192,13 +192,6 @@ check(all_ok(res) and d[ALLOWED][0] - base[ALLOWED][0] == d[ALLOWED][1] - base[A
 
 # ---- withdrawal ----
 os.kill(AGENT_PID, signal.SIGTERM)
-def exited(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"  # a zombie not reaped yet
-    except FileNotFoundError:
-        return True
-
-
 stopped = wait_for(lambda: exited(AGENT_PID), 10)
 hs_after = open(SYSCTL).read().strip()
 # An unregistered struct_ops can no longer be selected: the kernel refuses its name (EINVAL).
