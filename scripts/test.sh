@@ -18,8 +18,10 @@ run_vm=1
 # A fresh machine gets what the suite needs first (idempotent: installs only what is missing).
 bash scripts/install-deps.sh || { echo "test.sh: installing the dependencies failed"; exit 1; }
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Each step's output is kept until the end: a failed step's last lines are printed again just
+# above the totals, so a CI that shows only the tail of the output still shows why.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 passed=0
 failed=0
 skipped=0
@@ -31,6 +33,7 @@ step() {
   shift
   echo "=== $name: $*"
   local start=$SECONDS
+  local log="$logs/$name.log"
   "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local p f s
@@ -95,6 +98,10 @@ if [ "$run_vm" = 1 ]; then
 fi
 
 echo
+for name in "${steps_failed[@]}"; do
+  echo "--- $name failed; its last 40 lines:"
+  tail -n 40 "$logs/$name.log"
+done
 [ ${#steps_failed[@]} -gt 0 ] && echo "failed steps: ${steps_failed[*]}"
 echo "total: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ ${#steps_failed[@]} -eq 0 ]
