@@ -60,7 +60,8 @@ run() {
   out="$("$@" 2>&1)"
   rc=$?
   set -e
-  summary="$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)"
+  # No summary line is a finding, not a reason to stop (grep finds nothing: status 1).
+  summary="$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1 || true)"
   printf '%s\n' "$out" | grep -vE '^[0-9]+ passed, [0-9]+ failed$' || true
   if [[ "$summary" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
     p="${BASH_REMATCH[1]}"
