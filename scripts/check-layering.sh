@@ -34,5 +34,16 @@ for crate in envoy-smc-core envoy-smc-capi envoy-smc-preload envoy-smc; do
     fi
   done
 done
-[ "$bad" = 0 ] && echo "check-layering: core and C ABI free of ${forbidden[*]}; dependencies point downward"
+# The core denies unsafe_code (core/src/lib.rs) and allows it on its kernel layer (smc, os) alone.
+kernel_layer="pub mod os;
+pub mod smc;"
+opened=$(grep -rnE -A1 '(allow|expect)\([^)]*unsafe_code' core/src | grep -vE '(allow|expect)\([^)]*unsafe_code' | grep -v '^--$' || true)
+if ! grep -qx '#!\[deny(unsafe_code)\]' core/src/lib.rs \
+  || [ "$(sed -E 's/^core\/src\/lib\.rs-[0-9]+-//' <<<"$opened")" != "$kernel_layer" ]; then
+  echo "check-layering: unsafe_code must be denied in core/src/lib.rs and allowed only on" \
+    "the kernel layer (pub mod os; pub mod smc;); allowed on:" >&2
+  echo "$opened" >&2
+  bad=1
+fi
+[ "$bad" = 0 ] && echo "check-layering: core and C ABI free of ${forbidden[*]}; dependencies point downward; unsafe only in the core's kernel layer"
 exit "$bad"

@@ -43,14 +43,9 @@ say "the node: envoy-smc doctor"
 "$cli" doctor | sed -n '1,12p'
 
 say "Istio-style redirect: 10.9.0.2:8080 -> the server sidecar's inbound listener :15006"
-ipt=iptables-legacy
-command -v $ipt >/dev/null || ipt=iptables
-# Both sidecars share this VM's kernel: leave the client side untracked so that the server's
-# original_dst sees the app port (FACTS.md, "Istio-shaped interception").
-$ipt -t raw -A OUTPUT -o "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-$ipt -t raw -A PREROUTING -i "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-$ipt -t nat -A PREROUTING -i "$ENVOY_SMC_VM_SERVER_NETDEV" -p tcp -d 10.9.0.2 --dport 8080 \
-  -j DNAT --to-destination 10.9.0.2:15006
+# shellcheck source=tests/vm/redirect-lib.sh
+source "$repo/tests/vm/redirect-lib.sh"
+istio_redirect
 echo "iptables rules in place"
 
 say "starting the echo backend and both sidecars (stock Envoy + LD_PRELOAD=libenvoy_smc_preload.so)"

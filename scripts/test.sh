@@ -18,8 +18,10 @@ run_vm=1
 # A fresh machine gets what the suite needs first (idempotent: installs only what is missing).
 bash scripts/install-deps.sh || { echo "test.sh: installing the dependencies failed"; exit 1; }
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Each step's output is kept until the end: a failed step's last lines are printed again just
+# above the totals, so a CI that shows only the tail of the output still shows why.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 passed=0
 failed=0
 skipped=0
@@ -31,6 +33,7 @@ step() {
   shift
   echo "=== $name: $*"
   local start=$SECONDS
+  local log="$logs/$name.log"
   "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local p f s
@@ -87,12 +90,18 @@ if [ "$run_vm" = 1 ]; then
   step live-switch bash tests/vm/live-switch.sh
   # The node agent: stock Envoys as uid 1337, SMC by BPF, no preload (90-200 s with the boot).
   step agent bash tests/vm/agent-e2e.sh
+  # The same on the 7.3 kernel, with the agent's smc_hs_ctrl selected (SMC-D loopback off: SMC-R).
+  step agent-7.3 env ENVOY_SMC_VM_KERNEL_KIND=built ENVOY_SMC_VM_SMCD_LOOPBACK=off bash tests/vm/agent-e2e.sh --no-build
   # The agent's per-destination decisions with smc_hs_ctrl on the 7.3 kernel: a denied CIDR and
   # port never get TCP option 254, a black-holed destination is held on TCP (about 100 s).
   step agent-hsctrl bash tests/vm/agent-hsctrl.sh --no-build
 fi
 
 echo
+for name in "${steps_failed[@]}"; do
+  echo "--- $name failed; its last 40 lines:"
+  tail -n 40 "$logs/$name.log"
+done
 [ ${#steps_failed[@]} -gt 0 ] && echo "failed steps: ${steps_failed[*]}"
 echo "total: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ ${#steps_failed[@]} -eq 0 ]

@@ -35,8 +35,8 @@ enum Command {
     Check,
     /// Show which pods the running agent selected (from its state file).
     Status(StatusArgs),
-    /// Print the DaemonSet that runs the agent on every node (YAML; the same as
-    /// `envoy-smc render` writes into node/agent.yaml).
+    /// Print the DaemonSet that runs the agent on every node, after its policy ConfigMap when
+    /// --config is given (YAML; the same as `envoy-smc render` writes into node/agent.yaml).
     Manifest(ManifestArgs),
 }
 
@@ -59,6 +59,14 @@ struct ManifestArgs {
     /// The uid the sidecars run as.
     #[arg(long, default_value_t = select::DEFAULT_PROXY_UID)]
     uid: u32,
+    /// An envoy-smc configuration file: printed as the policy ConfigMap the DaemonSet mounts
+    /// and passes as `run --config`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Grant CAP_SYS_ADMIN: smc_hs_ctrl and the black-hole watch also in pods' own network
+    /// namespaces (setns). The broadest capability, on every node: see agent/README.md.
+    #[arg(long)]
+    cap_sys_admin: bool,
 }
 
 #[derive(clap::Args)]
@@ -69,12 +77,14 @@ struct RunArgs {
     /// Seconds between two scans of /proc.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
-    /// The opt-in annotation.
-    #[arg(long, default_value = envoy_smc_core::config::DEFAULT_OPT_IN_ANNOTATION)]
-    annotation: String,
+    /// The opt-in annotation. Default: the configuration's `opt_in.annotation`
+    /// (smc.asm.alibabacloud.com/enabled).
+    #[arg(long)]
+    annotation: Option<String>,
     /// The downward-API annotations file, relative to each sidecar's root (/proc/<pid>/root).
-    #[arg(long, default_value = select::DEFAULT_ANNOTATIONS_PATH)]
-    annotations_path: String,
+    /// Default: the configuration's `opt_in.annotations_file`, else etc/istio/pod/annotations.
+    #[arg(long)]
+    annotations_path: Option<String>,
     /// The cgroup v2 mount (default: the first cgroup2 mount in /proc/self/mountinfo).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
@@ -107,19 +117,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check => node::check(),
         Command::Status(a) => state::show(&a.state_file, a.json),
-        Command::Manifest(m) => {
-            // The one definition, also rendered into envoy-config/node/agent.yaml.
-            let d = envoy_smc_cli::render::node::agent_daemonset(
-                &envoy_smc_cli::render::node::AgentParams {
-                    image: &m.image,
-                    namespace: &m.namespace,
-                    uid: m.uid,
-                },
-            );
-            serde_yaml::to_string(&d)
-                .map(|y| print!("{y}"))
-                .map_err(|e| e.to_string())
-        }
+        Command::Manifest(m) => manifest(&m),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +128,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints the agent's manifests: the one definition, also rendered into
+/// envoy-config/node/agent.yaml.
+fn manifest(m: &ManifestArgs) -> Result<(), String> {
+    let config = match &m.config {
+        Some(p) => Some(
+            envoy_smc_core::config::from_file(p)
+                .map_err(|e| format!("--config {}: {e}", p.display()))?
+                .into_proto(),
+        ),
+        None => None,
+    };
+    let docs =
+        envoy_smc_cli::render::node::agent_manifests(&envoy_smc_cli::render::node::AgentParams {
+            image: &m.image,
+            namespace: &m.namespace,
+            uid: m.uid,
+            config: config.as_ref(),
+            cap_sys_admin: m.cap_sys_admin,
+        });
+    for d in docs {
+        let yaml = serde_yaml::to_string(&d).map_err(|e| e.to_string())?;
+        print!("---\n{yaml}");
+    }
+    Ok(())
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
     if !(args.interval.is_finite() && (0.05..=3600.0).contains(&args.interval)) {
         return Err(format!(
@@ -137,14 +161,36 @@ fn run(args: RunArgs) -> Result<(), String> {
             args.interval
         ));
     }
-    if args.annotation.is_empty() {
+    // The same opt-in as the other entry points: the configuration's, unless the flags say.
+    let smc_config = match &args.config {
+        Some(p) => envoy_smc_core::config::from_file(p)
+            .map_err(|e| format!("--config {}: {e}", p.display()))?,
+        None => envoy_smc_core::config::Config::default(),
+    };
+    let annotation = args
+        .annotation
+        .unwrap_or_else(|| smc_config.opt_in.annotation.clone());
+    if annotation.is_empty() {
         return Err("--annotation: empty".into());
     }
-    if args.annotations_path.starts_with('/') || args.annotations_path.split('/').any(|c| c == "..")
+    let (annotations_path, path_from) =
+        match (&args.annotations_path, &smc_config.opt_in.annotations_file) {
+            (Some(p), _) => (p.clone(), "--annotations-path"),
+            (None, Some(f)) => (
+                f.to_string_lossy().trim_start_matches('/').to_string(),
+                "opt_in.annotations_file",
+            ),
+            (None, None) => (
+                select::DEFAULT_ANNOTATIONS_PATH.to_string(),
+                "--annotations-path",
+            ),
+        };
+    if annotations_path.is_empty()
+        || annotations_path.starts_with('/')
+        || annotations_path.split('/').any(|c| c == "..")
     {
         return Err(format!(
-            "--annotations-path {:?}: must be relative to the pod's root, without ..",
-            args.annotations_path
+            "{path_from} {annotations_path:?}: must be a file in the pod's root, without .."
         ));
     }
     let cgroup_root = match args.cgroup_root {
@@ -162,14 +208,10 @@ fn run(args: RunArgs) -> Result<(), String> {
     let ns_root = select::namespace_root(&cgroup_root, own, std::process::id())?;
     let mut sel = select::Selector::new(args.proc, cgroup_root, args.uid);
     sel.ns_root = ns_root;
-    sel.annotation = args.annotation;
-    sel.annotations_path = args.annotations_path;
+    sel.annotation = annotation;
+    sel.annotations_path = annotations_path;
+    sel.all_workloads = smc_config.opt_in.all_workloads;
     let publisher = state::Publisher::new(args.state_file)?;
-    let smc_config = match &args.config {
-        Some(p) => envoy_smc_core::config::from_file(p)
-            .map_err(|e| format!("--config {}: {e}", p.display()))?,
-        None => envoy_smc_core::config::Config::default(),
-    };
     let rules = hsctrl::Rules::from_config(&smc_config);
     let adaptive = smc_config.adaptive;
 
@@ -180,9 +222,13 @@ fn run(args: RunArgs) -> Result<(), String> {
 
     let converter = bpf::Converter::attach()?;
     eprintln!(
-        "envoy-smc-agent: attached to update_socket_protocol; selecting uid {} processes of pods with {}=\"true\" ({} under {}, this agent's cgroup namespace at {})",
+        "envoy-smc-agent: attached to update_socket_protocol; selecting uid {} processes of {} ({} under {}, this agent's cgroup namespace at {})",
         sel.uid,
-        sel.annotation,
+        if sel.all_workloads {
+            "every pod (opt_in.all_workloads)".to_string()
+        } else {
+            format!("pods with {}=\"true\"", sel.annotation)
+        },
         sel.annotations_path,
         sel.cgroup_root.display(),
         sel.ns_root

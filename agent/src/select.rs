@@ -39,6 +39,9 @@ pub struct Selector {
     pub annotation: String,
     /// The annotations file, relative to the pod's root.
     pub annotations_path: String,
+    /// Every proxy-uid pod is opted in, annotated or not (the configuration's
+    /// `opt_in.all_workloads`).
+    pub all_workloads: bool,
     /// Where this process's cgroup namespace root sits under `cgroup_root` ("/" in the host's
     /// namespace): /proc/<pid>/cgroup paths are relative to it ([`namespace_root`]).
     pub ns_root: String,
@@ -52,6 +55,7 @@ impl Selector {
             uid,
             annotation: DEFAULT_OPT_IN_ANNOTATION.to_string(),
             annotations_path: DEFAULT_ANNOTATIONS_PATH.to_string(),
+            all_workloads: false,
             ns_root: "/".to_string(),
         }
     }
@@ -177,6 +181,7 @@ fn inspect(sel: &Selector, pid: i32) -> std::io::Result<Option<Found>> {
         .map_err(|e| other(format!("uid {} process: {e}", sel.uid)))?;
     let cgroup_id = cgroup_id(&sel.cgroup_root, &cgroup)?;
     let (opted_in, reason) = match read_annotations(&dir, &sel.annotations_path) {
+        _ if sel.all_workloads => (true, String::new()),
         Ok(text) => match downward_api_value(&text, &sel.annotation) {
             Some(v) if v.trim().eq_ignore_ascii_case("true") => (true, String::new()),
             Some(v) => (false, format!("{}={v:?}", sel.annotation)),
@@ -575,7 +580,7 @@ mod tests {
         process(40, 1337, "/", Some(on)); // not in a pod's cgroup
         std::fs::create_dir_all(proc.join("self")).unwrap(); // not a pid
 
-        let scan = scan(&Selector::new(proc, cgroot.clone(), 1337)).unwrap();
+        let scan = scan(&Selector::new(proc.clone(), cgroot.clone(), 1337)).unwrap();
         let id_a = cgroup_id(&cgroot, "/kubepods/podA/proxy").unwrap();
         assert_eq!(scan.selected().collect::<Vec<_>>(), vec![id_a]);
         let a = &scan.pods[&id_a];
@@ -601,5 +606,13 @@ mod tests {
         assert_eq!(scan.skipped.len(), 1);
         assert_eq!(scan.skipped[0].pid, 40);
         assert!(scan.skipped[0].reason.contains("root cgroup"));
+
+        // opt_in.all_workloads: every proxy-uid pod, annotated or not; still not the app's
+        // cgroup (another uid) nor the root cgroup.
+        let mut all = Selector::new(proc, cgroot, 1337);
+        all.all_workloads = true;
+        let everyone = super::scan(&all).unwrap();
+        assert_eq!(everyone.selected().count(), 3);
+        assert_eq!(everyone.skipped.len(), 1);
     }
 }

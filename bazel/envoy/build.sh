@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Builds Envoy v1.40.0 with the envoy-smc socket interface: bazel-bin/envoy in this directory.
 #
-# 1. The Rust static library for Envoy's sysroot (glibc 2.28): with cargo-zigbuild when it is
-#    installed (`cargo install cargo-zigbuild`, `pip install ziglang`), else plain cargo (then the
-#    host's glibc must not be newer than what the link accepts). ENVOY_SMC_RUST_STATICLIB skips
-#    this step and uses that file.
-# 2. The shipped archive from it: bazel/ship-archive.sh (only envoy_smc_* stays global).
+# 1-2. The Rust static library for Envoy's sysroot and the shipped archive from it
+#    (bazel/build-archive.sh: cargo-zigbuild when installed, ENVOY_SMC_RUST_STATICLIB to use
+#    another library; only envoy_smc_* stays global).
 # 3. envoy.bazelrc: Envoy's own .bazelrc at the commit in MODULE.bazel, read with git (a shallow,
 #    blobless fetch of that one commit into $ENVOY_SMC_CACHE, default target/envoy-src) before any
 #    bazel command: .bazelrc imports it, so bazel cannot start without it. The same fetch checks
@@ -21,18 +19,8 @@ envoy_commit="$(sed -n 's/^ENVOY_COMMIT = "\([0-9a-f]\{40\}\)"$/\1/p' "$here/MOD
 
 # 1-2. The archive.
 cd "$root"
-rust_lib="${ENVOY_SMC_RUST_STATICLIB:-}"
-if [ -z "$rust_lib" ]; then
-  if command -v cargo-zigbuild >/dev/null; then
-    cargo zigbuild --release -p envoy-smc-capi --lib --target x86_64-unknown-linux-gnu.2.28
-    rust_lib="$root/target/x86_64-unknown-linux-gnu/release/libenvoy_smc.a"
-  else
-    cargo build --release -p envoy-smc-capi --lib
-    rust_lib="$root/target/release/libenvoy_smc.a"
-  fi
-fi
 export ENVOY_SMC_STATICLIB="$root/target/envoy-smc-shipped/libenvoy_smc.a"
-bash "$root/bazel/ship-archive.sh" "$rust_lib" "$ENVOY_SMC_STATICLIB"
+bash "$root/bazel/build-archive.sh" "$ENVOY_SMC_STATICLIB"
 
 # 3. Envoy's .bazelrc and the checks against the pinned Envoy.
 if [ ! -d "$cache/.git" ]; then

@@ -14,7 +14,7 @@
 #
 # Steps: check out istio/proxy into $WORKDIR (default target/istio-proxy), add @envoy_smc to its
 # WORKSPACE and envoy-smc to ISTIO_EXTENSIONS in its BUILD, build the Rust library for the
-# sysroot and the shipped archive from it (bazel/ship-archive.sh), bazel build -c opt //:envoy
+# sysroot and the shipped archive from it (bazel/build-archive.sh), bazel build -c opt //:envoy
 # there. Istio builds its proxy inside its build-tools container
 # (gcr.io/istio-testing/build-tools-proxy); run this script there too.
 set -euo pipefail
@@ -51,18 +51,8 @@ grep -q '^ISTIO_EXTENSIONS = \[' "$work/BUILD" ||
 sed -i 's|^ISTIO_EXTENSIONS = \[|ISTIO_EXTENSIONS = [\n    "@envoy_smc//:socket_interface",|' "$work/BUILD"
 
 cd "$root"
-rust_lib="${ENVOY_SMC_RUST_STATICLIB:-}"
-if [ -z "$rust_lib" ]; then
-  if command -v cargo-zigbuild >/dev/null; then
-    cargo zigbuild --release -p envoy-smc-capi --lib --target x86_64-unknown-linux-gnu.2.28
-    rust_lib="$root/target/x86_64-unknown-linux-gnu/release/libenvoy_smc.a"
-  else
-    cargo build --release -p envoy-smc-capi --lib
-    rust_lib="$root/target/release/libenvoy_smc.a"
-  fi
-fi
 export ENVOY_SMC_STATICLIB="$root/target/envoy-smc-shipped/libenvoy_smc.a"
-bash "$root/bazel/ship-archive.sh" "$rust_lib" "$ENVOY_SMC_STATICLIB"
+bash "$root/bazel/build-archive.sh" "$ENVOY_SMC_STATICLIB"
 
 cd "$work"
 bazel build -c opt //:envoy "$@"

@@ -41,9 +41,16 @@ fi
 # _Unwind_* (libgcc_s/libgcc_eh or libunwind, in every C++ link), __dso_handle (crtbegin.o), and
 # weak references to glibc functions newer than this host's (std calls them only if present).
 system_syms="$build/system-syms.txt"
+# The linker cache is read whole into a file first: an awk that stopped at the first match left
+# ldconfig writing into a closed pipe, and with pipefail its SIGPIPE (status 141, about 1 lookup
+# in 100) ended this script before its summary.
+ldcache="$build/ldconfig.txt"
+ldconfig -p >"$ldcache"
 for lib in libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2 ld-linux-x86-64.so.2; do
-  path="$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')"
-  [ -n "$path" ] && readelf -sW --dyn-syms "$path" | awk '$7 != "UND" && NF >= 8 {print $8}' | sed 's/@.*//'
+  path="$(awk -v l="$lib" '$1 == l && /x86-64/ && !found {print $NF; found = 1}' "$ldcache")"
+  if [ -n "$path" ]; then
+    readelf -sW --dyn-syms "$path" | awk '$7 != "UND" && NF >= 8 {print $8}' | sed 's/@.*//'
+  fi
 done | sort -u >"$system_syms"
 newer_glibc_weak="pidfd_getpid pidfd_spawnp posix_spawn_file_actions_addchdir"
 unexpected=()

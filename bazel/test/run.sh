@@ -14,7 +14,12 @@
 # Environment: CXX (default g++), CARGO (default cargo), SKIP_CARGO_BUILD=1 to use the staticlib
 # as it is, ENVOY_SMC_STATICLIB (default target/debug/libenvoy_smc.a), BUILD_DIR (default
 # target/bazel-shim-test).
-set -euo pipefail
+set -eEuo pipefail
+# A command that stops the script before its summary is named (CI shows only the output's tail).
+last_error=""
+summarized=0
+trap 'last_error="line $LINENO: $BASH_COMMAND (status $?)"' ERR
+trap 'rc=$?; [ "$rc" = 0 ] || [ "$summarized" = 1 ] || echo "run.sh: stopped before its summary, status $rc${last_error:+, at $last_error}"' EXIT
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -39,7 +44,7 @@ if [ "${#need_pkg[@]}" -gt 0 ]; then
 fi
 
 if [ "${SKIP_CARGO_BUILD:-0}" != 1 ]; then
-  "${CARGO:-cargo}" build --lib --quiet
+  "${CARGO:-cargo}" build -p envoy-smc-capi --lib --quiet
 fi
 staticlib="${ENVOY_SMC_STATICLIB:-$root/target/debug/libenvoy_smc.a}"
 [ -f "$staticlib" ] || { echo "run.sh: $staticlib missing (cargo build -p envoy-smc-capi --lib)" >&2; exit 1; }
@@ -55,7 +60,8 @@ run() {
   out="$("$@" 2>&1)"
   rc=$?
   set -e
-  summary="$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)"
+  # No summary line is a finding, not a reason to stop (grep finds nothing: status 1).
+  summary="$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1 || true)"
   printf '%s\n' "$out" | grep -vE '^[0-9]+ passed, [0-9]+ failed$' || true
   if [[ "$summary" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
     p="${BASH_REMATCH[1]}"
@@ -172,5 +178,6 @@ run_gtest env ENVOY_SMC_BOOTSTRAP_FRAGMENT_JSON="$fragment_json" "$build/stand_i
 
 # 3. The image.
 run python3 "$root/bazel/test/test_image_bootstrap.py"
+summarized=1
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]

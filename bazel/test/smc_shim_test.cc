@@ -776,23 +776,39 @@ TEST(SmcShim, Ipv6V6onlyFollowsTheAddress) {
 
 // ---- the workers' fds of an AF_SMC listener share it (issue 19) ----------------------------
 
+// AF_SMC mode with one selected listener port (a free one) on the non-loopback IPv4 address.
+class AfSmcListener : public testing::Test {
+protected:
+  void SetUp() override {
+    if (!kernel().af_smc || !localIpv4().has_value()) {
+      GTEST_SKIP() << "needs AF_SMC (real or the fake kernel) and a non-loopback IPv4 address";
+    }
+    port = freePort();
+    ip = listenerIp();
+    SmcConfig config = meshConfig();
+    config.set_mode(SmcConfig::MODE_AF_SMC);
+    config.mutable_listeners()->add_ports(port);
+    bed_ = std::make_unique<Bed>(config);
+    address = std::make_shared<Network::Address::Ipv4Instance>(ip, port);
+  }
+
+  Bed& bed() { return *bed_; }
+
+  uint16_t port{};
+  std::string ip;
+  Network::Address::InstanceConstSharedPtr address;
+
+private:
+  std::unique_ptr<Bed> bed_;
+};
+
 // Envoy's default listener in AF_SMC mode: one socket per worker, each with SO_REUSEPORT, all bound
 // to the address before the first listen(). The first becomes the AF_SMC listener, the second's
 // fd a duplicate of it: both fds accept from one queue.
-TEST(SmcShim, AfSmcReusePortSocketsShareOneListener) {
-  if (!kernel().af_smc || !localIpv4().has_value()) {
-    GTEST_SKIP() << "needs AF_SMC (real or the fake kernel) and a non-loopback IPv4 address";
-  }
-  const uint16_t port = freePort();
-  const std::string ip = listenerIp();
-  SmcConfig config = meshConfig();
-  config.set_mode(SmcConfig::MODE_AF_SMC);
-  config.mutable_listeners()->add_ports(port);
-  Bed bed(config);
-  const auto address = std::make_shared<Network::Address::Ipv4Instance>(ip, port);
+TEST_F(AfSmcListener, ReusePortSocketsShareOneListener) {
   std::vector<Network::IoHandlePtr> workers;
   for (int i = 0; i < 2; ++i) {
-    workers.push_back(streamSocket(bed, ip, port));
+    workers.push_back(streamSocket(bed(), ip, port));
     setListenerDefaults(*workers.back());
     ASSERT_EQ(workers.back()->bind(address).return_value_, 0);
   }
@@ -805,9 +821,9 @@ TEST(SmcShim, AfSmcReusePortSocketsShareOneListener) {
   ASSERT_EQ(::fstat(workers[0]->fdDoNotUse(), &a), 0);
   ASSERT_EQ(::fstat(workers[1]->fdDoNotUse(), &b), 0);
   ASSERT_EQ(a.st_ino, b.st_ino);
-  ASSERT_EQ(bed.stat("smc_listen_af_smc"), uint64_t(1));
-  ASSERT_EQ(bed.stat("listen_shared"), uint64_t(1));
-  ASSERT_EQ(bed.stat("tcp.reuse_port_unsupported"), uint64_t(0));
+  ASSERT_EQ(bed().stat("smc_listen_af_smc"), uint64_t(1));
+  ASSERT_EQ(bed().stat("listen_shared"), uint64_t(1));
+  ASSERT_EQ(bed().stat("tcp.reuse_port_unsupported"), uint64_t(0));
   checkServes(*workers[1], ip, port);
   checkServes(*workers[0], ip, port);
 }
@@ -815,18 +831,8 @@ TEST(SmcShim, AfSmcReusePortSocketsShareOneListener) {
 // A listener update that opens new sockets on the address while the old listener drains (Envoy
 // does for a changed socket option with enable_reuse_port): their bind() meets EADDRINUSE beside
 // the listening AF_SMC socket and takes it over; the old fds close and the listener serves on.
-TEST(SmcShim, ListenerUpdateTakesTheSharedAfSmcListenerOver) {
-  if (!kernel().af_smc || !localIpv4().has_value()) {
-    GTEST_SKIP() << "needs AF_SMC (real or the fake kernel) and a non-loopback IPv4 address";
-  }
-  const uint16_t port = freePort();
-  const std::string ip = listenerIp();
-  SmcConfig config = meshConfig();
-  config.set_mode(SmcConfig::MODE_AF_SMC);
-  config.mutable_listeners()->add_ports(port);
-  Bed bed(config);
-  const auto address = std::make_shared<Network::Address::Ipv4Instance>(ip, port);
-  Network::IoHandlePtr old_listener = streamSocket(bed, ip, port);
+TEST_F(AfSmcListener, ListenerUpdateTakesTheSharedListenerOver) {
+  Network::IoHandlePtr old_listener = streamSocket(bed(), ip, port);
   setListenerDefaults(*old_listener);
   ASSERT_EQ(old_listener->bind(address).return_value_, 0);
   ASSERT_EQ(old_listener->listen(16).return_value_, 0);
@@ -835,20 +841,20 @@ TEST(SmcShim, ListenerUpdateTakesTheSharedAfSmcListenerOver) {
   Network::IoHandlePtr clone = old_listener->duplicate();
   old_listener->close();
 
-  Network::IoHandlePtr fresh = streamSocket(bed, ip, port);
+  Network::IoHandlePtr fresh = streamSocket(bed(), ip, port);
   setListenerDefaults(*fresh);
   ASSERT_EQ(fresh->bind(address).return_value_, 0);
   ASSERT_EQ(fresh->listen(16).return_value_, 0);
   ASSERT_EQ(kindOfFd(fresh->fdDoNotUse()), ENVOY_SMC_KIND_AF_SMC);
   ASSERT_TRUE(asSmc(fresh)->decided());
-  ASSERT_EQ(bed.stat("listen_shared"), uint64_t(1));
+  ASSERT_EQ(bed().stat("listen_shared"), uint64_t(1));
   clone->close();
   checkServes(*fresh, ip, port);
 
   // A clash on an unselected port gets the kernel's answer unchanged.
   const uint16_t other = freePort();
   Network::IoHandlePtr plain = plainListener(ip, other);
-  Network::IoHandlePtr clash = streamSocket(bed, ip, other);
+  Network::IoHandlePtr clash = streamSocket(bed(), ip, other);
   setListenerDefaults(*clash);
   ASSERT_EQ(clash->bind(std::make_shared<Network::Address::Ipv4Instance>(ip, other)).errno_,
            EADDRINUSE);

@@ -559,6 +559,35 @@ unsafe fn event_args<'a>(
     Ok((rt, Some((unsafe { BorrowedFd::borrow_raw(fd) }, w))))
 }
 
+/// The body of an `envoy_smc_on_*` call that only decides and applies (listen, dup): checks the
+/// arguments (`event_args`), and for a tracked socket writes what `decide` returns to `*out`.
+/// A panic is ENVOY_SMC_INTERNAL_ERROR.
+///
+/// # Safety
+/// As for the `envoy_smc_on_*` functions.
+unsafe fn decide_event(
+    rt: *const envoy_smc_runtime,
+    fd: c_int,
+    state: *const envoy_smc_socket_state,
+    record: *const envoy_smc_socket_record,
+    out: *mut envoy_smc_verdict,
+    decide: impl FnOnce(&Runtime, BorrowedFd<'_>, &mut Watched) -> envoy_smc_verdict,
+) -> envoy_smc_result {
+    guard(ENVOY_SMC_INTERNAL_ERROR, || {
+        // SAFETY: this function's contract.
+        match unsafe { event_args(rt, fd, state, record, out) } {
+            Err(e) => e,
+            Ok((_, None)) => ENVOY_SMC_OK,
+            Ok((rt, Some((fd, mut w)))) => {
+                let verdict = decide(rt, fd, &mut w);
+                // SAFETY: out is non-null (event_args checked it) and writable.
+                unsafe { *out = verdict };
+                ENVOY_SMC_OK
+            }
+        }
+    })
+}
+
 /// Before listen() on `fd`: decides whether the socket is an SMC listener and carries the
 /// verdict out, in one call. SMC: the socket under `fd` becomes an SMC socket built from the
 /// state and `record` (same fd number, flags, options and bound address; SMC_LIMIT_HS if asked);
@@ -581,19 +610,12 @@ pub unsafe extern "C" fn envoy_smc_on_listen(
     record: *const envoy_smc_socket_record,
     out: *mut envoy_smc_verdict,
 ) -> envoy_smc_result {
-    guard(ENVOY_SMC_INTERNAL_ERROR, || {
-        // SAFETY: this function's contract.
-        match unsafe { event_args(rt, fd, state, record, out) } {
-            Err(e) => e,
-            Ok((_, None)) => ENVOY_SMC_OK,
-            Ok((rt, Some((fd, mut w)))) => {
-                let applied = rt.on_listen(fd, &mut w);
-                // SAFETY: out is non-null and writable.
-                unsafe { *out = applied.into() };
-                ENVOY_SMC_OK
-            }
-        }
-    })
+    // SAFETY: this function's contract.
+    unsafe {
+        decide_event(rt, fd, state, record, out, |rt, fd, w| {
+            rt.on_listen(fd, w).into()
+        })
+    }
 }
 
 /// Before `fd` is duplicated (Envoy's `IoHandle::duplicate`), the last moment its socket can be
@@ -612,27 +634,20 @@ pub unsafe extern "C" fn envoy_smc_on_dup(
     record: *const envoy_smc_socket_record,
     out: *mut envoy_smc_verdict,
 ) -> envoy_smc_result {
-    guard(ENVOY_SMC_INTERNAL_ERROR, || {
-        // SAFETY: this function's contract.
-        match unsafe { event_args(rt, fd, state, record, out) } {
-            Err(e) => e,
-            Ok((_, None)) => ENVOY_SMC_OK,
-            Ok((rt, Some((fd, mut w)))) => {
-                let v = match rt.on_dup(fd, &mut w) {
-                    Some(applied) => applied.into(),
-                    None => envoy_smc_verdict {
-                        kind: envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32,
-                        reason: 0,
-                        limit_handshake: 0,
-                        replaced: 0,
-                    },
-                };
-                // SAFETY: out is non-null and writable.
-                unsafe { *out = v };
-                ENVOY_SMC_OK
+    // SAFETY: this function's contract.
+    unsafe {
+        decide_event(rt, fd, state, record, out, |rt, fd, w| {
+            match rt.on_dup(fd, w) {
+                Some(applied) => applied.into(),
+                None => envoy_smc_verdict {
+                    kind: envoy_smc_socket_kind::ENVOY_SMC_KIND_TCP as u32,
+                    reason: 0,
+                    limit_handshake: 0,
+                    replaced: 0,
+                },
             }
-        }
-    })
+        })
+    }
 }
 
 /// Before connect() on `fd` to `addr` (`addrlen` bytes): decides, carries out and watches, in

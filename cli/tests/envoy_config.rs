@@ -21,6 +21,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use envoy_smc_cli::render::node::AGENT_CONFIG_KEY;
 use envoy_smc_cli::render::{self, Description, RenderedFile};
 use envoy_smc_core::policy::{Environment, Policy, SocketFacts, TcpReason, Verdict};
 use envoy_smc_core::smc::KernelSupport;
@@ -832,6 +833,7 @@ fn check_set(
 ) -> Report {
     let mut report = Report::default();
     let mut config = None;
+    let mut agent_policy = None;
     let mut all_patches = Vec::new();
     for (path, docs) in files {
         for (i, doc) in docs.iter().enumerate() {
@@ -863,6 +865,16 @@ fn check_set(
             }
             check_k8s(doc, &what);
             match doc["kind"].as_str().unwrap() {
+                "ConfigMap" if doc["data"].get(AGENT_CONFIG_KEY).is_some() => {
+                    // The node agent's policy: the envoy-smc configuration file `run --config`
+                    // reads, compared with the bootstrap's below.
+                    let text = doc["data"][AGENT_CONFIG_KEY]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{what}: data.{AGENT_CONFIG_KEY} is not text"));
+                    let c = envoy_smc_core::config::from_yaml(text)
+                        .unwrap_or_else(|e| panic!("{what}: the agent's policy: {e}"));
+                    agent_policy.get_or_insert(c);
+                }
                 "ConfigMap" => {
                     let text = doc["data"]["custom_bootstrap.json"]
                         .as_str()
@@ -934,6 +946,13 @@ fn check_set(
     }
     let config = config
         .unwrap_or_else(|| panic!("{label}: no bootstrap fragment with the envoy-smc config"));
+    if let Some(policy) = &agent_policy {
+        assert_eq!(
+            policy, &config,
+            "{label}: the agent's policy is the configuration the bootstrap carries"
+        );
+    }
+    check_config_mounts(files, label);
     if !all_patches.is_empty() {
         // Everything at once: the mesh/namespace/workload switches and the kept clusters.
         let mut sample = Sample::new();
@@ -1013,6 +1032,72 @@ fn check_set(
         }
     }
     report
+}
+
+/// Every ConfigMap volume of a DaemonSet names a ConfigMap of the same output set and
+/// namespace, mounted read-only; a `--config FILE` argument names a key of a ConfigMap mounted
+/// at FILE's directory.
+fn check_config_mounts(files: &[(String, Vec<Json>)], label: &str) {
+    let docs: Vec<&Json> = files.iter().flat_map(|(_, d)| d).collect();
+    let config_map = |name: &Json, ns: &Json| {
+        docs.iter()
+            .find(|d| {
+                d["kind"] == "ConfigMap"
+                    && &d["metadata"]["name"] == name
+                    && &d["metadata"]["namespace"] == ns
+            })
+            .copied()
+    };
+    for ds in docs.iter().filter(|d| d["kind"] == "DaemonSet") {
+        let what = format!("{label}: DaemonSet {}", ds["metadata"]["name"]);
+        let ns = &ds["metadata"]["namespace"];
+        let pod = &ds["spec"]["template"]["spec"];
+        let mut mounted = BTreeMap::new(); // mount path -> ConfigMap
+        for v in pod["volumes"].as_array().into_iter().flatten() {
+            let Some(cm) = v.get("configMap") else {
+                continue;
+            };
+            let found = config_map(&cm["name"], ns).unwrap_or_else(|| {
+                panic!(
+                    "{what}: volume {} names ConfigMap {} that is not rendered",
+                    v["name"], cm["name"]
+                )
+            });
+            for c in pod["containers"].as_array().unwrap() {
+                for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                    if m["name"] == v["name"] {
+                        assert_eq!(
+                            m["readOnly"], true,
+                            "{what}: ConfigMap {} mounted writable",
+                            cm["name"]
+                        );
+                        mounted.insert(m["mountPath"].as_str().unwrap().to_owned(), found);
+                    }
+                }
+            }
+        }
+        for c in pod["containers"].as_array().unwrap() {
+            let args: Vec<&str> = c["command"]
+                .as_array()
+                .into_iter()
+                .chain(c["args"].as_array())
+                .flatten()
+                .filter_map(Json::as_str)
+                .collect();
+            for w in args.windows(2).filter(|w| w[0] == "--config") {
+                let (dir, key) = w[1].rsplit_once('/').unwrap_or(("", w[1]));
+                let cm = mounted.get(dir).unwrap_or_else(|| {
+                    panic!("{what}: --config {} is not in a mounted ConfigMap", w[1])
+                });
+                assert!(
+                    cm["data"][key].is_string(),
+                    "{what}: --config {}: ConfigMap {} has no key {key}",
+                    w[1],
+                    cm["metadata"]["name"]
+                );
+            }
+        }
+    }
 }
 
 fn rendered(files: &[RenderedFile]) -> Vec<(String, Vec<Json>)> {
@@ -1224,7 +1309,7 @@ workloads:
   - {namespace: shop, name: pay, labels: {tier: payments}}
 listener_port: 15008
 proxy_metadata: {}
-config: {listeners: {ports: [15008]}, upstream: {allow: ["10.0.0.0/8"]}}
+config: {listeners: {ports: [15008]}, upstream: {allow: ["10.0.0.0/8"], deny_ports: ["9999", "7000-7010"]}}
 node: {namespace: kube-system, agent: {image: "r.example/agent:1", uid: 1000}}
 "#,
     ),
@@ -1418,11 +1503,23 @@ fn render_content() {
         .filter(|p| p.starts_with("node/"))
         .collect();
     assert_eq!(node, ["node/namespace.yaml", "node/agent.yaml"]);
-    let agent = &files
+    let agent_docs = &files
         .iter()
         .find(|f| f.path == "node/agent.yaml")
         .unwrap()
-        .documents[0];
+        .documents;
+    // The description's `config` is the agent's policy: a ConfigMap first, then the DaemonSet.
+    assert_eq!(agent_docs.len(), 2);
+    let (policy, agent) = (&agent_docs[0], &agent_docs[1]);
+    assert_eq!(policy["kind"], "ConfigMap");
+    assert_eq!(policy["metadata"]["namespace"], "kube-system");
+    let compiled =
+        envoy_smc_core::config::from_yaml(policy["data"][AGENT_CONFIG_KEY].as_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        compiled.allow,
+        vec![envoy_smc_core::config::parse_cidr("10.0.0.0/8").unwrap()]
+    );
     assert_eq!(agent["metadata"]["namespace"], "kube-system");
     let c = &agent["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "r.example/agent:1");
@@ -1430,6 +1527,48 @@ fn render_content() {
         (&c["command"][2], &c["command"][3]),
         (&json!("--uid"), &json!("1000"))
     );
+    assert_eq!(
+        c["command"].as_array().unwrap()[8..],
+        [json!("--config"), json!("/etc/envoy-smc-agent/smc.yaml")]
+    );
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        json!(["BPF", "PERFMON", "SYS_PTRACE"])
+    );
+
+    // No `config`: the DaemonSet alone, as before there was a policy ConfigMap; CAP_SYS_ADMIN
+    // only when asked for.
+    for (text, caps) in [
+        (
+            "node: {agent: {image: r.example/agent:1}}\n",
+            json!(["BPF", "PERFMON", "SYS_PTRACE"]),
+        ),
+        (
+            "node: {agent: {image: r.example/agent:1, cap_sys_admin: true}}\n",
+            json!(["BPF", "PERFMON", "SYS_PTRACE", "SYS_ADMIN"]),
+        ),
+    ] {
+        let d = Description::from_yaml(text, Some(&config_dir())).unwrap();
+        let files = render::render(&d);
+        let agent = files.iter().find(|f| f.path == "node/agent.yaml").unwrap();
+        assert_eq!(agent.documents.len(), 1, "{text}");
+        let pod = &agent.documents[0]["spec"]["template"];
+        assert!(pod["metadata"].get("annotations").is_none(), "{text}");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(
+            c["command"].as_array().unwrap().len(),
+            8,
+            "{text}: no --config"
+        );
+        assert_eq!(c["securityContext"]["capabilities"]["add"], caps, "{text}");
+        assert_eq!(
+            agent
+                .to_yaml()
+                .contains("SYS_ADMIN (node.agent.cap_sys_admin)"),
+            caps.as_array().unwrap().len() == 4,
+            "{text}: the header says why SYS_ADMIN is there"
+        );
+    }
 }
 
 /// Bad descriptions are refused with the field named, by the library and the CLI (exit 2).
@@ -1462,6 +1601,7 @@ fn render_errors_name_the_field() {
         ("node: {exporter: {image: a/b, port: 0}}\n", "node.exporter.port"),
         ("node: {agent: {image: a/b, uid: -1}}\n", "node.agent.uid"),
         ("node: {agent: {image: \"a/b c\"}}\n", "node.agent.image"),
+        ("node: {agent: {image: a/b, cap_sys_admin: yes}}\n", "node.agent.cap_sys_admin"),
         ("node: {alerts: true, monitor_labels: {release: 1}}\n", "node.monitor_labels.release"),
         ("node: {alerts: true, agents: {}}\n", "node.agents"),
     ];

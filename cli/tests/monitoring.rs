@@ -165,8 +165,10 @@ fn node_agent_daemonset_grants_the_bpf_capabilities_and_no_more() {
         .iter()
         .filter(|m| m["readOnly"] == true)
         .collect();
-    assert_eq!(ro.len(), 1);
+    // The host's cgroup tree and the policy ConfigMap (envoy-config/render.yaml gives `config`).
+    assert_eq!(ro.len(), 2);
     assert_eq!(ro[0]["mountPath"], "/host/sys/fs/cgroup");
+    assert_eq!(ro[1]["mountPath"], "/etc/envoy-smc-agent");
     let labels = &ds["spec"]["selector"]["matchLabels"];
     assert_eq!(&ds["spec"]["template"]["metadata"]["labels"], labels);
     // Every node manifest lives in the namespace node/namespace.yaml creates.

@@ -13,37 +13,21 @@
 //!   name is predictable, no symlink is followed, and a reader sees the old or the new file.
 //! - A reader ([`TrustedDir`]) accepts a directory nobody but its owner can write, and in it only
 //!   regular files of that owner, opened with `O_NOFOLLOW|O_NONBLOCK` and read up to a cap.
+//!
+//! The system calls themselves are in the kernel layer ([`crate::os::fs`]); every check is here.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use crate::os::fs::{self as sys, fstat};
+use crate::os::process::geteuid as euid;
 
 fn cstr(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
-}
-
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: stat is plain old data; fstat fills it in.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer.
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
-    Ok(st)
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
 }
 
 fn refused(path: &Path, why: String) -> io::Error {
@@ -60,18 +44,13 @@ fn open_dir(path: &Path, nofollow: bool) -> io::Result<OwnedFd> {
         | libc::O_DIRECTORY
         | libc::O_CLOEXEC
         | if nofollow { libc::O_NOFOLLOW } else { 0 };
-    // SAFETY: `c` is a NUL-terminated path.
-    let fd = cvt(unsafe { libc::open(c.as_ptr(), flags) })?;
-    // SAFETY: fd was just opened and is owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::open(&c, flags)
 }
 
 /// 16 random hex digits for temporary names (getrandom; a clock-and-counter mix if it fails).
 fn random_suffix() -> String {
     let mut v = [0u8; 8];
-    // SAFETY: `v` is a writable buffer of 8 bytes.
-    let n = unsafe { libc::getrandom(v.as_mut_ptr().cast(), v.len(), libc::GRND_NONBLOCK) };
-    let x = if n == 8 {
+    let x = if matches!(sys::getrandom(&mut v), Ok(8)) {
         u64::from_ne_bytes(v)
     } else {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -118,9 +97,12 @@ impl OwnedDir {
 
     fn private_with(path: &Path, create: bool) -> io::Result<OwnedDir> {
         let c = cstr(path.as_os_str())?;
-        // SAFETY: `c` is a NUL-terminated path.
-        if create && unsafe { libc::mkdir(c.as_ptr(), 0o700) } != 0 {
-            let e = io::Error::last_os_error();
+        let created = if create {
+            sys::mkdir(&c, 0o700)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = created {
             if e.raw_os_error() != Some(libc::EEXIST) {
                 return Err(io::Error::new(
                     e.kind(),
@@ -134,7 +116,7 @@ impl OwnedDir {
             }
             _ => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
         })?;
-        let st = fstat(fd.as_raw_fd())?;
+        let st = fstat(fd.as_fd())?;
         if st.st_uid != euid() {
             return Err(refused(
                 path,
@@ -165,7 +147,7 @@ impl OwnedDir {
     pub fn for_output(path: &Path) -> io::Result<OwnedDir> {
         let fd = open_dir(path, false)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let st = fstat(fd.as_raw_fd())?;
+        let st = fstat(fd.as_fd())?;
         if st.st_uid != euid() && st.st_uid != 0 {
             return Err(refused(
                 path,
@@ -202,88 +184,47 @@ impl OwnedDir {
         let final_name = plain_name(name)?;
         let tmp = format!(".{name}.{}.{}.tmp", std::process::id(), random_suffix());
         let tmp_c = plain_name(&tmp)?;
-        // SAFETY: dirfd is open; tmp_c is a NUL-terminated name.
-        let fd = cvt(unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                tmp_c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                mode as libc::c_uint,
-            )
-        })?;
-        // SAFETY: fd was just opened and is owned here.
-        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let fd = sys::openat(
+            self.fd.as_fd(),
+            &tmp_c,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::mode_t,
+        )?;
+        let mut file = std::fs::File::from(fd);
         let written = (|| {
             // The umask may have taken bits off: the mode is what the caller asked for.
-            // SAFETY: fd is open.
-            cvt(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })?;
+            sys::fchmod(file.as_fd(), mode as libc::mode_t)?;
             file.write_all(bytes)?;
-            // SAFETY: both names are NUL-terminated and relative to the same open directory.
-            cvt(unsafe {
-                libc::renameat(
-                    self.fd.as_raw_fd(),
-                    tmp_c.as_ptr(),
-                    self.fd.as_raw_fd(),
-                    final_name.as_ptr(),
-                )
-            })
+            sys::renameat(self.fd.as_fd(), &tmp_c, &final_name)
         })();
         if written.is_err() {
-            // SAFETY: as above.
-            unsafe { libc::unlinkat(self.fd.as_raw_fd(), tmp_c.as_ptr(), 0) };
+            let _ = sys::unlinkat(self.fd.as_fd(), &tmp_c);
         }
-        written.map(|_| ())
+        written
     }
 
     /// Removes `name` (a file) if it is there.
     pub fn remove(&self, name: &str) -> io::Result<()> {
         let c = plain_name(name)?;
-        // SAFETY: dirfd is open; c is a NUL-terminated name.
-        match cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }) {
+        match sys::unlinkat(self.fd.as_fd(), &c) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other.map(|_| ()),
+            other => other,
         }
     }
 
     /// The names in the directory.
     pub fn names(&self) -> io::Result<Vec<String>> {
-        list(self.fd.as_raw_fd())
+        list(self.fd.as_fd())
     }
 }
 
 /// The entries of an open directory (without `.` and `..`; names that are not UTF-8 skipped).
-fn list(dirfd: RawFd) -> io::Result<Vec<String>> {
-    // fdopendir takes the fd it is given: hand it a duplicate.
-    // SAFETY: dirfd is open; F_DUPFD_CLOEXEC returns a new fd or -1.
-    let dup = cvt(unsafe { libc::fcntl(dirfd, libc::F_DUPFD_CLOEXEC, 0) })?;
-    // SAFETY: dup is an open directory fd that fdopendir now owns.
-    let dir = unsafe { libc::fdopendir(dup) };
-    if dir.is_null() {
-        let e = io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so dup is still ours.
-        unsafe { libc::close(dup) };
-        return Err(e);
-    }
-    // SAFETY: rewinding a directory stream we own (the duplicate shares the parent's offset).
-    unsafe { libc::rewinddir(dir) };
-    let mut names = Vec::new();
-    loop {
-        // SAFETY: dir is a valid stream; readdir's result is valid until the next call.
-        let ent = unsafe { libc::readdir(dir) };
-        if ent.is_null() {
-            break;
-        }
-        // SAFETY: d_name is NUL-terminated.
-        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
-        if let Ok(s) = name.to_str() {
-            if s != "." && s != ".." {
-                names.push(s.to_owned());
-            }
-        }
-    }
-    // SAFETY: closing the stream we own (closes dup too).
-    unsafe { libc::closedir(dir) };
-    Ok(names)
+fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+    Ok(sys::dir_entries(dir)?
+        .into_iter()
+        .filter_map(|name| name.into_string().ok())
+        .filter(|s| s != "." && s != "..")
+        .collect())
 }
 
 /// A directory whose files a reader may believe: nobody but its owner can write in it, and the
@@ -299,7 +240,7 @@ impl TrustedDir {
     pub fn open(path: &Path) -> io::Result<TrustedDir> {
         let fd = open_dir(path, true)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let st = fstat(fd.as_raw_fd())?;
+        let st = fstat(fd.as_fd())?;
         if st.st_mode & 0o022 != 0 {
             return Err(refused(
                 path,
@@ -333,28 +274,21 @@ impl TrustedDir {
     }
 
     pub fn names(&self) -> io::Result<Vec<String>> {
-        list(self.fd.as_raw_fd())
+        list(self.fd.as_fd())
     }
 
     /// Reads `name`: only a regular file (not a symlink, FIFO or device) owned by the
     /// directory's owner, of at most `cap` bytes.
     pub fn read(&self, name: &str, cap: usize) -> io::Result<Vec<u8>> {
         let c = plain_name(name)?;
-        // SAFETY: dirfd is open; c is a NUL-terminated name.
-        let fd = cvt(unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY
-                    | libc::O_NOFOLLOW
-                    | libc::O_NONBLOCK
-                    | libc::O_NOCTTY
-                    | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: fd was just opened and is owned here.
-        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let st = fstat(file.as_raw_fd())?;
+        let fd = sys::openat(
+            self.fd.as_fd(),
+            &c,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+            0,
+        )?;
+        let file = std::fs::File::from(fd);
+        let st = fstat(file.as_fd())?;
         let bad =
             |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {why}"));
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -380,8 +314,7 @@ impl TrustedDir {
     /// Removes `name` (best effort: the reader may not be allowed to).
     pub fn remove(&self, name: &str) -> io::Result<()> {
         let c = plain_name(name)?;
-        // SAFETY: dirfd is open; c is a NUL-terminated name.
-        cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+        sys::unlinkat(self.fd.as_fd(), &c)
     }
 }
 

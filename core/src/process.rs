@@ -17,29 +17,20 @@
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Once;
 
+use crate::os::process::{at_fork_child, getpid, AtomicFn};
+
 /// The pid of the process whose memory this is (0 until [`install`]).
 static OWNER_PID: AtomicI32 = AtomicI32::new(0);
 /// Bumped in every fork child.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// More child handlers (the preload library's fd table): plain functions, run in order.
-static CHILD_HOOKS: [std::sync::atomic::AtomicUsize; 4] =
-    [const { std::sync::atomic::AtomicUsize::new(0) }; 4];
-
-fn getpid() -> i32 {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    unsafe { libc::getpid() }
-}
+static CHILD_HOOKS: [AtomicFn; 4] = [const { AtomicFn::new() }; 4];
 
 extern "C" fn in_fork_child() {
     OWNER_PID.store(getpid(), Ordering::SeqCst);
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
-    for hook in &CHILD_HOOKS {
-        let f = hook.load(Ordering::Acquire);
-        if f != 0 {
-            // SAFETY: only `on_fork_child` stores here, and only `extern "C" fn()` pointers.
-            let f: extern "C" fn() = unsafe { std::mem::transmute::<usize, extern "C" fn()>(f) };
-            f();
-        }
+    for f in CHILD_HOOKS.iter().filter_map(AtomicFn::get) {
+        f();
     }
 }
 
@@ -48,10 +39,8 @@ pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         OWNER_PID.store(getpid(), Ordering::SeqCst);
-        // SAFETY: registering a plain extern "C" function; no prepare/parent handlers.
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(in_fork_child)) };
-        if rc != 0 {
-            tracing::warn!("envoy-smc: pthread_atfork failed ({rc}); fork children may misbehave");
+        if let Err(e) = at_fork_child(in_fork_child) {
+            tracing::warn!("envoy-smc: pthread_atfork failed ({e}); fork children may misbehave");
         }
     });
 }
@@ -60,11 +49,7 @@ pub fn install() {
 /// returns false when full. `f` must be async-signal-safe in spirit: no locks, no allocation.
 pub fn on_fork_child(f: extern "C" fn()) -> bool {
     install();
-    CHILD_HOOKS.iter().any(|slot| {
-        slot.compare_exchange(0, f as usize, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            || slot.load(Ordering::Acquire) == f as usize
-    })
+    CHILD_HOOKS.iter().any(|slot| slot.set_once(f))
 }
 
 /// How many `fork()`s separate this process from the one that loaded the library.

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use envoy_smc_core::policy::{Environment, SocketFacts, TcpReason, Verdict};
-use envoy_smc_core::runtime::Watch;
+use envoy_smc_core::runtime::{Watch, Watched};
 use envoy_smc_core::smc::{self, KernelSupport, SockOpt, SocketKind, SocketRecord};
 use envoy_smc_core::stats::Counter;
 use envoy_smc_core::Runtime;
@@ -40,14 +40,55 @@ fn getint(fd: &OwnedFd, level: i32, name: i32) -> i32 {
 }
 
 fn setint(fd: &OwnedFd, level: i32, name: i32, v: i32) {
-    // SAFETY: fd is open; v is a 4-byte int.
-    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&v as *const i32).cast(), 4) };
+    setopt(fd, level, name, &v.to_ne_bytes());
+}
+
+fn setopt(fd: &OwnedFd, level: i32, name: i32, value: &[u8]) {
+    // SAFETY: fd is open; value is valid for its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
     assert_eq!(
         rc,
         0,
         "setsockopt({level},{name}): {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// A real TCP socket opened with `flags` (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`), and what `rt`
+/// watches of it from its `socket()` call on.
+fn watched_tcp_socket(rt: &Runtime, flags: i32) -> (OwnedFd, Watched) {
+    let fd = smc::open_socket(SocketKind::Tcp, false, flags).unwrap();
+    let w = rt
+        .on_socket(libc::AF_INET, libc::SOCK_STREAM | flags, 0, None)
+        .unwrap();
+    (fd, w)
+}
+
+/// Binds `fd` to 127.0.0.1 with a port the kernel chooses; returns the address asked for (port 0).
+fn bind_loopback(fd: &OwnedFd) -> SocketAddr {
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    socket2::SockRef::from(fd)
+        .bind(&local.into())
+        .expect("bind 127.0.0.1:0");
+    local
+}
+
+/// The open file description under `raw` is non-blocking and the fd close-on-exec.
+fn assert_nonblock_cloexec(raw: i32) {
+    // SAFETY: fcntl on an open fd.
+    let status = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    assert_ne!(status & libc::O_NONBLOCK, 0, "O_NONBLOCK kept");
+    // SAFETY: as above.
+    let fdflags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    assert_ne!(fdflags & libc::FD_CLOEXEC, 0, "FD_CLOEXEC kept");
 }
 
 #[test]
@@ -108,15 +149,7 @@ fn an_smc_verdict_that_cannot_be_carried_out_keeps_a_working_tcp_socket() {
     // Decides SMC (the kernel is claimed to have it), then fails to open the SMC socket.
     let rt = smc_runtime();
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut w = rt
-        .on_socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            None,
-        )
-        .unwrap();
-    let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
+    let (fd, mut w) = watched_tcp_socket(&rt, libc::SOCK_CLOEXEC);
     let raw = fd.as_raw_fd();
     let applied = rt
         .on_connect(
@@ -162,15 +195,7 @@ const TCP_DEST: &str = "10.9.9.9:80";
 #[test]
 fn tcp_verdicts_on_tcp_sockets_change_nothing_and_are_counted() {
     let rt = smc_runtime();
-    let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_NONBLOCK).unwrap();
-    let mut w = rt
-        .on_socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
-            0,
-            None,
-        )
-        .unwrap();
+    let (fd, mut w) = watched_tcp_socket(&rt, libc::SOCK_NONBLOCK);
     let c = rt
         .on_connect(
             fd.as_fd(),
@@ -206,20 +231,8 @@ fn a_bound_socket_duplicated_before_listen_gets_its_listener_decision() {
         .unwrap(),
         &Environment::assuming(KernelSupport::BOTH),
     );
-    let fd = smc::open_socket(SocketKind::Tcp, false, libc::SOCK_CLOEXEC).unwrap();
-    let mut w = rt
-        .on_socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            None,
-        )
-        .unwrap();
-    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    socket2::SockRef::from(&fd)
-        .bind(&local.into())
-        .expect("bind 127.0.0.1:0");
-    w.record.bound = Some(local);
+    let (fd, mut w) = watched_tcp_socket(&rt, libc::SOCK_CLOEXEC);
+    w.record.bound = Some(bind_loopback(&fd));
     let a = rt
         .on_dup(fd.as_fd(), &mut w)
         .expect("a bound socket is decided at the dup");
@@ -268,13 +281,7 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     setint(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
     setint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
     setint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 65536);
-    let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sin = socket2::SockAddr::from(bound);
-    assert_eq!(
-        // SAFETY: fd is open, sin is a valid socket address.
-        unsafe { libc::bind(fd.as_raw_fd(), sin.as_ptr().cast(), sin.len(),) },
-        0
-    );
+    let bound = bind_loopback(&fd);
     let before = envoy_smc_core::runtime::local_address(fd.as_fd()).unwrap();
     assert_eq!(before.ip(), bound.ip());
     let rcvbuf = getint(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF);
@@ -289,12 +296,7 @@ fn replacement_keeps_fd_number_flags_options_and_bound_address() {
     smc::replace_socket(fd.as_fd(), SocketKind::Tcp, &extra).unwrap();
 
     assert_eq!(fd.as_raw_fd(), raw);
-    // SAFETY: fcntl on an open fd.
-    let status = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    assert_ne!(status & libc::O_NONBLOCK, 0, "O_NONBLOCK kept");
-    // SAFETY: as above.
-    let fdflags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
-    assert_ne!(fdflags & libc::FD_CLOEXEC, 0, "FD_CLOEXEC kept");
+    assert_nonblock_cloexec(raw);
     assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), 1);
     assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT), 1);
     assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
@@ -361,17 +363,7 @@ fn inode(fd: &OwnedFd) -> u64 {
 }
 
 fn set(fd: &OwnedFd, rec: &mut SocketRecord, level: i32, name: i32, value: &[u8]) {
-    // SAFETY: fd is open; value is valid for its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt({level}, {name})");
+    setopt(fd, level, name, value);
     rec.record_opt(level, name, value);
 }
 
@@ -415,11 +407,7 @@ fn a_replacement_carries_the_record() {
         )
     };
     set(&fd, &mut rec, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
-    let local = SocketAddr::from(([127, 0, 0, 1], 0));
-    socket2::SockRef::from(&fd)
-        .bind(&local.into())
-        .expect("bind 127.0.0.1:0");
-    rec.bound = Some(local);
+    rec.bound = Some(bind_loopback(&fd));
     let before = envoy_smc_core::runtime::local_address(fd.as_fd()).unwrap();
     let (raw, old) = (fd.as_raw_fd(), inode(&fd));
     // The record claims another kind: replacing it with TCP is a real replacement on any kernel.
@@ -428,16 +416,7 @@ fn a_replacement_carries_the_record() {
     assert_eq!(rec.kind, SocketKind::Tcp);
     assert_eq!(fd.as_raw_fd(), raw);
     assert_ne!(inode(&fd), old, "a new socket under the same fd number");
-    assert_ne!(
-        // SAFETY: fcntl on an open fd.
-        unsafe { libc::fcntl(raw, libc::F_GETFL) } & libc::O_NONBLOCK,
-        0
-    );
-    assert_ne!(
-        // SAFETY: fcntl on an open fd.
-        unsafe { libc::fcntl(raw, libc::F_GETFD) } & libc::FD_CLOEXEC,
-        0
-    );
+    assert_nonblock_cloexec(raw);
     assert_eq!(getint(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR), 1);
     assert_eq!(getint(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
     assert_eq!(getint(&fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);

@@ -1,16 +1,11 @@
 #![no_main]
 //! Fuzz target: genl stats parsing never panics, whatever the bytes.
 
-use envoy_smc_cli::diag::{genl, netlink};
+use envoy_smc_cli::diag::genl;
 use libfuzzer_sys::fuzz_target;
 
-/// The parser on the raw bytes and on every message payload in them (seeds are whole datagrams).
-fn each(data: &[u8], mut f: impl FnMut(&[u8])) {
-    f(data);
-    for m in netlink::messages(data).take(256).flatten() {
-        f(m.payload);
-    }
-}
+mod payloads;
+use payloads::each;
 
 fuzz_target!(|data: &[u8]| {
     each(data, |p| {

@@ -226,24 +226,14 @@ impl Held {
         if p.is_null() {
             return None;
         }
-        let gauge = if was & RESCUABLE != 0 {
-            &RESCUABLE_NOW
-        } else {
-            &TRACKED_NOW
-        };
-        gauge.fetch_sub(1, Ordering::Relaxed);
+        gauge(was).fetch_sub(1, Ordering::Relaxed);
         // SAFETY: records in slots come from Box::into_raw in `put`; the swap made it ours.
         Some(unsafe { Box::from_raw(p) })
     }
 
     /// Puts `t` in the slot with state `flag` (`TRACKED` or `RESCUABLE`); the slot must be empty.
     fn put(&mut self, t: Box<Tracked>, flag: u32) {
-        let gauge = if flag == RESCUABLE {
-            &RESCUABLE_NOW
-        } else {
-            &TRACKED_NOW
-        };
-        gauge.fetch_add(1, Ordering::Relaxed);
+        gauge(flag).fetch_add(1, Ordering::Relaxed);
         self.slot.record.store(Box::into_raw(t), Ordering::Release);
         self.slot.word.fetch_or(flag, Ordering::AcqRel);
     }
@@ -268,9 +258,23 @@ impl Drop for Held {
     }
 }
 
-/// Takes `slot`'s `BUSY` bit, waiting while another thread holds it, if `want(word)` holds
-/// (checked again after every wait). `None` when `want` says there is nothing to hold.
-fn acquire(slot: &'static Slot, want: impl Fn(u32) -> bool) -> Option<Held> {
+/// The gauge that counts records in the state `word` says: kept for a rescue, or tracked.
+fn gauge(word: u32) -> &'static AtomicI64 {
+    if word & RESCUABLE != 0 {
+        &RESCUABLE_NOW
+    } else {
+        &TRACKED_NOW
+    }
+}
+
+/// Takes `slot`'s `BUSY` bit if `want(word)` holds (checked again after every wait), calling
+/// `wait(word)` each time another thread holds it. `None` when `want` says there is nothing to
+/// hold, or when `wait` gives up (returns false).
+fn lock(
+    slot: &'static Slot,
+    want: impl Fn(u32) -> bool,
+    mut wait: impl FnMut(u32) -> bool,
+) -> Option<Held> {
     loop {
         let w = slot.word.load(Ordering::Acquire);
         if !want(w) {
@@ -286,39 +290,41 @@ fn acquire(slot: &'static Slot, want: impl Fn(u32) -> bool) -> Option<Held> {
             }
             continue;
         }
-        if w & WAITERS == 0
-            && slot
+        if !wait(w) {
+            return None;
+        }
+    }
+}
+
+/// Takes `slot`'s `BUSY` bit, sleeping on the word while another thread holds it, if
+/// `want(word)` holds. `None` when `want` says there is nothing to hold.
+fn acquire(slot: &'static Slot, want: impl Fn(u32) -> bool) -> Option<Held> {
+    lock(slot, want, |w| {
+        // Announce the waiter first, so the owner knows to wake us; a lost race just retries.
+        if w & WAITERS != 0
+            || slot
                 .word
                 .compare_exchange_weak(w, w | WAITERS, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+                .is_ok()
         {
-            continue;
+            futex(&slot.word, libc::FUTEX_WAIT, w | WAITERS);
         }
-        futex(&slot.word, libc::FUTEX_WAIT, w | WAITERS);
-    }
+        true
+    })
 }
 
 /// Takes `BUSY` on `slot` only if it is free within about `tries` short waits (for a second
 /// slot taken while one is held: never waits long, so no two threads can wait on each other).
 fn try_acquire(slot: &'static Slot, want: impl Fn(u32) -> bool, tries: u32) -> Option<Held> {
-    for _ in 0..tries {
-        let w = slot.word.load(Ordering::Acquire);
-        if !want(w) {
-            return None;
+    let mut left = tries;
+    lock(slot, want, |_| {
+        if left == 0 {
+            return false;
         }
-        if w & BUSY == 0 {
-            if slot
-                .word
-                .compare_exchange_weak(w, w | BUSY, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return Some(Held { slot });
-            }
-            continue;
-        }
+        left -= 1;
         std::thread::yield_now();
-    }
-    None
+        true
+    })
 }
 
 fn has_state(w: u32) -> bool {
@@ -549,6 +555,47 @@ pub fn test_watched() -> Watched {
     }
 }
 
+/// Tracks a socket (inode `ino`) under `fd` and settles it as an SMC connect in flight whose
+/// cookie is `cookie`, kept for a rescue: for tests.
+#[cfg(test)]
+fn keep_for_rescue(fd: c_int, ino: u64, cookie: u64) {
+    track(fd, Tracked::new(ino, test_watched()));
+    settle(fd, |mut t| {
+        t.rescue = Some(Rescue {
+            cookie,
+            source: None,
+        });
+        Some(t)
+    });
+}
+
+/// Starts a thread that rescues the connect kept on `fd` (with `cookie`) and holds the slot
+/// until the returned flag is set; returns once the rescue holds it. The thread returns when the
+/// rescue ended (`None` if there was nothing to rescue). For tests.
+#[cfg(test)]
+fn rescue_in_thread(
+    fd: c_int,
+    cookie: u64,
+) -> (
+    std::thread::JoinHandle<Option<std::time::Instant>>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let inside = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (i, g) = (inside.clone(), go.clone());
+    let rescuer = std::thread::spawn(move || {
+        rescue_with(fd, cookie, |_| {
+            i.wait();
+            while !g.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            std::time::Instant::now()
+        })
+    });
+    inside.wait();
+    (rescuer, go)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,14 +628,7 @@ mod tests {
     #[test]
     fn a_connect_kept_for_rescue_is_taken_once_by_its_cookie() {
         let fd = 5100;
-        track(fd, Tracked::new(7, test_watched()));
-        settle(fd, |mut t| {
-            t.rescue = Some(Rescue {
-                cookie: 42,
-                source: None,
-            });
-            Some(t)
-        });
+        keep_for_rescue(fd, 7, 42);
         assert!(!quiet(fd), "kept for the watchdog");
         // Later epoll_ctl/setsockopt calls still land in the kept state.
         assert_eq!(with_tracked(fd, |t| t.ino), Some(7));
@@ -606,16 +646,7 @@ mod tests {
 
     #[test]
     fn release_and_close_drop_a_kept_connect() {
-        let keep = |fd| {
-            track(fd, Tracked::new(1, test_watched()));
-            settle(fd, |mut t| {
-                t.rescue = Some(Rescue {
-                    cookie: 9,
-                    source: None,
-                });
-                Some(t)
-            });
-        };
+        let keep = |fd| keep_for_rescue(fd, 1, 9);
         keep(5200);
         release_rescuable(5200, Some(8));
         assert!(!quiet(5200), "another connect's release");
@@ -634,29 +665,8 @@ mod tests {
     #[test]
     fn a_close_waits_for_the_rescue_holding_the_slot() {
         let fd = 5300;
-        track(fd, Tracked::new(1, test_watched()));
-        settle(fd, |mut t| {
-            t.rescue = Some(Rescue {
-                cookie: 5,
-                source: None,
-            });
-            Some(t)
-        });
-        let (entered, go) = (
-            std::sync::Arc::new(std::sync::Barrier::new(2)),
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        );
-        let (e, g) = (entered.clone(), go.clone());
-        let rescuer = std::thread::spawn(move || {
-            rescue_with(fd, 5, |_| {
-                e.wait();
-                while !g.load(Ordering::Acquire) {
-                    std::thread::yield_now();
-                }
-                std::time::Instant::now()
-            })
-        });
-        entered.wait();
+        keep_for_rescue(fd, 1, 5);
+        let (rescuer, go) = rescue_in_thread(fd, 5);
         let closer = std::thread::spawn(move || {
             forget(fd);
             std::time::Instant::now()
@@ -748,26 +758,8 @@ mod process_tests {
     #[test]
     fn a_fork_child_can_close_an_fd_whose_slot_another_thread_held() {
         let fd = 5600;
-        track(fd, Tracked::new(1, test_watched()));
-        settle(fd, |mut t| {
-            t.rescue = Some(Rescue {
-                cookie: 1,
-                source: None,
-            });
-            Some(t)
-        });
-        let inside = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (i, r) = (inside.clone(), release.clone());
-        let holder = std::thread::spawn(move || {
-            rescue_with(fd, 1, |_| {
-                i.wait();
-                while !r.load(Ordering::Acquire) {
-                    std::thread::yield_now();
-                }
-            })
-        });
-        inside.wait();
+        keep_for_rescue(fd, 1, 1);
+        let (holder, release) = rescue_in_thread(fd, 1);
         // SAFETY: the child only calls the table and _exit.
         let pid = unsafe { libc::fork() };
         if pid == 0 {

@@ -79,6 +79,14 @@ fn need_host_addr() -> Option<Ipv4Addr> {
     a
 }
 
+/// A plain server (the library without a configuration) on a free port of this host's
+/// non-loopback address, and that address; `None` (skipped, said on stderr) where there is none.
+fn server_on_host_addr() -> Option<(Running, SocketAddr)> {
+    let ip = need_host_addr()?;
+    let target = SocketAddr::new(ip.into(), free_port(ip.into()));
+    Some((server(None, target, &[]), target))
+}
+
 // ---------------------------------------------------------------------------------------------
 // tests
 
@@ -203,11 +211,10 @@ fn listener_decisions_are_counted_and_listeners_serve() {
 /// TCP, nothing means no switch.
 #[test]
 fn mesh_switch_and_per_cluster_fallback_options_are_read() {
-    let Some(ip) = need_host_addr() else { return };
-    let port = free_port(ip.into());
+    let Some((srv, target)) = server_on_host_addr() else {
+        return;
+    };
     let cfg = smc_config(1, false);
-    let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
-    let target = SocketAddr::new(ip.into(), port);
     let env = |opts: &'static str| {
         [
             ("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc"),
@@ -300,11 +307,10 @@ fn bad_configuration_leaves_the_process_on_plain_tcp() {
 /// `ENVOY_SMC_LOG=debug` logs each decision; without it the library is silent on success.
 #[test]
 fn decisions_are_logged_when_asked() {
-    let Some(ip) = need_host_addr() else { return };
-    let port = free_port(ip.into());
+    let Some((srv, target)) = server_on_host_addr() else {
+        return;
+    };
     let cfg = smc_config(1, true);
-    let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
-    let target = SocketAddr::new(ip.into(), port);
     let out = client(
         Some(&cfg),
         target,
@@ -434,20 +440,17 @@ fn hammer_role() {
 /// failure, counters exact, no fd leaked, nothing left tracked.
 #[test]
 fn many_threads_at_once() {
-    let Some(ip) = need_host_addr() else { return };
-    let port = free_port(ip.into());
+    let Some((srv, target)) = server_on_host_addr() else {
+        return;
+    };
     let cfg = smc_config(1, false);
-    let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
     let (threads, per) = (8usize, 150usize);
     let started = Instant::now();
     let out = RoleCmd::new(ENTRY, "hammer")
         .preload()
         .env("ENVOY_SMC_CONFIG", cfg.path())
         .env("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")
-        .env(
-            "ENVOY_SMC_TEST_TARGET",
-            SocketAddr::new(ip.into(), port).to_string(),
-        )
+        .env("ENVOY_SMC_TEST_TARGET", target.to_string())
         .env("HAMMER_THREADS", threads.to_string())
         .env("HAMMER_CONNECTIONS", per.to_string())
         .run(Duration::from_secs(300));
@@ -637,10 +640,10 @@ impl Drop for DirCleanup {
 // ---------------------------------------------------------------------------------------------
 // a foreign runtime
 
-/// CPython's socket module, http.server and urllib under the library: 20 requests through a
-/// threaded HTTP server in the same process.
-#[test]
-fn python_http_round_trips() {
+/// Runs the Python `script` under the library with the configuration `cfg` and the environment
+/// `env`, asserts that it exited 0 and returns its stdout; `None` (said on stderr) where this
+/// host has no python3.
+fn python_under_preload(script: &str, cfg: &Cfg, env: &[(&str, &str)]) -> Option<String> {
     if std::process::Command::new("python3")
         .arg("-c")
         .arg("1")
@@ -648,8 +651,29 @@ fn python_http_round_trips() {
         .is_err()
     {
         eprintln!("skipped: no python3");
-        return;
+        return None;
     }
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("LD_PRELOAD", preload_lib())
+        .env("ENVOY_SMC_CONFIG", cfg.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(stdout)
+}
+
+/// CPython's socket module, http.server and urllib under the library: 20 requests through a
+/// threaded HTTP server in the same process.
+#[test]
+fn python_http_round_trips() {
     let cfg = smc_config(1, true);
     let script = r#"
 import http.server, threading, urllib.request, os, sys
@@ -669,19 +693,9 @@ for i in range(20):
 srv.shutdown(); srv.server_close()
 print(f"RESULT ok={ok} fds_before={fds} fds_after={len(os.listdir('/proc/self/fd'))}")
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .env("LD_PRELOAD", preload_lib())
-        .env("ENVOY_SMC_CONFIG", cfg.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let Some(stdout) = python_under_preload(script, &cfg, &[]) else {
+        return;
+    };
     assert!(stdout.contains("RESULT ok=20 "), "{stdout}");
 }
 
@@ -749,18 +763,15 @@ fn vfork_close_range_role() {
 /// decided when they connect. (Before, they dropped from 3 to 0 and lost their decision.)
 #[test]
 fn a_vfork_child_leaves_the_parents_table_alone() {
-    let Some(ip) = need_host_addr() else { return };
-    let port = free_port(ip.into());
-    let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
+    let Some((srv, target)) = server_on_host_addr() else {
+        return;
+    };
     let cfg = smc_config(1, true);
     let out = RoleCmd::new(ENTRY, "vfork_close_range")
         .preload()
         .env("ENVOY_SMC_CONFIG", cfg.path())
         .env("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")
-        .env(
-            "ENVOY_SMC_TEST_TARGET",
-            SocketAddr::new(ip.into(), port).to_string(),
-        )
+        .env("ENVOY_SMC_TEST_TARGET", target.to_string())
         .run(T);
     out.assert_ok();
     assert_eq!(out.result("child_status"), "0", "{}", out.describe());
@@ -773,15 +784,6 @@ fn a_vfork_child_leaves_the_parents_table_alone() {
 /// The same with CPython's subprocess (vfork + close_range in the child before exec).
 #[test]
 fn python_subprocess_leaves_the_parents_table_alone() {
-    if std::process::Command::new("python3")
-        .arg("-c")
-        .arg("1")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no python3");
-        return;
-    }
     let cfg = smc_config(1, true);
     let script = r#"
 import ctypes, socket, subprocess
@@ -798,20 +800,11 @@ before = tracked()
 subprocess.run(["true"], check=True, close_fds=True)
 print(f"RESULT before={before} after={tracked()}")
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .env("LD_PRELOAD", preload_lib())
-        .env("ENVOY_SMC_CONFIG", cfg.path())
-        .env("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let Some(stdout) =
+        python_under_preload(script, &cfg, &[("ENVOY_SMC_ASSUME_KERNEL", "ipproto_smc")])
+    else {
+        return;
+    };
     assert!(stdout.contains("RESULT before=3 after=3"), "{stdout}");
 }
 
@@ -853,14 +846,13 @@ fn connect_with_a_bad_address_pointer_is_efault_not_a_crash() {
 /// dropped from the SMC replacement).
 #[test]
 fn a_socket_whose_options_cannot_all_be_carried_stays_as_it_is() {
-    let Some(ip) = need_host_addr() else { return };
-    let port = free_port(ip.into());
-    let srv = server(None, SocketAddr::new(ip.into(), port), &[]);
+    let Some((srv, target)) = server_on_host_addr() else {
+        return;
+    };
     let cfg = smc_config(1, true);
     let seventeen = "1:18:1,1:9:1,1:2:1,1:5:0,1:6:0,1:10:0,1:12:1,1:29:0,6:2:1400,6:1:1,6:4:60,\
                      6:5:10,6:6:5,6:12:1,6:18:10000,6:25:131072,1:7:65536";
     let sixteen = &seventeen[..seventeen.rfind(',').unwrap()];
-    let target = SocketAddr::new(ip.into(), port);
     for (opts, reason) in [
         (sixteen, "replace_failed"),
         (seventeen, "options_not_carried"),

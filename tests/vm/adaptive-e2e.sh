@@ -74,8 +74,8 @@ cli=$repo/target/debug/envoy-smc
 preload=$repo/target/debug/libenvoy_smc_preload.so
 work=${TMPDIR:-/run/tmp}/adaptive-e2e
 mkdir -p "$work"
-ipt=iptables-legacy
-command -v $ipt >/dev/null || ipt=iptables
+# shellcheck source=tests/vm/redirect-lib.sh
+source "$repo/tests/vm/redirect-lib.sh"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -84,12 +84,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Istio-style redirect for the healthy upstream (as in scripts/demo.sh): both sidecars share this
-# kernel, so the client side stays untracked and the server's original_dst sees port 8080.
-$ipt -t raw -A OUTPUT -o "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-$ipt -t raw -A PREROUTING -i "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-$ipt -t nat -A PREROUTING -i "$ENVOY_SMC_VM_SERVER_NETDEV" -p tcp -d 10.9.0.2 --dport 8080 \
-  -j DNAT --to-destination 10.9.0.2:15006
+# Istio-style redirect for the healthy upstream.
+istio_redirect
 
 # envoy-smc configurations: the client sidecar's (the demo's plus adaptive_fallback) and the
 # black-holed backend's (its listener on 9001 is an SMC listener, so SMC-R can come back there).

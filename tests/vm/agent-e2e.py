@@ -1,7 +1,7 @@
 """The checks of tests/vm/agent-e2e.sh (run inside the VM by that script; see its header)."""
 import http.client, json, os, signal, subprocess, sys, threading, time
 
-from agent_checks import check, read_state, tally, wait_for
+from agent_checks import check, exited, read_state, tally, wait_for
 
 W = os.environ["WORK"]
 CLI = os.environ["CLI"]
@@ -206,8 +206,7 @@ th = threading.Thread(target=lambda: long_req.setdefault("r", get(10000, "/befor
 th.start()
 before = wait_for(lambda: [c for c in to_server(status(PIDS["client"])) if c["state"] == "ACTIVE"], 12)
 os.kill(AGENT_PID, signal.SIGTERM)
-stopped = wait_for(lambda: subprocess.run(["sh", "-c", f"kill -0 {AGENT_PID} 2>/dev/null"]).returncode != 0
-                   or open(f"/proc/{AGENT_PID}/stat").read().split(") ")[1][0] == "Z", 10)
+stopped = wait_for(lambda: exited(AGENT_PID), 10)
 check(stopped and not os.path.exists(STATE), "the agent exits on SIGTERM and withdraws its state file")
 res, (cs, ct) = during_slow(10000, "/after-stop", 4, lambda: (to_server(status(PIDS["client"])),
                                                              tcp_conns(PIDS["client"], 8080)),

@@ -1,7 +1,7 @@
 """The checks of tests/vm/agent-hsctrl.sh (run inside the VM by that script; see its header)."""
-import json, os, signal, socket, subprocess, sys, threading, time
+import atexit, json, os, signal, socket, subprocess, sys, threading, time
 
-from agent_checks import check, read_state, tally, wait_for
+from agent_checks import check, exited, read_state, tally, wait_for
 
 W = os.environ["WORK"]
 IPT = os.environ["IPT"]
@@ -57,9 +57,9 @@ for ip, port in DESTS:
 ipt("-I", "OUTPUT", "1", "-p", "tcp", "--syn", "-j", "HSCOUNT")
 
 
-def syns():
-    """{dest: (SYNs with option 254, all SYNs)}"""
-    out = subprocess.run([IPT, "-L", "HSCOUNT", "-n", "-v", "-x"], capture_output=True, text=True,
+def syns(netns=()):
+    """{dest: (SYNs with option 254, all SYNs)}; netns: a command prefix entering a pod's namespace"""
+    out = subprocess.run([*netns, IPT, "-L", "HSCOUNT", "-n", "-v", "-x"], capture_output=True, text=True,
                          check=True).stdout.splitlines()[2:]
     pkts = [int(l.split()[0]) for l in out if l.strip()]
     return {d: (pkts[2 * i], pkts[2 * i + 1]) for i, d in enumerate(DESTS)}
@@ -83,9 +83,9 @@ for i in range(n):
 """
 
 
-def connect(dest, n, timeout=10):
-    """n connects to dest from the pod's cgroup as uid 1337: [{proto, result, seconds}]"""
-    r = subprocess.run(["bash", "-c", f"echo $$ >{CG}/hs/client/cgroup.procs && exec setpriv --reuid 1337 "
+def connect(dest, n, timeout=10, pod="client", netns=()):
+    """n connects to dest from the pod's cgroup (and network namespace) as uid 1337: [{proto, result, seconds}]"""
+    r = subprocess.run([*netns, "bash", "-c", f"echo $$ >{CG}/hs/{pod}/cgroup.procs && exec setpriv --reuid 1337 "
                         f"--regid 1337 --clear-groups python3 -c \"$0\" {dest[0]} {dest[1]} {n} {timeout}", CLIENT],
                        capture_output=True, text=True)
     out = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -192,13 +192,6 @@ check(all_ok(res) and d[ALLOWED][0] - base[ALLOWED][0] == d[ALLOWED][1] - base[A
 
 # ---- withdrawal ----
 os.kill(AGENT_PID, signal.SIGTERM)
-def exited(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"  # a zombie not reaped yet
-    except FileNotFoundError:
-        return True
-
-
 stopped = wait_for(lambda: exited(AGENT_PID), 10)
 hs_after = open(SYSCTL).read().strip()
 # An unregistered struct_ops can no longer be selected: the kernel refuses its name (EINVAL).
@@ -217,8 +210,71 @@ check(stopped and hs_after == os.environ["HS_BEFORE"] and not os.path.exists(STA
 res = connect(ALLOWED, 1)
 check(all_ok(res, proto=6), "after the agent stopped, new sockets are plain TCP", f"{res}")
 
+# ---- the pod in its own network namespace, with CAP_SYS_ADMIN (node.agent.cap_sys_admin) ----
+# A veth between the VM's namespace and the pod's (pod 10.10.0.2, a default route to the VM's
+# side): the servers' addresses are local to the VM's namespace, so the pod reaches them; its
+# SYNs are counted in its own namespace's OUTPUT chain.
+NETPOD = os.environ["NETPOD_PID"]
+NETNS = ("nsenter", "-t", NETPOD, "-n")
+subprocess.run(["ip", "link", "add", "hsveth0", "type", "veth", "peer", "name", "hsveth1", "netns", NETPOD], check=True)
+subprocess.run(["ip", "addr", "add", "10.10.0.1/24", "dev", "hsveth0"], check=True)
+subprocess.run(["ip", "link", "set", "hsveth0", "up"], check=True)
+for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", "10.10.0.2/24", "dev", "hsveth1"],
+            ["ip", "link", "set", "hsveth1", "up"], ["ip", "route", "add", "default", "via", "10.10.0.1"],
+            [IPT, "-N", "HSCOUNT"]):
+    subprocess.run([*NETNS, *cmd], check=True)
+for ip, port in DESTS:
+    subprocess.run([*NETNS, IPT, "-A", "HSCOUNT", "-d", ip, "-p", "tcp", "--dport", str(port), "-m", "tcp",
+                    "--tcp-option", "254"], check=True)
+    subprocess.run([*NETNS, IPT, "-A", "HSCOUNT", "-d", ip, "-p", "tcp", "--dport", str(port)], check=True)
+subprocess.run([*NETNS, IPT, "-I", "OUTPUT", "1", "-p", "tcp", "--syn", "-j", "HSCOUNT"], check=True)
+
+netpod_before = subprocess.run([*NETNS, "cat", SYSCTL], capture_output=True, text=True, check=True).stdout.strip()
+# The agent as before, with CAP_SYS_ADMIN added to its DaemonSet's three capabilities.
+agent2 = subprocess.Popen(
+    ["bash", "-c", f"echo $$ >{CG}/hs/agent/cgroup.procs && exec unshare -C \"$0\" \"$@\"",
+     "setpriv", "--bounding-set", "-all,+bpf,+perfmon,+sys_ptrace,+sys_admin", "--inh-caps", "-all", "--",
+     os.environ["AGENT"], "run", "--interval", "0.2", "--hs-ctrl", os.environ.get("ENVOY_SMC_AGENT_HS_CTRL", "auto"),
+     "--config", f"{W}/smc.yaml", "--state-file", STATE],
+    stdout=open(f"{W}/agent-sys-admin.log", "w"), stderr=subprocess.STDOUT)
+atexit.register(lambda: agent2.poll() is None and agent2.kill())
+st = wait_for(lambda: (lambda s: s if s and netpod_ns in s["per_destination"].get("namespaces", []) else None)(state()),
+              60) or state() or {}
+pd2 = st.get("per_destination", {})
+netpod_hs = subprocess.run([*NETNS, "cat", SYSCTL], capture_output=True, text=True).stdout.strip()
+check(netpod_ns in pd2.get("namespaces", []) and own_ns in pd2.get("namespaces", []) and not pd2.get("not_selected")
+      and netpod_hs == pd2.get("hs_ctrl") and netpod_hs.startswith("envoy_smc"),
+      "with CAP_SYS_ADMIN the agent selects its smc_hs_ctrl in the pod's own network namespace too",
+      f"namespaces {pd2.get('namespaces')}, not selected {pd2.get('not_selected')}; "
+      f"the pod's net.smc.hs_ctrl = {netpod_hs!r}")
+base = syns(NETNS)
+res = {d: connect(d, 3, pod="netpod", netns=NETNS) for d in (ALLOWED, DENIED_CIDR, DENIED_PORT)}
+after = syns(NETNS)
+delta = {d: (after[d][0] - base[d][0], after[d][1] - base[d][1]) for d in DESTS}
+for d, r in res.items():
+    print(f"     own-namespace pod -> {name(d)}: {[(x['proto'], x['result'], x['seconds']) for x in r]}; "
+          f"SYNs with option 254 / all: {delta[d][0]}/{delta[d][1]}", flush=True)
+check(all_ok(res[ALLOWED]) and delta[ALLOWED][1] >= 3 and delta[ALLOWED][0] == delta[ALLOWED][1],
+      "from the pod's own namespace, the allowed destination is offered SMC: every SYN carries option 254",
+      f"{name(ALLOWED)}: {delta[ALLOWED][0]}/{delta[ALLOWED][1]}")
+check(all(all_ok(res[d]) and delta[d][1] >= 3 and delta[d][0] == 0 for d in (DENIED_CIDR, DENIED_PORT)),
+      "from the pod's own namespace, the denied CIDR and port are never offered SMC; their connections succeed",
+      f"{name(DENIED_CIDR)}: {delta[DENIED_CIDR][0]}/{delta[DENIED_CIDR][1]}, "
+      f"{name(DENIED_PORT)}: {delta[DENIED_PORT][0]}/{delta[DENIED_PORT][1]}")
+agent2.send_signal(signal.SIGTERM)
+try:
+    agent2.wait(10)
+except subprocess.TimeoutExpired:
+    pass
+netpod_hs = subprocess.run([*NETNS, "cat", SYSCTL], capture_output=True, text=True).stdout.strip()
+check(agent2.returncode == 0 and netpod_hs == netpod_before,
+      "on SIGTERM the agent gives the pod's own namespace its net.smc.hs_ctrl back",
+      f"exit {agent2.returncode}; the pod's net.smc.hs_ctrl = {netpod_hs!r} (before: {netpod_before!r})")
+
 print(f"agent-hsctrl scenario took {time.time() - T0:.1f} s in the VM")
 print(f"agent-hsctrl: {tally['passed']} passed, {tally['failed']} failed")
 if tally["failed"]:
     print(agent_log()[-3000:])
+    if os.path.exists(f"{W}/agent-sys-admin.log"):
+        print(open(f"{W}/agent-sys-admin.log").read()[-3000:])
 sys.exit(1 if tally["failed"] else 0)

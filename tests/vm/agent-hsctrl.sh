@@ -17,7 +17,10 @@
 # option-254 SYNs to 10.9.0.2:8080 dropped, the stalled connect is proven black-holed (plain TCP
 # probe), the destination is held, the stalled connect itself gets through on TCP at its next SYN
 # retry, and new connections go out without the option and succeed; on SIGTERM the agent gives
-# net.smc.hs_ctrl back and new sockets are plain TCP.
+# net.smc.hs_ctrl back and new sockets are plain TCP. Then the agent again with CAP_SYS_ADMIN
+# added (node.agent.cap_sys_admin): it selects its smc_hs_ctrl in the second pod's own namespace
+# too, that pod's SYNs (over a veth to the VM's namespace) follow the policy, and SIGTERM gives
+# that namespace its value back.
 #
 #   tests/vm/agent-hsctrl.sh [--no-build]
 #

@@ -1,17 +1,16 @@
 # Shared by tests/vm/agent-e2e.sh and bench/agent.sh, sourced inside the VM (root) with $work
-# (a directory uid 1337 can read), $repo, $cg (the cgroup v2 mount), $ENVOY_BIN and $ipt set: the
+# (a directory uid 1337 can read), $repo, $cg (the cgroup v2 mount) and $ENVOY_BIN set: the
 # Istio-style redirect, the client sidecar's configuration, and "pods" for the node agent.
+
+# shellcheck source=tests/vm/redirect-lib.sh
+source "$repo/tests/vm/redirect-lib.sh"
 
 # cgroup v2 mounted (pods are keyed by their cgroup id), the redirect in place.
 agent_vm_setup() {
   if ! grep -q "^cgroup2 $cg " /proc/mounts; then
     mount -t cgroup2 cgroup2 "$cg"
   fi
-  # Istio-style redirect (as in scripts/demo.sh and adaptive-e2e.sh).
-  $ipt -t raw -A OUTPUT -o "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-  $ipt -t raw -A PREROUTING -i "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-  $ipt -t nat -A PREROUTING -i "$ENVOY_SMC_VM_SERVER_NETDEV" -p tcp -d 10.9.0.2 --dport 8080 \
-    -j DNAT --to-destination 10.9.0.2:15006
+  istio_redirect
 }
 
 # The client sidecar: the clusters of envoy-config/envoy/client.yaml, one request per upstream

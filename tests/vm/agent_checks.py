@@ -1,5 +1,5 @@
 """What the agent's VM checks (agent-e2e.py, agent-hsctrl.py) share: the tally, waiting on a
-condition, and reading the agent's published state."""
+condition, reading the agent's published state, and whether it exited."""
 import json, time
 
 tally = {"passed": 0, "failed": 0}
@@ -29,3 +29,12 @@ def read_state(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def exited(pid):
+    """pid is gone or a zombie not reaped yet (it may be reaped between any two reads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] == "Z"
+    except FileNotFoundError:
+        return True

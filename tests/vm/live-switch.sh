@@ -70,8 +70,8 @@ cli=$repo/target/debug/envoy-smc
 preload=$repo/target/debug/libenvoy_smc_preload.so
 work=${TMPDIR:-/run/tmp}/live-switch
 mkdir -p "$work/client-xds" "$work/server-xds"
-ipt=iptables-legacy
-command -v $ipt >/dev/null || ipt=iptables
+# shellcheck source=tests/vm/redirect-lib.sh
+source "$repo/tests/vm/redirect-lib.sh"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -80,11 +80,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Istio-style redirect 10.9.0.2:8080 -> 15006 (as in adaptive-e2e.sh and the demo).
-$ipt -t raw -A OUTPUT -o "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-$ipt -t raw -A PREROUTING -i "$ENVOY_SMC_VM_CLIENT_NETDEV" -j CT --notrack
-$ipt -t nat -A PREROUTING -i "$ENVOY_SMC_VM_SERVER_NETDEV" -p tcp -d 10.9.0.2 --dport 8080 \
-  -j DNAT --to-destination 10.9.0.2:15006
+# Istio-style redirect 10.9.0.2:8080 -> 15006.
+istio_redirect
 
 cp "$GEN"/*.yaml "$work/"
 # Initial resources: the state before any EnvoyFilter.

@@ -38,6 +38,8 @@ pub struct Description {
     /// The envoy-smc configuration (the bootstrap extension's typed config), with
     /// `listeners.ports` containing `listener_port`.
     pub config: SmcConfig,
+    /// The description gave `config` (the node agent then gets it as its policy ConfigMap).
+    pub config_given: bool,
     /// Socket options the bootstrap sets for every cluster
     /// (`cluster_manager.upstream_bind_config.socket_options`): a cluster-level list replaces
     /// that list, so every cluster patch carries them again.
@@ -76,12 +78,15 @@ pub struct Exporter {
     pub port: u16,
 }
 
-/// The agent DaemonSet's image and the uid its sidecars run as.
+/// The agent DaemonSet's image, the uid its sidecars run as, and its privileges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
     /// Holding /usr/local/bin/envoy-smc-agent.
     pub image: String,
     pub uid: u32,
+    /// Add CAP_SYS_ADMIN (default false): smc_hs_ctrl and the black-hole watch also in pods'
+    /// own network namespaces (`setns`), at the cost of the broadest capability on every node.
+    pub cap_sys_admin: bool,
 }
 
 /// A workload selected by labels.
@@ -247,6 +252,7 @@ struct RawExporter {
 struct RawAgent {
     image: String,
     uid: Option<u32>,
+    cap_sys_admin: Option<bool>,
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> RenderError {
@@ -427,6 +433,7 @@ impl Description {
             Some(m) => m.unwrap_or_default(),
         };
 
+        let config_given = !matches!(raw.config, None | Some(Json::Null));
         let mut config = smc_config(raw.config.as_ref(), base)?;
         if config.mesh_switch.as_ref().is_some_and(|s| s.always_on) {
             return Err(err(
@@ -465,6 +472,7 @@ impl Description {
             listener_port,
             proxy_metadata,
             config,
+            config_given,
             bootstrap_socket_options,
             bootstrap: raw.bootstrap.unwrap_or_default(),
             image: raw.image.map(image).transpose()?,
@@ -641,6 +649,7 @@ fn node(n: RawNode) -> Result<Node, RenderError> {
         Some(a) => Some(Agent {
             image: image_reference(a.image, "node.agent.image")?,
             uid: a.uid.unwrap_or(1337),
+            cap_sys_admin: a.cap_sys_admin.unwrap_or(false),
         }),
     };
     if exporter.is_none() && !alerts && agent.is_none() {

@@ -192,31 +192,46 @@ pub fn render(d: &Description) -> Vec<RenderedFile> {
 /// The extension's typed config as JSON (proto3 JSON mapping) with its `@type`.
 /// Fields at their default value are left out, and 64-bit integers are written as numbers.
 pub fn typed_config(d: &Description) -> Json {
-    let mut body = compact(envoy_smc_core::config::to_json(&d.config)).unwrap_or_else(|| json!({}));
+    let mut body = config_json(&d.config);
     if let Json::Object(map) = &mut body {
         map.insert("@type".into(), Json::String(CONFIG_TYPE_URL.into()));
     }
     body
 }
 
-/// Drops false, empty strings, empty lists and empty mappings; turns integer strings (the proto3
-/// JSON form of int64) into numbers. `None`: the value itself is a default.
-fn compact(v: Json) -> Option<Json> {
+/// The configuration as JSON (proto3 JSON mapping), fields at their default value left out and
+/// the socket options' 64-bit integers (strings in the mapping) written as numbers: the body of
+/// [`typed_config`], and the node agent's policy file.
+pub(crate) fn config_json(config: &envoy_smc_core::config::SmcConfig) -> Json {
+    let mut body =
+        drop_defaults(envoy_smc_core::config::to_json(config)).unwrap_or_else(|| json!({}));
+    // Only the int64 fields: a port list's "9999" is a string and must stay one.
+    for option in ["enable_option", "keep_tcp_option"] {
+        if let Some(Json::Object(o)) = body.pointer_mut(&format!("/mesh_switch/{option}")) {
+            for v in o.values_mut() {
+                if let Some(n) = v.as_str().and_then(|s| s.parse::<i64>().ok()) {
+                    *v = json!(n);
+                }
+            }
+        }
+    }
+    body
+}
+
+/// Drops false, empty strings, empty lists and empty mappings. `None`: the value itself is a
+/// default.
+fn drop_defaults(v: Json) -> Option<Json> {
     match v {
         Json::Bool(false) | Json::Null => None,
         Json::String(s) if s.is_empty() => None,
-        Json::String(s) => match s.parse::<i64>() {
-            Ok(n) if n.to_string() == s => Some(json!(n)),
-            _ => Some(Json::String(s)),
-        },
         Json::Array(a) => {
-            let a: Vec<Json> = a.into_iter().filter_map(compact).collect();
+            let a: Vec<Json> = a.into_iter().filter_map(drop_defaults).collect();
             (!a.is_empty()).then_some(Json::Array(a))
         }
         Json::Object(o) => {
             let o: serde_json::Map<String, Json> = o
                 .into_iter()
-                .filter_map(|(k, v)| compact(v).map(|v| (k, v)))
+                .filter_map(|(k, v)| drop_defaults(v).map(|v| (k, v)))
                 .collect();
             (!o.is_empty()).then_some(Json::Object(o))
         }

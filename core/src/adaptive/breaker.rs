@@ -12,16 +12,22 @@
 //! destinations share a window and evict a held entry. Slots live in chunks of [`CHUNK`],
 //! allocated the first time a destination lands in one, so a large `max_destinations` costs
 //! memory only as destinations are remembered. Nothing here takes a lock (a process that forks
-//! while another thread is inside the table cannot leave a lock held in the child).
+//! while another thread is inside the table cannot leave a lock held in the child, and a signal
+//! handler that lands in the middle of an update cannot wait on the thread it interrupted).
+//!
+//! Why it is lock-free: every slot word changes by a single atomic store, swap or
+//! compare-and-swap, and a chunk is installed by one compare-and-swap of a null pointer
+//! ([`OnceBox`]: every thread that finds it missing builds one, the first to install it wins, the
+//! others drop theirs). No thread ever waits for another to finish anything.
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use once_cell::race::OnceBox;
 
 use crate::config::AdaptiveSettings;
 
@@ -119,8 +125,8 @@ pub struct Entry {
 /// The black-hole breaker of one runtime.
 pub struct Breaker {
     settings: AdaptiveSettings,
-    /// `mask + 1` slots in chunks of [`CHUNK`]; a null chunk holds only empty slots.
-    chunks: Box<[AtomicPtr<Slot>]>,
+    /// `mask + 1` slots in chunks of [`CHUNK`]; a chunk not allocated yet holds only empty slots.
+    chunks: Box<[OnceBox<[Slot; CHUNK]>]>,
     hasher: std::collections::hash_map::RandomState,
     mask: usize,
     /// Entries currently Open or Probing: zero makes every read a single load.
@@ -140,19 +146,6 @@ impl std::fmt::Debug for Breaker {
     }
 }
 
-impl Drop for Breaker {
-    fn drop(&mut self) {
-        for chunk in self.chunks.iter() {
-            let p = chunk.swap(ptr::null_mut(), Ordering::AcqRel);
-            if !p.is_null() {
-                // SAFETY: non-null chunks come from Box::into_raw of CHUNK-long slices in
-                // `slot_or_alloc` and are freed once, here.
-                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, CHUNK)) });
-            }
-        }
-    }
-}
-
 impl Breaker {
     pub fn new(settings: AdaptiveSettings) -> Breaker {
         // Four slots per destination to remember: at most a quarter full, two 8-slot windows
@@ -166,9 +159,7 @@ impl Breaker {
         .next_power_of_two();
         Breaker {
             settings,
-            chunks: (0..n / CHUNK)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
+            chunks: (0..n / CHUNK).map(|_| OnceBox::new()).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             mask: n - 1,
             held: AtomicUsize::new(0),
@@ -198,30 +189,14 @@ impl Breaker {
 
     /// Slot `i` if its chunk exists.
     fn slot(&self, i: usize) -> Option<&Slot> {
-        let p = self.chunks[i / CHUNK].load(Ordering::Acquire);
-        // SAFETY: a non-null chunk points at CHUNK slots that live as long as the breaker.
-        (!p.is_null()).then(|| unsafe { &*p.add(i % CHUNK) })
+        self.chunks[i / CHUNK].get().map(|chunk| &chunk[i % CHUNK])
     }
 
-    /// Slot `i`, allocating its chunk if needed.
+    /// Slot `i`, allocating its chunk if needed (one compare-and-swap; see the module doc).
     fn slot_or_alloc(&self, i: usize) -> &Slot {
-        let cell = &self.chunks[i / CHUNK];
-        let mut p = cell.load(Ordering::Acquire);
-        if p.is_null() {
-            let fresh: Box<[Slot]> = (0..CHUNK).map(|_| Slot::default()).collect();
-            let fresh = Box::into_raw(fresh).cast::<Slot>();
-            match cell.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => p = fresh,
-                Err(other) => {
-                    // SAFETY: `fresh` came from Box::into_raw just above and was never shared.
-                    drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(fresh, CHUNK)) });
-                    p = other;
-                }
-            }
-        }
-        // SAFETY: as in `slot`.
-        unsafe { &*p.add(i % CHUNK) }
+        let chunk = self.chunks[i / CHUNK]
+            .get_or_init(|| Box::new(std::array::from_fn(|_| Slot::default())));
+        &chunk[i % CHUNK]
     }
 
     /// The slots `key` may occupy, in the order [`Breaker::claim`] takes them: its first
@@ -455,7 +430,7 @@ impl Breaker {
         let wall = |ms: u64| self.wall_epoch + Duration::from_millis(ms);
         let mut out = Vec::new();
         let allocated = (0..self.chunks.len())
-            .filter(|&c| !self.chunks[c].load(Ordering::Acquire).is_null())
+            .filter(|&c| self.chunks[c].get().is_some())
             .flat_map(|c| c * CHUNK..(c + 1) * CHUNK);
         for i in allocated {
             let Some(slot) = self.slot(i) else {

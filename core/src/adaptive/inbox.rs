@@ -3,74 +3,69 @@
 //! compare-and-swap, and never waits for the watchdog thread; no lock exists that a `fork()`
 //! could leave held in the child.
 //!
-//! A push-only stack emptied by swapping its head is free of the ABA problem: a producer links
-//! its node to the head it saw and installs it only if the head is still that pointer, which is
-//! then exactly the node it linked to.
+//! Why it is lock-free: it is a push-only stack (Treiber's) emptied by swapping its head for
+//! nothing. A push links a new node to the head it saw and installs it only if the head is still
+//! that node (compare-and-swap), retrying when another push got in first; nobody ever waits for
+//! another thread. A thread stopped halfway (interrupted by a signal whose handler pushes too, or
+//! missing in a fork child) has changed nothing the others depend on. The head is an
+//! [`ArcSwapOption`], whose reads and writes are lock-free, and the nodes are `Arc`s: a node a
+//! losing producer still compares against cannot be freed and reused under it (no ABA).
 
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 struct Node<T> {
     value: T,
-    next: *mut Node<T>,
+    next: Option<Arc<Node<T>>>,
+}
+
+impl<T> Drop for Node<T> {
+    /// Unlinks the rest of the list one node at a time: a long list dropped recursively would
+    /// overflow the stack.
+    fn drop(&mut self) {
+        let mut next = self.next.take();
+        while let Some(node) = next {
+            next = Arc::into_inner(node).and_then(|mut n| n.next.take());
+        }
+    }
 }
 
 pub struct Inbox<T> {
-    head: AtomicPtr<Node<T>>,
+    head: ArcSwapOption<Node<T>>,
 }
-
-// SAFETY: values move from the pushing thread to the taking thread; the list itself is only
-// reached through the atomic head.
-unsafe impl<T: Send> Send for Inbox<T> {}
-// SAFETY: as above; `push` and `take_all` may run concurrently from any threads.
-unsafe impl<T: Send> Sync for Inbox<T> {}
 
 impl<T> Default for Inbox<T> {
     fn default() -> Self {
         Inbox {
-            head: AtomicPtr::new(ptr::null_mut()),
+            head: ArcSwapOption::empty(),
         }
     }
 }
 
-impl<T> Inbox<T> {
+impl<T: Clone> Inbox<T> {
     pub fn push(&self, value: T) {
-        let node = Box::into_raw(Box::new(Node {
-            value,
-            next: ptr::null_mut(),
-        }));
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `node` is ours until the compare-and-swap publishes it.
-            unsafe { (*node).next = head };
-            match self
-                .head
-                .compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
+        // Read-copy-update: a node on top of the head seen, installed if the head is unchanged.
+        self.head.rcu(|head| {
+            Some(Arc::new(Node {
+                value: value.clone(),
+                next: head.clone(),
+            }))
+        });
     }
 
     /// Everything pushed so far, oldest first.
     pub fn take_all(&self) -> Vec<T> {
-        let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut next = self.head.swap(None);
         let mut out = Vec::new();
-        while !p.is_null() {
-            // SAFETY: nodes come from Box::into_raw in `push`; the swap made this list ours alone.
-            let node = unsafe { Box::from_raw(p) };
-            p = node.next;
-            out.push(node.value);
+        // A producer that lost a race may hold a node for a moment: copy values out rather
+        // than unwrap nodes. Each node is freed as the walk leaves it.
+        while let Some(node) = next {
+            out.push(node.value.clone());
+            next = node.next.clone();
         }
         out.reverse();
         out
-    }
-}
-
-impl<T> Drop for Inbox<T> {
-    fn drop(&mut self) {
-        drop(self.take_all());
     }
 }
 
@@ -99,5 +94,12 @@ mod tests {
             let mine: Vec<u64> = got.iter().filter(|v| v.0 == t).map(|v| v.1).collect();
             assert_eq!(mine, (0..10_000).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_long_inbox_is_dropped_without_recursion() {
+        let inbox = Inbox::default();
+        (0..200_000u32).for_each(|i| inbox.push(i));
+        drop(inbox);
     }
 }

@@ -47,8 +47,7 @@ pub fn state_dir() -> PathBuf {
     std::env::var_os("ENVOY_SMC_STATE_DIR")
         .filter(|v| !v.is_empty())
         .map_or_else(
-            // SAFETY: geteuid has no preconditions.
-            || default_state_dir(unsafe { libc::geteuid() }),
+            || default_state_dir(crate::os::process::geteuid()),
             PathBuf::from,
         )
 }

@@ -25,8 +25,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,9 +96,11 @@ struct Worker {
 /// still watched is released.
 pub struct Watchdog {
     shared: Arc<Shared>,
-    /// The current thread. Replaced only after a fork (the old box is leaked: another thread
-    /// may still be reading it); freed in `drop`.
-    worker: AtomicPtr<Worker>,
+    /// The current thread. Replaced only after a fork, and then the parent's is leaked, never
+    /// dropped: dropping its `JoinHandle` would detach a thread that does not exist in the child.
+    /// Lock-free like the rest of the connect path: reading it is an `ArcSwap` load (no lock a
+    /// fork or a signal could leave held), replacing it one swap.
+    worker: ArcSwapOption<Worker>,
     /// `generation + 1` of the thread being started (a claim, so only one caller starts it).
     starting: AtomicU64,
 }
@@ -117,7 +118,7 @@ impl Watchdog {
                 rescuer: ArcSwapOption::empty(),
                 publisher: Publisher::default(),
             }),
-            worker: AtomicPtr::new(ptr::null_mut()),
+            worker: ArcSwapOption::empty(),
             starting: AtomicU64::new(0),
         }
     }
@@ -158,21 +159,18 @@ impl Watchdog {
     }
 
     fn wake(&self) {
-        let w = self.worker.load(Ordering::Acquire);
-        if !w.is_null() {
-            // SAFETY: worker boxes are freed only in `drop` (exclusive access).
-            unsafe { (*w).handle.thread().unpark() };
+        if let Some(w) = &*self.worker.load() {
+            w.handle.thread().unpark();
         }
     }
 
     /// Starts the thread if this process has none (first watch, or the first one after a fork).
     fn ensure_thread(&self) {
         let generation = process::fork_generation();
-        let current = self.worker.load(Ordering::Acquire);
-        // SAFETY: as in `wake`.
-        if !current.is_null() && unsafe { (*current).generation } == generation {
-            return;
-        }
+        let had_worker = match &*self.worker.load() {
+            Some(w) if w.generation == generation => return,
+            other => other.is_some(),
+        };
         let claim = self.starting.load(Ordering::Acquire);
         if claim == generation + 1
             || self
@@ -182,7 +180,7 @@ impl Watchdog {
         {
             return; // another thread is starting it
         }
-        if !current.is_null() {
+        if had_worker {
             // A fork child: what the parent was watching is the parent's business.
             drop(self.shared.inbox.take_all());
             self.shared.pending.store(0, Ordering::Release);
@@ -193,9 +191,11 @@ impl Watchdog {
             .spawn(move || run(&shared))
         {
             Ok(handle) => {
-                let fresh = Box::into_raw(Box::new(Worker { generation, handle }));
-                // The previous worker (a fork parent's) is leaked on purpose: see `worker`.
-                self.worker.store(fresh, Ordering::Release);
+                let parents = self
+                    .worker
+                    .swap(Some(Arc::new(Worker { generation, handle })));
+                // A fork parent's worker is leaked on purpose: see `worker`.
+                std::mem::forget(parents);
             }
             Err(e) => {
                 self.starting.store(0, Ordering::Release);
@@ -213,18 +213,16 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
-        let w = self.worker.swap(ptr::null_mut(), Ordering::AcqRel);
-        if !w.is_null() {
-            // SAFETY: the box came from Box::into_raw in ensure_thread; `drop` has exclusive
-            // access, so nobody else reads it any more.
-            let worker = unsafe { Box::from_raw(w) };
-            if worker.generation == process::fork_generation() {
+        // `drop` has exclusive access: no guard of `worker` is held, so the `Arc` is the last.
+        match self.worker.swap(None).map(Arc::try_unwrap) {
+            Some(Ok(worker)) if worker.generation == process::fork_generation() => {
                 worker.handle.thread().unpark();
                 let _ = worker.handle.join();
-            } else {
-                // The parent's thread does not exist in this fork child: never join it.
-                std::mem::forget(worker.handle);
             }
+            // The parent's thread does not exist in this fork child: never join or detach it.
+            Some(Ok(worker)) => std::mem::forget(worker.handle),
+            Some(Err(shared)) => std::mem::forget(shared),
+            None => {}
         }
         // Every rescuable connect gets its one call: the ones still in the inbox are let go
         // (the thread let go of its own before it ended).

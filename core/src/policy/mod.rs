@@ -234,10 +234,8 @@ impl Policy {
         } else if config::canonical(local.ip()).is_loopback() {
             // A wildcard (0.0.0.0, ::) listener is not loopback: it serves every address.
             TcpReason::Loopback
-        } else if facts.has(SocketFacts::FAST_OPEN) {
-            TcpReason::FastOpen
-        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) {
-            TcpReason::OptionsNotCarried
+        } else if let Some(reason) = facts_against_replacement(facts) {
+            reason
         } else {
             return Verdict::Smc {
                 kind,
@@ -271,10 +269,8 @@ impl Policy {
             TcpReason::DeniedPort
         } else if !self.allow_ports.is_empty() && !self.allow_ports.contains(port) {
             TcpReason::PortNotAllowed
-        } else if facts.has(SocketFacts::FAST_OPEN) {
-            TcpReason::FastOpen
-        } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) {
-            TcpReason::OptionsNotCarried
+        } else if let Some(reason) = facts_against_replacement(facts) {
+            reason
         } else {
             return Verdict::Smc {
                 kind,
@@ -282,6 +278,18 @@ impl Policy {
             };
         };
         Verdict::Tcp(reason)
+    }
+}
+
+/// What the socket's own facts say against replacing it, checked last for every SMC verdict:
+/// a fast-open socket, or one with an option a new socket could not be given.
+fn facts_against_replacement(facts: SocketFacts) -> Option<TcpReason> {
+    if facts.has(SocketFacts::FAST_OPEN) {
+        Some(TcpReason::FastOpen)
+    } else if facts.has(SocketFacts::OPTIONS_NOT_CARRIED) {
+        Some(TcpReason::OptionsNotCarried)
+    } else {
+        None
     }
 }
 

@@ -83,6 +83,15 @@ impl RoleCmd {
         self
     }
 
+    /// The library, with `ENVOY_SMC_CONFIG` naming `cfg` (if any) and the environment `extra`.
+    pub fn config(mut self, cfg: Option<&Cfg>, extra: &[(&str, &str)]) -> Self {
+        if let Some(c) = cfg {
+            self.cmd.env("ENVOY_SMC_CONFIG", c.path());
+        }
+        self.cmd.envs(extra.iter().copied());
+        self.preload()
+    }
+
     /// Runs to completion (killed after `timeout`).
     pub fn run(mut self, timeout: Duration) -> RoleOutput {
         self.cmd
@@ -330,16 +339,10 @@ pub fn smc_config(listener_port: u16, always_on: bool) -> Cfg {
 }
 
 pub fn server(cfg: Option<&Cfg>, listen: SocketAddr, extra: &[(&str, &str)]) -> Running {
-    let mut r = RoleCmd::new(ENTRY, "server")
-        .preload()
-        .env("ENVOY_SMC_TEST_LISTEN", listen.to_string());
-    if let Some(c) = cfg {
-        r = r.env("ENVOY_SMC_CONFIG", c.path());
-    }
-    for (k, v) in extra {
-        r = r.env(k, v);
-    }
-    r.start(T)
+    RoleCmd::new(ENTRY, "server")
+        .env("ENVOY_SMC_TEST_LISTEN", listen.to_string())
+        .config(cfg, extra)
+        .start(T)
 }
 
 pub fn ready_port(r: &Running) -> u16 {
@@ -357,17 +360,11 @@ pub fn client(
     n: usize,
     extra: &[(&str, &str)],
 ) -> RoleOutput {
-    let mut r = RoleCmd::new(ENTRY, "client")
-        .preload()
+    RoleCmd::new(ENTRY, "client")
         .env("ENVOY_SMC_TEST_TARGET", target.to_string())
-        .env("ENVOY_SMC_TEST_CONNECTIONS", n.to_string());
-    if let Some(c) = cfg {
-        r = r.env("ENVOY_SMC_CONFIG", c.path());
-    }
-    for (k, v) in extra {
-        r = r.env(k, v);
-    }
-    r.run(T)
+        .env("ENVOY_SMC_TEST_CONNECTIONS", n.to_string())
+        .config(cfg, extra)
+        .run(T)
 }
 
 /// Every connection of a client run went through with every epoll edge.

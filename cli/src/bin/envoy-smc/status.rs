@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use envoy_smc_core::adaptive::publish::ProcessTable;
 
+use crate::exporter::metrics::lv;
 use crate::{exit, held};
 
 mod all_netns;
@@ -373,15 +374,6 @@ fn table(r: &Report) -> String {
     }
     o.push_str(&held::table(&r.black_holes));
     o
-}
-
-/// Escapes a Prometheus label value (control characters as `\xNN`).
-fn lv(s: &str) -> String {
-    envoy_smc_core::owned_dir::printable(
-        &s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n"),
-    )
 }
 
 fn prometheus(r: &Report) -> String {

@@ -101,11 +101,13 @@ pub fn collect(proc_root: &Path, state_dir: &Path) -> Vec<NsMetrics> {
         .collect()
 }
 
-/// Escapes a label value (exposition format: backslash, double quote, newline).
-fn lv(s: &str) -> String {
-    s.replace('\\', "\\\\")
+/// A label value in the exposition format: control characters (a pod's process name, say) shown
+/// as `\xNN` text first, then backslash and double quote escaped, the only escapes the format
+/// has besides `\n`; so `\x07` reaches Prometheus as `\\x07`, never as an invalid escape.
+pub(crate) fn lv(s: &str) -> String {
+    envoy_smc_core::owned_dir::printable(s)
+        .replace('\\', "\\\\")
         .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// A page under construction.
@@ -424,6 +426,44 @@ pub fn render(all: &[NsMetrics], scrape: &Scrape) -> String {
 mod tests {
     use super::*;
     use envoy_smc_core::adaptive::publish::DestinationState;
+
+    /// Undoes the exposition format's escapes; `None` for one the format does not have.
+    fn unescape(v: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    '\\' => out.push('\\'),
+                    '"' => out.push('"'),
+                    'n' => out.push('\n'),
+                    _ => return None,
+                },
+                '"' | '\n' => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn label_values_use_only_the_formats_escapes() {
+        // A process name may hold any byte but NUL (prctl PR_SET_NAME).
+        for raw in [
+            "plain",
+            "a\x07b",
+            "q\"uote",
+            "back\\slash\\x07",
+            "new\nline",
+            "\u{1b}[31m",
+        ] {
+            let v = lv(raw);
+            let back = unescape(&v).unwrap_or_else(|| panic!("{raw:?} -> {v:?}: invalid escape"));
+            assert_eq!(back, envoy_smc_core::owned_dir::printable(raw), "{raw:?}");
+            assert!(!v.chars().any(char::is_control), "{raw:?} -> {v:?}");
+        }
+        assert_eq!(lv("a\x07\"b"), "a\\\\x07\\\"b");
+    }
 
     #[test]
     fn renders_labelled_families_once_each() {
