@@ -36,6 +36,11 @@
 #
 #   tests/vm/live-switch.sh [--no-build]
 #
+# A failed request is explained in the output: both Envoys' access-log lines of every request not
+# answered 200 (response flags, details, connections), their failure counters and the kernel's SMC
+# fallback counters; every step's push is timed in UTC, as in the logs. LIVE_SWITCH_LOG_ALL=1 logs
+# every request (to follow a step's connections: `connection=close` marks Envoy's drain).
+#
 # Prints `live-switch: N passed, M failed`; exit 0 only if every check passed. About 1-2 min in
 # the VM plus the boot. All traffic stays inside the VM.
 set -euo pipefail
@@ -92,10 +97,19 @@ cp "$GEN/server-lds-0-none.json" "$work/server-xds/lds.json"
 
 sleep 100000 | "$GEN/echo" 127.0.0.1 8081 >"$work/echo.log" 2>&1 &
 pids+=($!)
+# The drain as Istio's pilot-agent starts every sidecar: --drain-strategy immediate (there with a
+# 45 s drain; 3 s here). When a listener update's drain ends, Envoy closes the connections still on
+# the replaced filter chains or listener (`filter_chain_is_being_removed`), a request in flight
+# included: 503 UC upstream_reset_before_response_started{connection_termination} to the client,
+# over plain TCP as over SMC. With Envoy's default (gradual) each old connection is told to close
+# at a random moment of the drain (DrainManagerImpl::addOnDrainCloseCb,
+# source/server/drain_manager_impl.cc), so under load one could still be busy at the end: the
+# flake of step 4a. Immediate tells them at once; they close after their next response.
 start_envoy() { # name bootstrap base-id
   envoy_start "$work/$1.log" "$2" ENVOY_SMC_CONFIG="$work/smc.yaml" \
     ENVOY_SMC_STATS_FILE="$work/$1.prom" ENVOY_SMC_STATS_INTERVAL=0.5 LD_PRELOAD="$preload" \
-    -- --disable-hot-restart --base-id "$3" --concurrency 2 --drain-time-s 3 --log-level warn
+    -- --disable-hot-restart --base-id "$3" --concurrency 2 --drain-time-s 3 \
+    --drain-strategy immediate --log-level warn
   pids+=("$ENVOY_PID")
 }
 sed "s#XDS#$work/server-xds#g" "$GEN/server-bootstrap.yaml" >"$work/server-bootstrap.yaml"

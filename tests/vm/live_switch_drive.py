@@ -28,7 +28,13 @@ def check(cond, what, detail=""):
 
 
 def phase(msg):
-    print(f"\n== {msg}  (t+{time.time() - T0:.1f} s)", flush=True)
+    now = time.time()
+    print(f"\n== {msg}  (t+{now - T0:.1f} s, {utc(now)})", flush=True)
+
+
+def utc(t):
+    """Wall-clock time as in the Envoys' logs, to find a step's lines there."""
+    return f"{time.strftime('%H:%M:%S', time.gmtime(t))}.{int(t % 1 * 1000):03d} UTC"
 
 
 def admin(port, path):
@@ -75,7 +81,9 @@ def put(src, xds_dir, name):
     with open(f"{GEN}/{src}") as f, open(tmp, "w") as g:
         g.write(f.read())
     os.rename(tmp, f"{W}/{xds_dir}/{name}")
-    return time.time()
+    now = time.time()
+    print(f"     {src} renamed over {xds_dir}/{name} at {utc(now)}", flush=True)
+    return now
 
 
 # ---- what the sockets are ----
@@ -179,7 +187,7 @@ class SteadyClient:
                 r = conn.getresponse()
                 body = r.read()
                 good = r.status == 200
-                detail = f"HTTP {r.status} {body[:80]!r}"
+                detail = f"HTTP {r.status} {body[:300]!r}"
                 if r.getheader("connection", "").lower() == "close":
                     conn.close()
                     conn = None
@@ -382,6 +390,24 @@ def main():
     check(total > 0 and not traffic.failures, "zero failed requests across every update",
           f"{traffic.ok}/{total} ok" + (f"; first failures: {traffic.failures[:5]}" if traffic.failures else ""))
     print(f"     requests: {traffic.ok} ok in {time.time() - T0:.0f} s")
+    if traffic.failures:
+        # Why, from both Envoys: the client's upstream failures and the server's closes.
+        for port, name in ((CLIENT_ADMIN, "client"), (SERVER_ADMIN, "server")):
+            for k, v in sorted(stats(port).items()):
+                if v and any(w in k for w in ("cx_connect_timeout", "cx_connect_fail", "with_active_rq",
+                                              "rq_rx_reset", "rq_tx_reset", "pending_failure",
+                                              "drain_close", "cx_destroy_remote", "cx_protocol_error",
+                                              "rq_retry", "downstream_cx_destroy_local_active_rq")):
+                    print(f"     {name} {k}: {v}")
+        for name in ("client", "server"):
+            lines = [l for l in open(f"{W}/{name}.log", errors="replace")
+                     if l.startswith("access[") and l.split()[3] != "200"]
+            print(f"     {name} Envoy, requests not answered 200:\n       " + "       ".join(lines[-10:]))
+        r = subprocess.run([CLI, "status", "--json"], capture_output=True, text=True)
+        try:
+            print(f"     kernel SMC fallbacks: {json.dumps(json.loads(r.stdout).get('kernel_fallbacks'))[:1500]}")
+        except ValueError:
+            print(f"     envoy-smc status failed (exit {r.returncode})")
     check(rejected_seen[SERVER_ADMIN] == 0 and rejected_seen[CLIENT_ADMIN] == 0,
           f"{REJECTED} was 0 on both Envoys after every update (admin /stats)",
           f"server max {rejected_seen[SERVER_ADMIN]}, client max {rejected_seen[CLIENT_ADMIN]}")

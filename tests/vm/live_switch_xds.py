@@ -13,10 +13,13 @@ Nothing the updates carry is typed in here: every option comes from the render o
 """
 import copy
 import json
+import os
 import subprocess
 import sys
 
 CLI, OUT = sys.argv[1], sys.argv[2]
+# LIVE_SWITCH_LOG_ALL=1: every request in the Envoys' access logs, to follow a step's connections.
+LOG_FROM_STATUS = 0 if os.environ.get("LIVE_SWITCH_LOG_ALL") else 201
 NODE_METADATA = {"ENVOY_SMC": "true"}  # what ISTIO_META_ENVOY_SMC=true puts into the node
 
 # One envoy-smc configuration for both sidecars (the seed platform: AF_SMC only). Both ends share
@@ -120,6 +123,27 @@ def hcm(prefix, routes):
             "stat_prefix": prefix,
             "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
                 {"match": {"prefix": p}, "route": {"cluster": c}} for p, c in routes]}]},
+            # Every request not answered 200 in the Envoy's log, with why (flags, details, the
+            # connections): a failed request must be explainable from the logs.
+            "access_log": [{
+                "name": "envoy.access_loggers.stderr",
+                "filter": {"or_filter": {"filters": [
+                    {"status_code_filter": {"comparison": {"op": "GE", "value": {
+                        "default_value": LOG_FROM_STATUS, "runtime_key": "live_switch.log_from"}}}},
+                    # 0: no response at all (the downstream connection closed under the request)
+                    {"status_code_filter": {"comparison": {"op": "LE", "value": {
+                        "default_value": 199, "runtime_key": "live_switch.log_below"}}}}]}},
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+                    "log_format": {"text_format_source": {"inline_string":
+                        f"access[{prefix}] %START_TIME% %REQ(:PATH)% %RESPONSE_CODE% flags=%RESPONSE_FLAGS% "
+                        "details=%RESPONSE_CODE_DETAILS% termination=%CONNECTION_TERMINATION_DETAILS% "
+                        "upstream=%UPSTREAM_HOST% local=%UPSTREAM_LOCAL_ADDRESS% "
+                        "upstream_cx=%UPSTREAM_CONNECTION_ID% failure=%UPSTREAM_TRANSPORT_FAILURE_REASON% "
+                        "duration=%DURATION%ms downstream=%DOWNSTREAM_REMOTE_ADDRESS% cx=%CONNECTION_ID% "
+                        "connection=%RESP(CONNECTION)%\n"}},
+                },
+            }],
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
         },
