@@ -13,7 +13,7 @@
 //!   inbound listener, AF_SMC with Envoy's default (the workers' fds share one `AF_SMC` listener),
 //!   IPPROTO_SMC, AUTO): every request succeeds, the Envoy↔Envoy connections are
 //!   SMC-R (`envoy-smc status --json`, owned by the envoy processes, on the rxe device), the
-//!   loopback hops are TCP, the admin listeners answer each request within a second, nothing is
+//!   loopback hops are TCP, the admin listeners answer each request within 5 s, nothing is
 //!   left in CLOSE-WAIT and each Envoy's fd count returns to its starting value. Also in the VM:
 //!   raw TCP (tcp_proxy on both Envoys to a TCP echo app) over SMC-R; without the workload
 //!   opt-in everything stays TCP; a server Envoy without the library (no SMC on the server side)
